@@ -1,0 +1,208 @@
+"""Tiny vision-language models built from real ``transformers`` classes, for tests and offline demos.
+
+Nothing here is downloaded: the tokenizer is a byte-level BPE trained locally with ``tokenizers``, the
+weights are random, and the result is written to a folder that ``AutoModelForImageTextToText`` and
+``AutoProcessor`` load with ``from_pretrained`` exactly as they would load a hub checkpoint.
+
+Two families cover the cases that differ most:
+
+- ``"llava"``: LLaVA-1.5 layout (CLIP vision tower, MLP projector, Llama), a fixed number of image tokens
+  per image and 1-D positions.
+- ``"qwen2_vl"``: Qwen2-VL layout, a dynamic number of image tokens from ``image_grid_thw`` and 3-D
+  (M-RoPE) positions.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+LLAVA_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: {% elif message['role'] == 'assistant' %}ASSISTANT: "
+    "{% else %}SYSTEM: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for block in message['content'] %}"
+    "{% if block['type'] == 'image' %}<image>\n"
+    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% if message['role'] == 'assistant' %}</s>{% else %} {% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+
+CHATML_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for block in message['content'] %}"
+    "{% if block['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+SPECIAL_TOKENS = [
+    "<pad>", "<s>", "</s>", "<unk>", "<image>",
+    "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>",
+]
+
+_CORPUS = """
+describe the image. what is in the picture? is there a red circle in the image? yes. no.
+a large red circle, a small blue square and a green triangle. there is no dog in this photo.
+the image shows a cat sitting on a table next to a cup of coffee. a man rides a bicycle down the street.
+colours: red green blue yellow purple orange white black grey brown pink. shapes: circle square triangle
+diamond star cross. sizes: small large tiny big. positions: top left right bottom center middle corner.
+answer the question with yes or no. the quick brown fox jumps over the lazy dog. two dogs and three cats.
+a person holding an umbrella in the rain. a plate of food with a fork and a knife. a train at the station.
+"""
+
+
+def train_tokenizer(vocab_size: int = 600):
+    """A byte-level BPE tokenizer trained on a small built-in corpus, wrapped as a fast HF tokenizer.
+
+    Byte-level BPE never produces unknown tokens, so any caption round-trips through encode/decode.
+    """
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=SPECIAL_TOKENS,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator([_CORPUS] * 4, trainer=trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer,
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        pad_token="<pad>",
+        extra_special_tokens={},
+        additional_special_tokens=SPECIAL_TOKENS[4:],
+    )
+
+
+def _llava(tokenizer, image_size: int, patch_size: int, hidden_size: int, num_layers: int):
+    from transformers import (
+        CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
+        LlavaProcessor,
+    )
+
+    vision = CLIPVisionConfig(
+        image_size=image_size, patch_size=patch_size, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=2, projection_dim=32,
+    )
+    text = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+        num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+        max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+    )
+    config = LlavaConfig(
+        vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        vision_feature_select_strategy="default", vision_feature_layer=-1,
+    )
+    model = LlavaForConditionalGeneration(config)
+    image_processor = CLIPImageProcessor(
+        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size},
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+        vision_feature_select_strategy="default", num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
+def _qwen2_vl(tokenizer, image_size: int, patch_size: int, hidden_size: int, num_layers: int):
+    from transformers import (
+        Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    num_heads = 4
+    head_dim = hidden_size // num_heads
+    # M-RoPE splits the head_dim / 2 rotary frequencies into (time, height, width) sections.
+    third = head_dim // 2 // 3
+    mrope_section = [head_dim // 2 - 2 * third, third, third]
+    token = tokenizer.convert_tokens_to_ids
+    config = Qwen2VLConfig(
+        text_config=dict(
+            vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+            num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=2,
+            max_position_embeddings=1024, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
+                                                            "mrope_section": mrope_section},
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=token("<|im_end|>"),
+            pad_token_id=tokenizer.pad_token_id,
+        ),
+        vision_config=dict(
+            depth=2, embed_dim=32, hidden_size=hidden_size, num_heads=2, mlp_ratio=2,
+            patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2,
+        ),
+        image_token_id=token("<|image_pad|>"), video_token_id=token("<|video_pad|>"),
+        vision_start_token_id=token("<|vision_start|>"), vision_end_token_id=token("<|vision_end|>"),
+    )
+    model = Qwen2VLForConditionalGeneration(config)
+    pixels = image_size * image_size
+    image_processor = Qwen2VLImageProcessor(
+        patch_size=patch_size, merge_size=2, temporal_patch_size=2,
+        min_pixels=(patch_size * 2) ** 2, max_pixels=4 * pixels,
+    )
+    processor = Qwen2VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, chat_template=CHATML_CHAT_TEMPLATE,
+        video_processor=Qwen2VLVideoProcessor(patch_size=patch_size, merge_size=2, temporal_patch_size=2),
+    )
+    return model, processor
+
+
+FAMILIES = {"llava": _llava, "qwen2_vl": _qwen2_vl}
+
+
+def build_tiny_vlm(family: str = "llava", *, image_size: int = 32, patch_size: int = 8,
+                   hidden_size: int = 64, num_layers: int = 2, seed: int = 0):
+    """Return ``(model, processor)``: a random-weight VLM of a real ``transformers`` class.
+
+    Args:
+        family: one of ``FAMILIES`` (``"llava"``, ``"qwen2_vl"``).
+        image_size: side of the square images the processor produces.
+        patch_size: vision patch size; LLaVA gets ``(image_size / patch_size) ** 2`` image tokens per image,
+            Qwen2-VL a quarter of that (2x2 patch merging).
+        hidden_size, num_layers: size of the language model.
+    """
+    import torch
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown tiny VLM family {family!r}; choose one of {sorted(FAMILIES)}")
+    torch.manual_seed(seed)
+    tokenizer = train_tokenizer()
+    model, processor = FAMILIES[family](tokenizer, image_size, patch_size, hidden_size, num_layers)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = model.config.text_config.eos_token_id
+    return model.eval(), processor
+
+
+def tiny_vlm(family: str = "llava", path: str | os.PathLike | None = None, **kwargs) -> str:
+    """Build a tiny VLM (see ``build_tiny_vlm``) and save it where ``from_pretrained`` can load it.
+
+    Returns the folder. With ``path=None`` the model goes to a cache folder keyed by the arguments, and
+    an existing save there is reused.
+    """
+    if path is None:
+        key = "-".join([family] + [f"{k}{v}" for k, v in sorted(kwargs.items())])
+        root = os.environ.get("VLMDPO_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vlmdpo"))
+        path = Path(root) / "tiny" / key
+    path = Path(path)
+    if not (path / "config.json").exists():
+        model, processor = build_tiny_vlm(family, **kwargs)
+        tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+        model.save_pretrained(tmp)
+        processor.save_pretrained(tmp)
+        tmp.replace(path) if not path.exists() else None
+    return str(path)
