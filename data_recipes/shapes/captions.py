@@ -1,0 +1,143 @@
+"""Caption text for shapes-world scenes: ground truth, yes/no questions, hallucinated rewrites.
+
+The grammar is tiny and regular so a model trained from scratch can learn it:
+
+    caption  := mention "." | mention " and " mention "." | mention ", " ... " and " mention "."
+    mention  := "a " size " " colour " " shape          e.g. "a large red circle"
+
+Objects are listed in grid reading order (top left, top right, bottom left, bottom right).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+from .world import COLOURS, SHAPES, SIZES, Scene, ShapeObject
+
+DESCRIBE_PROMPT = "Describe the image."
+
+
+def mention(obj: ShapeObject, with_size: bool = True) -> str:
+    """Noun phrase for one object: "a large red circle" (or "a red circle" without size)."""
+    size = f"{obj.size} " if with_size else ""
+    return f"a {size}{obj.colour} {obj.shape}"
+
+
+def describe(objects: Sequence[ShapeObject], with_size: bool = True) -> str:
+    """Caption listing `objects` in the given order: "a x, a y and a z."."""
+    if not objects:
+        raise ValueError("cannot describe an empty list of objects")
+    mentions = [mention(o, with_size) for o in objects]
+    if len(mentions) == 1:
+        return f"{mentions[0]}."
+    return f"{', '.join(mentions[:-1])} and {mentions[-1]}."
+
+
+def caption(scene: Scene, with_size: bool = True) -> str:
+    """Ground-truth caption: every object of the scene, once, in reading order."""
+    return describe(scene.objects, with_size)
+
+
+def question(colour: str, shape: str) -> str:
+    """Yes/no question asking whether a (colour, shape) object is present."""
+    return f"is there a {colour} {shape} in the image?"
+
+
+def yes_no_questions(
+    scene: Scene, rng: random.Random, n_pos: int = 2, n_neg: int = 2
+) -> list[tuple[str, str]]:
+    """Shuffled (question, answer) pairs: up to `n_pos` about present objects ("yes") and
+    up to `n_neg` about absent (colour, shape) pairs ("no"), without repeats.
+
+    Fewer positives come back when the scene has fewer than `n_pos` objects.
+    """
+    present = rng.sample(scene.objects, min(n_pos, len(scene.objects)))
+    absent_pairs = scene.absent_pairs()
+    absent = rng.sample(absent_pairs, min(n_neg, len(absent_pairs)))
+    items = [(question(o.colour, o.shape), "yes") for o in present]
+    items += [(question(c, s), "no") for c, s in absent]
+    rng.shuffle(items)
+    return items
+
+
+def _absent_object(scene: Scene, rng: random.Random) -> ShapeObject:
+    colour, shape = rng.choice(scene.absent_pairs())
+    # The position only has to be valid; it never reaches the caption text.
+    position = (scene.free_positions() or [scene.objects[-1].position])[0]
+    return ShapeObject(colour=colour, shape=shape, size=rng.choice(SIZES), position=position)
+
+
+def _swap_options(scene: Scene, attribute: str) -> list[tuple[int, str]]:
+    """(object index, new value) pairs that turn an object into one absent from the scene."""
+    values = SHAPES if attribute == "shape" else tuple(COLOURS)
+    options = []
+    for i, obj in enumerate(scene.objects):
+        for value in values:
+            colour = value if attribute == "colour" else obj.colour
+            shape = value if attribute == "shape" else obj.shape
+            if not scene.has(colour, shape):
+                options.append((i, value))
+    return options
+
+
+def _swap(scene: Scene, rng: random.Random, attribute: str) -> str:
+    options = _swap_options(scene, attribute)
+    if not options:
+        raise ValueError(f"no object in {scene.names} can change {attribute} to an absent object")
+    index, value = rng.choice(options)
+    objects = list(scene.objects)
+    objects[index] = replace(objects[index], **{attribute: value})
+    return describe(objects)
+
+
+def add_object(scene: Scene, rng: random.Random) -> str:
+    """Ground-truth caption with one absent object appended at the end."""
+    return describe([*scene.objects, _absent_object(scene, rng)])
+
+
+def swap_shape(scene: Scene, rng: random.Random) -> str:
+    """Ground-truth caption with one object's shape changed so it names an absent object.
+
+    Raises ValueError when impossible (all four shapes of the only colour are present).
+    """
+    return _swap(scene, rng, "shape")
+
+
+def swap_colour(scene: Scene, rng: random.Random) -> str:
+    """Ground-truth caption with one object's colour changed so it names an absent object."""
+    return _swap(scene, rng, "colour")
+
+
+HALLUCINATIONS: dict[str, Callable[[Scene, random.Random], str]] = {
+    "add_object": add_object,
+    "swap_shape": swap_shape,
+    "swap_colour": swap_colour,
+}
+"""POVID-style rewrites (arXiv:2402.11411): each returns a caption naming at least one object
+that is not in the scene."""
+
+
+def applicable_hallucinations(scene: Scene) -> list[str]:
+    """Names in `HALLUCINATIONS` that can rewrite this scene's caption."""
+    kinds = ["add_object"]
+    kinds += [f"swap_{a}" for a in ("shape", "colour") if _swap_options(scene, a)]
+    return kinds
+
+
+def hallucinate(scene: Scene, rng: random.Random) -> str:
+    """A hallucinated caption from one rewrite drawn uniformly among those that apply."""
+    kind = rng.choice(applicable_hallucinations(scene))
+    return HALLUCINATIONS[kind](scene, rng)
+
+
+def noisy_web_caption(scene: Scene, rng: random.Random) -> str:
+    """Ground-truth caption plus one absent object inserted at a random place in the list.
+
+    Used as noisy pretraining text so the base model learns to hallucinate; the random place
+    keeps the model from learning that only the last mention can be wrong.
+    """
+    objects = list(scene.objects)
+    objects.insert(rng.randint(0, len(objects)), _absent_object(scene, rng))
+    return describe(objects)
