@@ -1,0 +1,152 @@
+"""The processor-aware preference collator.
+
+Prompts (images included) go through the model's own ``AutoProcessor`` and chat template, left-padded, so
+the processor expands image placeholders into exactly the tokens the model expects. Responses are rendered
+by the same chat template, tokenized with the processor's tokenizer, right-padded, and get a
+``completion_mask`` that is 1 exactly on the response's text tokens plus the end-of-turn token the template
+closes the turn with, and 0 on chat scaffolding and padding. Image tokens and prompt never enter the mask
+because they never enter the completion tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vlmdpo.data import DataError, response_text
+
+# Processor outputs with one value per prompt token (the rest are per image: pixel_values, image_grid_thw...).
+_TEXT_KEYS = ("input_ids", "attention_mask")
+
+
+class PreferenceCollator:
+    """Turn normalized preference rows (see ``vlmdpo.data.normalize_row``) into model-ready tensors.
+
+    Returns a dict with:
+        ``prompt_input_ids``, ``prompt_attention_mask``: (B, P), left-padded.
+        ``prompt_token_types``: dict of other per-token processor outputs, (B, P) each
+            (``token_type_ids``, ``mm_token_type_ids``, ...).
+        ``vision_inputs``: dict of per-image processor outputs (``pixel_values``, ``image_grid_thw``,
+            ``image_sizes``, ``pixel_attention_mask``, ...), rows in the order of the prompts' images.
+        ``chosen_input_ids``, ``chosen_attention_mask``, ``chosen_completion_mask``: (B, Cc), right-padded;
+            the same three for ``rejected``.
+        ``index``: list of the rows' dataset indices.
+
+    Args:
+        processor: the model's ``AutoProcessor`` (with a chat template).
+        max_prompt_length: prompts with more tokens (image tokens included) raise ``DataError``; filter them
+            out beforehand with ``prompt_length`` if skipping is wanted. ``None`` for no limit.
+        max_response_length: responses are truncated to this many tokens. ``None`` for no limit.
+    """
+
+    def __init__(self, processor, max_prompt_length: int | None = None, max_response_length: int | None = None):
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to eos_token)")
+        self.max_prompt_length = max_prompt_length
+        self.max_response_length = max_response_length
+        added = [token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special]
+        self._special_tokens = sorted(set(added) | set(self.tokenizer.all_special_tokens), key=len, reverse=True)
+
+    def _chat(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        return self.processor.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+    def encode_prompts(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        """Run the processor on the prompts and images of ``rows`` (left padding)."""
+        texts = [self._chat(row["prompt"], add_generation_prompt=True) for row in rows]
+        images = [image for row in rows for image in row["images"]]
+        kwargs = {"images": images} if images else {}
+        return self.processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
+
+    def prompt_length(self, row: dict) -> int:
+        """Number of prompt tokens of one row, image tokens included."""
+        return int(self.encode_prompts([row])["attention_mask"].sum())
+
+    def encode_response(self, row: dict, field: str) -> tuple[list[int], list[int]]:
+        """Token ids of ``row[field]`` as the chat template renders it after the prompt, and its mask."""
+        prompt_text = self._chat(row["prompt"], add_generation_prompt=True)
+        full_text = self._chat(row["prompt"] + row[field], add_generation_prompt=False)
+        if not full_text.startswith(prompt_text):
+            raise DataError(row.get("index"), field, "the chat template renders the prompt differently when "
+                            "a response follows it, so the response cannot be located",
+                            "use a chat template whose generation prompt is a prefix of the full conversation")
+        suffix = full_text[len(prompt_text):]
+        text = response_text(row[field])
+        start = suffix.find(text)
+        if start < 0:
+            raise DataError(row.get("index"), field, "the chat template changed the response text",
+                            "check the template, or give responses already in the form it renders")
+        end = start + len(text)
+        tail = suffix[end:]
+        # the turn ends with the first special token after the response; templates that put none get EOS
+        hits = [(tail.find(tok), tok) for tok in self._special_tokens if tail.find(tok) >= 0]
+        if hits:
+            position, token = min(hits, key=lambda hit: (hit[0], -len(hit[1])))
+            if tail[:position].strip():
+                position, token = -1, None
+        if not hits or token is None:
+            suffix, end = suffix[:end] + self.tokenizer.eos_token, end + len(self.tokenizer.eos_token)
+        else:
+            end += position + len(token)
+            suffix = suffix[:end]
+        encoded = self.tokenizer(suffix, add_special_tokens=False, return_offsets_mapping=True)
+        ids = encoded["input_ids"]
+        mask = [int(b > start and a < end) for a, b in encoded["offset_mapping"]]
+        if self.max_response_length is not None:
+            keep = _truncate_at(mask, self.max_response_length)
+            ids, mask = ids[:keep], mask[:keep]
+        return ids, mask
+
+    def __call__(self, rows: list[dict]) -> dict:
+        prompts = self.encode_prompts(rows)
+        lengths = prompts["attention_mask"].sum(dim=1)
+        if self.max_prompt_length is not None:
+            for row, length in zip(rows, lengths.tolist()):
+                if length > self.max_prompt_length:
+                    raise DataError(row.get("index"), "prompt", f"the prompt is {length} tokens with its image "
+                                    f"tokens, more than max_prompt_length={self.max_prompt_length}",
+                                    "raise max_prompt_length, shrink the images, or set skip_long_prompts")
+        batch_size, prompt_len = prompts["input_ids"].shape
+        batch = {
+            "prompt_input_ids": prompts["input_ids"],
+            "prompt_attention_mask": prompts["attention_mask"],
+            "prompt_token_types": {},
+            "vision_inputs": {},
+            "index": [row.get("index") for row in rows],
+        }
+        for key, value in prompts.items():
+            if key in _TEXT_KEYS or not isinstance(value, torch.Tensor):
+                continue
+            is_per_token = (value.dim() == 2 and tuple(value.shape) == (batch_size, prompt_len)
+                            and not value.is_floating_point())
+            batch["prompt_token_types" if is_per_token else "vision_inputs"][key] = value
+        for field in ("chosen", "rejected"):
+            encoded = [self.encode_response(row, field) for row in rows]
+            ids, mask = _right_pad([e[0] for e in encoded], self.tokenizer.pad_token_id)
+            completion_mask, _ = _right_pad([e[1] for e in encoded], 0)
+            batch[f"{field}_input_ids"] = ids
+            batch[f"{field}_attention_mask"] = mask
+            batch[f"{field}_completion_mask"] = completion_mask
+        return batch
+
+
+def _truncate_at(mask: list[int], max_tokens: int) -> int:
+    """Length of the prefix of a completion that keeps at most ``max_tokens`` response tokens."""
+    count = 0
+    for position, value in enumerate(mask):
+        count += value
+        if count > max_tokens:
+            return position
+    return len(mask)
+
+
+def _right_pad(sequences: list[list[int]], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, max_len) tensor of right-padded sequences and its attention mask."""
+    length = max(len(s) for s in sequences)
+    padded = torch.full((len(sequences), length), pad_value, dtype=torch.long)
+    attention = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        padded[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention[i, : len(seq)] = 1
+    return padded, attention

@@ -1,0 +1,180 @@
+"""Typed run configuration: dataclasses, a YAML file, and ``key=value`` overrides (via OmegaConf).
+
+A YAML file mirrors the dataclasses::
+
+    model: {name_or_path: Qwen/Qwen2-VL-2B-Instruct, dtype: bfloat16}
+    data: {train: openbmb/RLAIF-V-Dataset}
+    train: {output_dir: runs/qwen2vl-dpo, learning_rate: 5e-6}
+    loss: {losses: "sigmoid:0.8+bco_pair:0.2+sft:1.0", beta: 0.1}
+
+and any field can be overridden on the command line as ``train.learning_rate=1e-5``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from omegaconf import OmegaConf
+
+from vlmdpo.losses import LOSSES, MPO
+
+LOSS_PRESETS = {"dpo": "sigmoid", "mpo": "+".join(f"{name}:{weight}" for name, weight in MPO)}
+
+
+@dataclass
+class ModelConfig:
+    name_or_path: str = "tiny:llava"
+    """Hub name or local folder of an ``AutoModelForImageTextToText`` model; ``tiny:<family>`` builds a
+    random-weight tiny model (``vlmdpo.testing``) for offline runs."""
+    dtype: str = "float32"
+    """Weights dtype: float32, bfloat16 or float16."""
+    finetune: str = "lora"
+    """``lora`` (reference = adapter disabled) or ``full`` (reference = frozen copy)."""
+    lora_r: int = 16
+    """LoRA rank."""
+    lora_alpha: int = 32
+    """LoRA scaling numerator (scale = alpha / r)."""
+    lora_dropout: float = 0.0
+    """Dropout on the LoRA branch."""
+    lora_parts: list[str] = field(default_factory=lambda: ["language"])
+    """Parts whose linear layers get LoRA: any of language, projector, vision."""
+    lora_target_modules: list[str] | None = None
+    """Explicit module names for LoRA (overrides ``lora_parts``)."""
+    gradient_checkpointing: bool = False
+    """Recompute activations in the backward pass to save memory."""
+    attn_implementation: str | None = None
+    """Passed to ``from_pretrained`` (e.g. sdpa, flash_attention_2)."""
+
+    def __post_init__(self):
+        if self.finetune not in ("lora", "full"):
+            raise ValueError(f"model.finetune must be 'lora' or 'full', got {self.finetune!r}")
+        if self.dtype not in ("float32", "bfloat16", "float16"):
+            raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
+        bad = set(self.lora_parts) - {"language", "projector", "vision"}
+        if bad:
+            raise ValueError(f"model.lora_parts has unknown parts {sorted(bad)}; use language/projector/vision")
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    """Training pairs: a save_to_disk folder, json/jsonl/parquet file, imagefolder or hub dataset name."""
+    train_split: str = "train"
+    """Split of ``train`` to use."""
+    image_root: str | None = None
+    """Folder that relative image paths in the data are resolved against."""
+    max_rows: int | None = None
+    """Use only the first N rows (quick experiments)."""
+    max_prompt_length: int | None = None
+    """Longest prompt in tokens, image tokens included; longer prompts are an error unless skipped."""
+    max_response_length: int | None = 256
+    """Responses are truncated to this many tokens."""
+    skip_long_prompts: bool = False
+    """Drop rows whose prompt exceeds ``max_prompt_length`` (with a warning that counts them)."""
+
+    def __post_init__(self):
+        if self.skip_long_prompts and self.max_prompt_length is None:
+            raise ValueError("data.skip_long_prompts needs data.max_prompt_length")
+
+
+@dataclass
+class LossConfig:
+    losses: str = "sigmoid"
+    """One loss name, a preset (dpo, mpo), or a weighted sum ``name:weight+name:weight``."""
+    beta: float = 0.1
+    """DPO temperature: how far the policy may move from the reference."""
+    label_smoothing: float = 0.0
+    """Assumed label-noise rate for conservative / robust DPO."""
+    simpo_gamma: float = 0.5
+    """Target reward margin of SimPO."""
+
+    def weighted(self) -> list[tuple[str, float]]:
+        """The loss spec as ``[(name, weight), ...]``; raises on unknown names."""
+        spec = LOSS_PRESETS.get(self.losses, self.losses)
+        pairs = []
+        for part in spec.split("+"):
+            name, _, weight = part.strip().partition(":")
+            if name not in LOSSES:
+                raise ValueError(f"loss.losses: unknown loss {name!r}; known: {sorted(LOSSES)} "
+                                 f"or presets {sorted(LOSS_PRESETS)}")
+            pairs.append((name, float(weight) if weight else 1.0))
+        return pairs
+
+    def __post_init__(self):
+        self.weighted()
+        if self.beta <= 0:
+            raise ValueError(f"loss.beta must be positive, got {self.beta}")
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/vlmdpo"
+    """Where the adapter, processor, checkpoints and metrics.jsonl are written."""
+    seed: int = 0
+    """Seed for weights of new modules, shuffling and dropout."""
+    batch_size: int = 4
+    """Pairs per device per micro-batch."""
+    gradient_accumulation_steps: int = 1
+    """Micro-batches per optimizer step."""
+    learning_rate: float = 5e-5
+    """Peak learning rate."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    num_epochs: float = 1.0
+    """Passes over the data (ignored when ``max_steps`` is set)."""
+    max_steps: int | None = None
+    """Optimizer steps to run."""
+    warmup_ratio: float = 0.1
+    """Fraction of steps with a linear warmup."""
+    lr_scheduler: str = "cosine"
+    """Any ``transformers.get_scheduler`` name."""
+    max_grad_norm: float = 1.0
+    """Gradient clipping norm (0 disables)."""
+    mixed_precision: str = "auto"
+    """auto (bf16 on a GPU that supports it, else none), no, bf16 or fp16."""
+    logging_steps: int = 1
+    """Write metrics every N optimizer steps."""
+    save_steps: int = 0
+    """Save a resumable checkpoint every N steps (0: only the final save)."""
+    save_total_limit: int = 2
+    """Keep at most this many checkpoints."""
+    resume: bool = True
+    """Continue from the newest checkpoint in ``output_dir`` if there is one."""
+    report_to: list[str] = field(default_factory=list)
+    """``accelerate`` trackers (tensorboard, wandb, ...) to log to, besides metrics.jsonl."""
+    num_workers: int = 0
+    """DataLoader worker processes."""
+    progress: bool = True
+    """Show a progress bar."""
+
+    def __post_init__(self):
+        if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
+            raise ValueError("train.batch_size and train.gradient_accumulation_steps must be >= 1")
+        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
+            raise ValueError(f"train.mixed_precision must be auto/no/bf16/fp16, got {self.mixed_precision!r}")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; validated."""
+    merged = OmegaConf.structured(Config)
+    if path:
+        merged = OmegaConf.merge(merged, OmegaConf.load(path))
+    bad = [item for item in overrides if "=" not in item]
+    if bad:
+        raise ValueError(f"overrides must look like section.key=value, got {bad}")
+    if overrides:
+        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+    return OmegaConf.to_object(merged)
+
+
+def save_config(config: Config, path: str) -> None:
+    """Write ``config`` as YAML (what a run used, next to its outputs)."""
+    OmegaConf.save(OmegaConf.structured(config), path)

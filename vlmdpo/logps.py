@@ -1,0 +1,82 @@
+"""Per-token log-probs of the responses, gathered only at response positions, in float32.
+
+This is the plain (reference) path: the prompt is repeated for the chosen and the rejected response and the
+model runs once on the 2B concatenated sequences. Only the last ``C + 1`` positions reach the LM head
+(``logits_to_keep``), so no logits exist for image or prompt tokens, and float32 is used only for the rows
+of the response tokens, in chunks, never for the whole sequence.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+_LOGSOFTMAX_CHUNK = 1024
+
+
+def selective_log_softmax(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """``log_softmax(logits.float())[i, labels[i]]`` for ``logits`` (N, V) and ``labels`` (N,), in float32.
+
+    Upcasts ``_LOGSOFTMAX_CHUNK`` rows at a time, so peak float32 memory is chunk x V, not N x V.
+    """
+    out = []
+    for start in range(0, logits.shape[0], _LOGSOFTMAX_CHUNK):
+        chunk = logits[start: start + _LOGSOFTMAX_CHUNK].float()
+        index = labels[start: start + _LOGSOFTMAX_CHUNK].unsqueeze(-1)
+        out.append((chunk.gather(-1, index) - torch.logsumexp(chunk, dim=-1, keepdim=True)).squeeze(-1))
+    return torch.cat(out) if out else logits.new_zeros(0, dtype=torch.float32)
+
+
+def _pad_to(tensor: torch.Tensor, length: int, value: int) -> torch.Tensor:
+    return F.pad(tensor, (0, length - tensor.shape[1]), value=value)
+
+
+def concatenated_inputs(batch: dict, pad_token_id: int) -> dict:
+    """Model inputs for the 2B sequences ``[prompt; chosen]`` (rows 0..B-1) and ``[prompt; rejected]``.
+
+    Returns ``model_inputs`` (kwargs for the model's forward), ``completion_ids`` (2B, C) and
+    ``completion_mask`` (2B, C). Per-image inputs are repeated in the same order; per-token prompt inputs
+    (``token_type_ids``, ``mm_token_type_ids``) are extended with 0 (text) over the responses.
+    """
+    length = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
+    completion_ids = torch.cat([_pad_to(batch[f"{f}_input_ids"], length, pad_token_id)
+                                for f in ("chosen", "rejected")])
+    completion_attention = torch.cat([_pad_to(batch[f"{f}_attention_mask"], length, 0)
+                                      for f in ("chosen", "rejected")])
+    completion_mask = torch.cat([_pad_to(batch[f"{f}_completion_mask"], length, 0)
+                                 for f in ("chosen", "rejected")])
+    prompt_ids = batch["prompt_input_ids"].repeat(2, 1)
+    model_inputs = {
+        "input_ids": torch.cat([prompt_ids, completion_ids], dim=1),
+        "attention_mask": torch.cat([batch["prompt_attention_mask"].repeat(2, 1), completion_attention], dim=1),
+    }
+    for key, value in batch["prompt_token_types"].items():
+        model_inputs[key] = torch.cat([value.repeat(2, 1), torch.zeros_like(completion_ids)], dim=1)
+    for key, value in batch["vision_inputs"].items():
+        model_inputs[key] = torch.cat([value, value])
+    return {"model_inputs": model_inputs, "completion_ids": completion_ids, "completion_mask": completion_mask}
+
+
+def completion_logps(model, batch: dict, pad_token_id: int) -> dict[str, torch.Tensor]:
+    """Summed response log-probs of the chosen and rejected responses (plain path).
+
+    Returns ``chosen_logps``, ``rejected_logps`` (B,) float32 sums over response tokens,
+    ``chosen_lengths``, ``rejected_lengths`` (B,) response token counts, and ``per_token_logps`` (2B, C)
+    (zero outside the response) for metrics.
+    """
+    inputs = concatenated_inputs(batch, pad_token_id)
+    completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
+    length = completion_ids.shape[1]
+    # logits at position t predict token t + 1: the last C + 1 positions cover all C response tokens
+    logits = model(**inputs["model_inputs"], logits_to_keep=length + 1, use_cache=False).logits[:, :-1]
+    selected = completion_mask.bool()
+    per_token_logps = torch.zeros(completion_ids.shape, dtype=torch.float32, device=logits.device)
+    per_token_logps[selected] = selective_log_softmax(logits[selected], completion_ids[selected])
+    logps = per_token_logps.sum(dim=1)
+    lengths = completion_mask.sum(dim=1)
+    batch_size = batch["prompt_input_ids"].shape[0]
+    return {
+        "chosen_logps": logps[:batch_size], "rejected_logps": logps[batch_size:],
+        "chosen_lengths": lengths[:batch_size], "rejected_lengths": lengths[batch_size:],
+        "per_token_logps": per_token_logps,
+    }

@@ -1,0 +1,103 @@
+"""Loading the policy, adapting it with LoRA, and running the reference model.
+
+The reference model is the policy with its adapter disabled (no second copy in memory); only full
+fine-tuning keeps a frozen copy. Which submodules are the language model, the vision tower and the
+projector is read from the model's own structure, not from its family name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+from torch import nn
+
+# Attribute names transformers uses for the parts of a VLM (LLaVA, Qwen2-VL, Idefics, PaliGemma, Gemma 3...).
+_LANGUAGE_NAMES = ("language_model", "text_model")
+_VISION_NAMES = ("vision_tower", "visual", "vision_model")
+_PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector", "mm_projector", "vision_projection")
+
+PART_CHOICES = ("language", "projector", "vision")
+
+
+def load_model_and_processor(name_or_path: str, dtype: str | torch.dtype = "float32",
+                             attn_implementation: str | None = None, revision: str | None = None):
+    """``AutoModelForImageTextToText`` and ``AutoProcessor`` from a hub name or a local folder."""
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    kwargs = {"dtype": dtype, "revision": revision}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+    processor = AutoProcessor.from_pretrained(name_or_path, revision=revision)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, processor
+
+
+def _part_of(name: str) -> str | None:
+    """Which part of a VLM the module called ``name`` belongs to (projector wins over vision)."""
+    pieces = name.split(".")
+    if any(p in _PROJECTOR_NAMES for p in pieces):
+        return "projector"
+    if any(p in _VISION_NAMES for p in pieces):
+        return "vision"
+    if any(p in _LANGUAGE_NAMES for p in pieces):
+        return "language"
+    return None
+
+
+def linear_module_names(model: nn.Module, parts: tuple[str, ...] = ("language",)) -> list[str]:
+    """Full names of the ``nn.Linear`` layers in the given parts of the model (never the LM head)."""
+    unknown = set(parts) - set(PART_CHOICES)
+    if unknown:
+        raise ValueError(f"unknown model parts {sorted(unknown)}; choose from {PART_CHOICES}")
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and _part_of(name) in parts]
+    if not names:
+        raise ValueError(f"found no linear layers in parts {parts} of {type(model).__name__}; "
+                         "pass lora target_modules explicitly")
+    return names
+
+
+def apply_lora(model: nn.Module, *, r: int = 16, alpha: int = 32, dropout: float = 0.0,
+               parts: tuple[str, ...] = ("language",), target_modules: list[str] | None = None):
+    """Wrap ``model`` in a ``peft`` LoRA adapter; only the adapter's weights stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = target_modules or linear_module_names(model, parts)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A frozen, eval-mode copy, used as the reference model for full fine-tuning."""
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+@contextlib.contextmanager
+def reference_mode(policy: nn.Module, reference: nn.Module | None = None):
+    """Yield the model that computes reference log-probs, with no gradients.
+
+    For a ``peft`` policy this is the policy itself with its adapter disabled; otherwise ``reference``.
+    """
+    if reference is not None:
+        with torch.no_grad():
+            yield reference
+        return
+    unwrapped = getattr(policy, "module", policy)  # DDP / accelerate wrapper
+    if not hasattr(unwrapped, "disable_adapter"):
+        raise ValueError("the policy has no adapter to disable; pass a frozen reference model")
+    was_training = policy.training
+    policy.eval()  # the reference is the untrained model: no dropout
+    try:
+        with torch.no_grad(), unwrapped.disable_adapter():
+            yield policy
+    finally:
+        policy.train(was_training)

@@ -1,0 +1,241 @@
+"""The DPO training loop, on ``accelerate``.
+
+rows -> PreferenceCollator -> policy forward -> response log-probs -> reference log-probs (adapter disabled)
+-> loss registry -> backward. ``accelerate`` owns devices, mixed precision, accumulation and launching
+(``accelerate launch -m vlmdpo.cli train ...`` for DDP, FSDP or DeepSpeed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Sampler
+from tqdm.auto import tqdm
+
+from vlmdpo.collator import PreferenceCollator
+from vlmdpo.config import Config, save_config
+from vlmdpo.data import PreferenceDataset, load_preference_dataset
+from vlmdpo.logps import completion_logps
+from vlmdpo.losses import combined_loss, rewards
+from vlmdpo.modeling import apply_lora, frozen_copy, load_model_and_processor, reference_mode
+
+STATE_FILE = "trainer_state.json"
+
+
+class EpochShuffleSampler(Sampler):
+    """A fresh permutation per epoch, fixed by ``seed + epoch``, so a resumed run sees the same order."""
+
+    def __init__(self, size: int, seed: int):
+        self.size, self.seed, self.epoch = size, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.size
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed + self.epoch)
+        return iter(torch.randperm(self.size, generator=generator).tolist())
+
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``tiny:<family>`` names a cached random-weight model built by ``vlmdpo.testing``."""
+    if name_or_path.startswith("tiny:"):
+        from vlmdpo.testing import tiny_vlm
+
+        return tiny_vlm(name_or_path.split(":", 1)[1])
+    return name_or_path
+
+
+def build_policy(config: Config):
+    """Load the model and processor; return ``(policy, reference_or_None, processor)``."""
+    model_cfg = config.model
+    model, processor = load_model_and_processor(
+        resolve_model_path(model_cfg.name_or_path), model_cfg.dtype, model_cfg.attn_implementation)
+    if model_cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    if model_cfg.finetune == "full":
+        return model, frozen_copy(model), processor
+    model.requires_grad_(False)
+    policy = apply_lora(model, r=model_cfg.lora_r, alpha=model_cfg.lora_alpha, dropout=model_cfg.lora_dropout,
+                        parts=tuple(model_cfg.lora_parts), target_modules=model_cfg.lora_target_modules)
+    return policy, None, processor
+
+
+def build_dataset(config: Config, collator: PreferenceCollator, log=print) -> PreferenceDataset:
+    """Load the training pairs; drop over-long prompts only if the user asked to."""
+    data_cfg = config.data
+    if not data_cfg.train:
+        raise ValueError("data.train is empty: give a dataset path or hub name, e.g. data.train=pairs.jsonl")
+    dataset = load_preference_dataset(data_cfg.train, split=data_cfg.train_split)
+    if data_cfg.max_rows is not None:
+        dataset = dataset.select(range(min(data_cfg.max_rows, len(dataset))))
+    image_root = data_cfg.image_root
+    if image_root is None and Path(data_cfg.train).is_file():
+        image_root = str(Path(data_cfg.train).parent)
+    pairs = PreferenceDataset(dataset, image_root=image_root)
+    if data_cfg.skip_long_prompts:
+        keep = [i for i in range(len(pairs)) if collator.prompt_length(pairs[i]) <= data_cfg.max_prompt_length]
+        if len(keep) < len(pairs):
+            log(f"warning: skipped {len(pairs) - len(keep)} of {len(pairs)} rows whose prompt is longer than "
+                f"max_prompt_length={data_cfg.max_prompt_length}")
+            pairs = PreferenceDataset(dataset.select(keep), image_root=image_root)
+    return pairs
+
+
+def dpo_step(policy, reference, batch: dict, config: Config, pad_token_id: int, bco_delta: float = 0.0):
+    """Loss and metrics for one micro-batch."""
+    policy_out = completion_logps(policy, batch, pad_token_id)
+    with reference_mode(policy, reference) as ref_model:
+        ref_out = completion_logps(ref_model, batch, pad_token_id)
+    loss_cfg = config.loss
+    loss, parts = combined_loss(
+        loss_cfg.weighted(), policy_out["chosen_logps"], policy_out["rejected_logps"],
+        ref_out["chosen_logps"], ref_out["rejected_logps"], beta=loss_cfg.beta,
+        label_smoothing=loss_cfg.label_smoothing, simpo_gamma=loss_cfg.simpo_gamma, bco_delta=bco_delta,
+        chosen_lengths=policy_out["chosen_lengths"], rejected_lengths=policy_out["rejected_lengths"])
+    chosen_rewards = rewards(policy_out["chosen_logps"], ref_out["chosen_logps"], loss_cfg.beta)
+    rejected_rewards = rewards(policy_out["rejected_logps"], ref_out["rejected_logps"], loss_cfg.beta)
+    metrics = {
+        "loss": loss.detach(),
+        "rewards/chosen": chosen_rewards.mean(),
+        "rewards/rejected": rejected_rewards.mean(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+        "logps/chosen": policy_out["chosen_logps"].detach().mean(),
+        "logps/rejected": policy_out["rejected_logps"].detach().mean(),
+        **{f"loss/{name}": value for name, value in parts.items()},
+    }
+    return loss, metrics
+
+
+def _latest_checkpoint(output_dir: Path) -> Path | None:
+    found = [p for p in output_dir.glob("checkpoint-*") if (p / STATE_FILE).exists()]
+    return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def save_checkpoint(accelerator, policy, processor, output_dir: Path, step: int, state: dict, limit: int):
+    """Resumable checkpoint: accelerate state (optimizer, scheduler, RNG) plus the adapter."""
+    path = output_dir / f"checkpoint-{step}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(policy).save_pretrained(path / "adapter")
+        processor.save_pretrained(path / "adapter")
+        (path / STATE_FILE).write_text(json.dumps(state))
+        old = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+        for stale in old[:-limit] if limit > 0 else []:
+            shutil.rmtree(stale, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def _mixed_precision(choice: str) -> str:
+    if choice != "auto":
+        return choice
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+
+
+def train(config: Config) -> Path:
+    """Run DPO as configured; return the output folder (adapter + processor + metrics.jsonl)."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_scheduler
+
+    cfg = config.train
+    output_dir = Path(cfg.output_dir)
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+                              mixed_precision=_mixed_precision(cfg.mixed_precision),
+                              log_with=cfg.report_to or None, project_dir=str(output_dir))
+    log = tqdm.write if accelerator.is_main_process else (lambda *_: None)
+    set_seed(cfg.seed)
+    policy, reference, processor = build_policy(config)
+    tokenizer = getattr(processor, "tokenizer", processor)
+    collator = PreferenceCollator(processor, config.data.max_prompt_length, config.data.max_response_length)
+    pairs = build_dataset(config, collator, log)
+    sampler = EpochShuffleSampler(len(pairs), cfg.seed)
+    loader = DataLoader(pairs, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collator,
+                        num_workers=cfg.num_workers)
+    steps_per_epoch = max(1, math.ceil(len(loader) / accelerator.num_processes / cfg.gradient_accumulation_steps))
+    max_steps = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * steps_per_epoch))
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
+    scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * max_steps),
+                              num_training_steps=max_steps)
+    policy, optimizer, loader, scheduler = accelerator.prepare(policy, optimizer, loader, scheduler)
+    if reference is not None:
+        reference = reference.to(accelerator.device)
+
+    state = {"step": 0, "micro_batches": 0, "bco_delta": 0.0, "reward_count": 0}
+    checkpoint = _latest_checkpoint(output_dir) if cfg.resume else None
+    if checkpoint is not None:
+        accelerator.load_state(str(checkpoint))
+        state = json.loads((checkpoint / STATE_FILE).read_text())
+        log(f"resuming from {checkpoint} at step {state['step']}")
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, str(output_dir / "config.yaml"))
+    accelerator.init_trackers("vlmdpo", config={"beta": config.loss.beta, "lr": cfg.learning_rate})
+    metrics_file = open(output_dir / "metrics.jsonl", "a") if accelerator.is_main_process else None
+    progress = tqdm(total=max_steps, initial=state["step"], desc="DPO", disable=not (
+        cfg.progress and accelerator.is_main_process), dynamic_ncols=True)
+
+    policy.train()
+    sums: dict[str, float] = {}
+    micro_per_epoch = len(loader)
+    while state["step"] < max_steps:
+        epoch, done = divmod(state["micro_batches"], micro_per_epoch)
+        sampler.set_epoch(epoch)
+        epoch_loader = accelerator.skip_first_batches(loader, done) if done else loader
+        for batch in epoch_loader:
+            with accelerator.accumulate(policy):
+                loss, metrics = dpo_step(policy, reference, batch, config, tokenizer.pad_token_id,
+                                         state["bco_delta"])
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad()
+            state["micro_batches"] += 1
+            # running mean of all rewards: the shift delta of BCO (arXiv:2404.04656)
+            mean_reward = float((metrics["rewards/chosen"] + metrics["rewards/rejected"]) / 2)
+            state["reward_count"] += 1
+            state["bco_delta"] += (mean_reward - state["bco_delta"]) / state["reward_count"]
+            for name, value in metrics.items():
+                sums[name] = sums.get(name, 0.0) + float(accelerator.reduce(value.detach(), "mean"))
+            sums["_count"] = sums.get("_count", 0) + 1
+            if not accelerator.sync_gradients:
+                continue
+            state["step"] += 1
+            progress.update(1)
+            if state["step"] % cfg.logging_steps == 0 or state["step"] == max_steps:
+                count = sums.pop("_count")
+                record = {name: value / count for name, value in sums.items()}
+                record.update(step=state["step"], epoch=state["micro_batches"] / micro_per_epoch,
+                              learning_rate=scheduler.get_last_lr()[0])
+                progress.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
+                accelerator.log(record, step=state["step"])
+                if metrics_file:
+                    metrics_file.write(json.dumps(record) + "\n")
+                    metrics_file.flush()
+                sums = {}
+            if cfg.save_steps and state["step"] % cfg.save_steps == 0 and state["step"] < max_steps:
+                save_checkpoint(accelerator, policy, processor, output_dir, state["step"], state,
+                                cfg.save_total_limit)
+            if state["step"] >= max_steps:
+                break
+    progress.close()
+    if metrics_file:
+        metrics_file.close()
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(policy).save_pretrained(output_dir)
+        processor.save_pretrained(output_dir)
+    save_checkpoint(accelerator, policy, processor, output_dir, state["step"], state, cfg.save_total_limit)
+    accelerator.end_training()
+    return output_dir
