@@ -122,6 +122,8 @@ class PreferenceCollator:
                             and not value.is_floating_point())
             batch["prompt_token_types" if is_per_token else "vision_inputs"][key] = value
         for field in ("chosen", "rejected"):
+            if field not in rows[0]:  # supervised rows carry only "chosen"
+                continue
             encoded = [self.encode_response(row, field) for row in rows]
             ids, mask = _right_pad([e[0] for e in encoded], self.tokenizer.pad_token_id)
             completion_mask, _ = _right_pad([e[1] for e in encoded], 0)

@@ -16,7 +16,7 @@ from pathlib import Path
 import datasets
 from PIL import Image
 
-REQUIRED_FIELDS = ("prompt", "chosen", "rejected")
+RESPONSE_FIELDS = ("chosen", "rejected")
 
 
 class DataError(ValueError):
@@ -116,14 +116,18 @@ def count_image_blocks(messages: list[dict]) -> int:
     return sum(b["type"] == "image" for m in messages for b in m["content"])
 
 
-def normalize_row(row: dict, index: int, image_root: str | None = None) -> dict:
+def normalize_row(row: dict, index: int, image_root: str | None = None,
+                  responses: Sequence[str] = RESPONSE_FIELDS) -> dict:
     """Validate one preference row and return it as ``{images, prompt, chosen, rejected}``.
 
     Images are decoded to RGB PIL images; plain-string prompts get one image block per image before the
     text; plain-string responses become one assistant message. Raises ``DataError`` on a missing field,
     an unreadable image, an empty response, or image blocks that do not match the number of images.
+    ``responses=("chosen",)`` reads supervised rows, where a ``completion`` column may stand for ``chosen``.
     """
-    for field in REQUIRED_FIELDS:
+    if tuple(responses) == ("chosen",) and row.get("chosen") is None and row.get("completion") is not None:
+        row = {**row, "chosen": row["completion"]}
+    for field in ("prompt", *responses):
         if row.get(field) is None:
             raise DataError(index, field, "the field is missing", f"add a {field!r} column to the dataset")
     images = row.get("images")
@@ -140,7 +144,7 @@ def normalize_row(row: dict, index: int, image_root: str | None = None) -> dict:
         raise DataError(index, "prompt", f"the prompt has {num_blocks} image placeholder(s) but the row has "
                         f"{len(images)} image(s)", "add or remove {'type': 'image'} blocks so they match")
     normalized = {"images": images, "prompt": prompt}
-    for field in ("chosen", "rejected"):
+    for field in responses:
         messages = _as_messages(row[field], index, field, "assistant")
         if count_image_blocks(messages):
             raise DataError(index, field, "a response contains an image block", "put images in the prompt")
@@ -157,15 +161,17 @@ class PreferenceDataset:
     ``DataError``) and names the row's index in the underlying dataset.
     """
 
-    def __init__(self, dataset: datasets.Dataset, image_root: str | None = None):
+    def __init__(self, dataset: datasets.Dataset, image_root: str | None = None,
+                 responses: Sequence[str] = RESPONSE_FIELDS):
         self.dataset = dataset
         self.image_root = image_root
+        self.responses = tuple(responses)
 
     def __len__(self) -> int:
         return len(self.dataset)
 
     def __getitem__(self, index: int) -> dict:
-        row = normalize_row(self.dataset[int(index)], int(index), self.image_root)
+        row = normalize_row(self.dataset[int(index)], int(index), self.image_root, self.responses)
         row["index"] = int(index)
         return row
 

@@ -31,29 +31,35 @@ def _pad_to(tensor: torch.Tensor, length: int, value: int) -> torch.Tensor:
     return F.pad(tensor, (0, length - tensor.shape[1]), value=value)
 
 
+def response_fields(batch: dict) -> tuple[str, ...]:
+    """``("chosen", "rejected")`` for preference batches, ``("chosen",)`` for supervised ones."""
+    return tuple(f for f in ("chosen", "rejected") if f"{f}_input_ids" in batch)
+
+
 def concatenated_inputs(batch: dict, pad_token_id: int) -> dict:
     """Model inputs for the 2B sequences ``[prompt; chosen]`` (rows 0..B-1) and ``[prompt; rejected]``.
 
     Returns ``model_inputs`` (kwargs for the model's forward), ``completion_ids`` (2B, C) and
     ``completion_mask`` (2B, C). Per-image inputs are repeated in the same order; per-token prompt inputs
     (``token_type_ids``, ``mm_token_type_ids``) are extended with 0 (text) over the responses.
+    A supervised batch (no ``rejected``) gives B sequences instead of 2B.
     """
-    length = max(batch["chosen_input_ids"].shape[1], batch["rejected_input_ids"].shape[1])
-    completion_ids = torch.cat([_pad_to(batch[f"{f}_input_ids"], length, pad_token_id)
-                                for f in ("chosen", "rejected")])
-    completion_attention = torch.cat([_pad_to(batch[f"{f}_attention_mask"], length, 0)
-                                      for f in ("chosen", "rejected")])
-    completion_mask = torch.cat([_pad_to(batch[f"{f}_completion_mask"], length, 0)
-                                 for f in ("chosen", "rejected")])
-    prompt_ids = batch["prompt_input_ids"].repeat(2, 1)
+    fields = response_fields(batch)
+    copies = len(fields)
+    length = max(batch[f"{f}_input_ids"].shape[1] for f in fields)
+    completion_ids = torch.cat([_pad_to(batch[f"{f}_input_ids"], length, pad_token_id) for f in fields])
+    completion_attention = torch.cat([_pad_to(batch[f"{f}_attention_mask"], length, 0) for f in fields])
+    completion_mask = torch.cat([_pad_to(batch[f"{f}_completion_mask"], length, 0) for f in fields])
+    prompt_ids = batch["prompt_input_ids"].repeat(copies, 1)
     model_inputs = {
         "input_ids": torch.cat([prompt_ids, completion_ids], dim=1),
-        "attention_mask": torch.cat([batch["prompt_attention_mask"].repeat(2, 1), completion_attention], dim=1),
+        "attention_mask": torch.cat([batch["prompt_attention_mask"].repeat(copies, 1), completion_attention],
+                                    dim=1),
     }
     for key, value in batch["prompt_token_types"].items():
-        model_inputs[key] = torch.cat([value.repeat(2, 1), torch.zeros_like(completion_ids)], dim=1)
+        model_inputs[key] = torch.cat([value.repeat(copies, 1), torch.zeros_like(completion_ids)], dim=1)
     for key, value in batch["vision_inputs"].items():
-        model_inputs[key] = torch.cat([value, value])
+        model_inputs[key] = torch.cat([value] * copies)
     return {"model_inputs": model_inputs, "completion_ids": completion_ids, "completion_mask": completion_mask}
 
 
@@ -62,7 +68,7 @@ def completion_logps(model, batch: dict, pad_token_id: int) -> dict[str, torch.T
 
     Returns ``chosen_logps``, ``rejected_logps`` (B,) float32 sums over response tokens,
     ``chosen_lengths``, ``rejected_lengths`` (B,) response token counts, and ``per_token_logps`` (2B, C)
-    (zero outside the response) for metrics.
+    (zero outside the response) for metrics. Supervised batches give only the ``chosen_*`` entries.
     """
     inputs = concatenated_inputs(batch, pad_token_id)
     completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
@@ -75,8 +81,8 @@ def completion_logps(model, batch: dict, pad_token_id: int) -> dict[str, torch.T
     logps = per_token_logps.sum(dim=1)
     lengths = completion_mask.sum(dim=1)
     batch_size = batch["prompt_input_ids"].shape[0]
-    return {
-        "chosen_logps": logps[:batch_size], "rejected_logps": logps[batch_size:],
-        "chosen_lengths": lengths[:batch_size], "rejected_lengths": lengths[batch_size:],
-        "per_token_logps": per_token_logps,
-    }
+    out = {"per_token_logps": per_token_logps}
+    for i, field in enumerate(response_fields(batch)):
+        out[f"{field}_logps"] = logps[i * batch_size: (i + 1) * batch_size]
+        out[f"{field}_lengths"] = lengths[i * batch_size: (i + 1) * batch_size]
+    return out

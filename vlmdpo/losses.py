@@ -19,7 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "LOSSES", "MPO", "apo_zero", "bco_pair", "cdpo", "combined_loss", "hinge", "ipo", "rewards",
+    "CHOSEN_ONLY", "LOSSES", "MPO", "REFERENCE_FREE", "apo_zero", "bco_pair", "cdpo", "combined_loss", "hinge", "ipo", "rewards",
     "robust", "sft", "sigmoid_dpo", "simpo",
 ]
 
@@ -183,6 +183,11 @@ LOSSES: dict[str, Callable[..., Tensor]] = {
 }
 
 MPO: tuple[tuple[str, float], ...] = (("sigmoid", 0.8), ("bco_pair", 0.2), ("sft", 1.0))
+
+# What each loss reads: the trainer skips the reference pass, or the rejected responses, when no
+# component of a combined loss needs them.
+REFERENCE_FREE = frozenset({"simpo", "sft"})
+CHOSEN_ONLY = frozenset({"sft"})
 """Mixed Preference Optimization, Wang et al. 2024 (arXiv:2411.10442): preference + quality + generation."""
 
 

@@ -20,7 +20,7 @@ from vlmdpo.collator import PreferenceCollator
 from vlmdpo.config import Config, save_config
 from vlmdpo.data import PreferenceDataset, load_preference_dataset
 from vlmdpo.logps import completion_logps
-from vlmdpo.losses import combined_loss, rewards
+from vlmdpo.losses import CHOSEN_ONLY, REFERENCE_FREE, combined_loss, rewards
 from vlmdpo.modeling import apply_lora, frozen_copy, load_model_and_processor, reference_mode
 
 STATE_FILE = "trainer_state.json"
@@ -52,6 +52,20 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def _loss_names(config: Config) -> set[str]:
+    return {name for name, _ in config.loss.weighted()}
+
+
+def needs_reference(config: Config) -> bool:
+    """False when every loss component is reference-free (SFT, SimPO): the reference pass is skipped."""
+    return not _loss_names(config) <= REFERENCE_FREE
+
+
+def response_columns(config: Config) -> tuple[str, ...]:
+    """``("chosen",)`` when only chosen-only losses (SFT) are used, else ``("chosen", "rejected")``."""
+    return ("chosen",) if _loss_names(config) <= CHOSEN_ONLY else ("chosen", "rejected")
+
+
 def build_policy(config: Config):
     """Load the model and processor; return ``(policy, reference_or_None, processor)``."""
     model_cfg = config.model
@@ -61,7 +75,7 @@ def build_policy(config: Config):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if model_cfg.finetune == "full":
-        return model, frozen_copy(model), processor
+        return model, frozen_copy(model) if needs_reference(config) else None, processor
     model.requires_grad_(False)
     policy = apply_lora(model, r=model_cfg.lora_r, alpha=model_cfg.lora_alpha, dropout=model_cfg.lora_dropout,
                         parts=tuple(model_cfg.lora_parts), target_modules=model_cfg.lora_target_modules)
@@ -79,21 +93,31 @@ def build_dataset(config: Config, collator: PreferenceCollator, log=print) -> Pr
     image_root = data_cfg.image_root
     if image_root is None and Path(data_cfg.train).is_file():
         image_root = str(Path(data_cfg.train).parent)
-    pairs = PreferenceDataset(dataset, image_root=image_root)
+    responses = response_columns(config)
+    pairs = PreferenceDataset(dataset, image_root=image_root, responses=responses)
     if data_cfg.skip_long_prompts:
         keep = [i for i in range(len(pairs)) if collator.prompt_length(pairs[i]) <= data_cfg.max_prompt_length]
         if len(keep) < len(pairs):
             log(f"warning: skipped {len(pairs) - len(keep)} of {len(pairs)} rows whose prompt is longer than "
                 f"max_prompt_length={data_cfg.max_prompt_length}")
-            pairs = PreferenceDataset(dataset.select(keep), image_root=image_root)
+            pairs = PreferenceDataset(dataset.select(keep), image_root=image_root, responses=responses)
     return pairs
 
 
 def dpo_step(policy, reference, batch: dict, config: Config, pad_token_id: int, bco_delta: float = 0.0):
-    """Loss and metrics for one micro-batch."""
+    """Loss and metrics for one micro-batch.
+
+    Supervised batches (no rejected responses) and reference-free losses skip the passes they do not need;
+    the tensors they would have produced are zeros that no loss in the spec reads.
+    """
     policy_out = completion_logps(policy, batch, pad_token_id)
-    with reference_mode(policy, reference) as ref_model:
-        ref_out = completion_logps(ref_model, batch, pad_token_id)
+    zeros = torch.zeros_like(policy_out["chosen_logps"])
+    policy_out.setdefault("rejected_logps", zeros)
+    policy_out.setdefault("rejected_lengths", policy_out["chosen_lengths"])
+    ref_out = {"chosen_logps": zeros, "rejected_logps": zeros}
+    if needs_reference(config):
+        with reference_mode(policy, reference) as ref_model:
+            ref_out = completion_logps(ref_model, batch, pad_token_id)
     loss_cfg = config.loss
     loss, parts = combined_loss(
         loss_cfg.weighted(), policy_out["chosen_logps"], policy_out["rejected_logps"],
@@ -112,6 +136,8 @@ def dpo_step(policy, reference, batch: dict, config: Config, pad_token_id: int, 
         "logps/rejected": policy_out["rejected_logps"].detach().mean(),
         **{f"loss/{name}": value for name, value in parts.items()},
     }
+    if "rejected_input_ids" not in batch:  # supervised: there is no preference to report
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("rewards/") and k != "logps/rejected"}
     return loss, metrics
 
 
@@ -202,10 +228,10 @@ def train(config: Config) -> Path:
                 scheduler.step()
                 optimizer.zero_grad()
             state["micro_batches"] += 1
-            # running mean of all rewards: the shift delta of BCO (arXiv:2404.04656)
-            mean_reward = float((metrics["rewards/chosen"] + metrics["rewards/rejected"]) / 2)
-            state["reward_count"] += 1
-            state["bco_delta"] += (mean_reward - state["bco_delta"]) / state["reward_count"]
+            if "rewards/chosen" in metrics:  # running mean of all rewards: BCO's shift (arXiv:2404.04656)
+                mean_reward = float((metrics["rewards/chosen"] + metrics["rewards/rejected"]) / 2)
+                state["reward_count"] += 1
+                state["bco_delta"] += (mean_reward - state["bco_delta"]) / state["reward_count"]
             for name, value in metrics.items():
                 sums[name] = sums.get(name, 0.0) + float(accelerator.reduce(value.detach(), "mean"))
             sums["_count"] = sums.get("_count", 0) + 1
@@ -218,7 +244,8 @@ def train(config: Config) -> Path:
                 record = {name: value / count for name, value in sums.items()}
                 record.update(step=state["step"], epoch=state["micro_batches"] / micro_per_epoch,
                               learning_rate=scheduler.get_last_lr()[0])
-                progress.set_postfix(loss=f"{record['loss']:.4f}", acc=f"{record['rewards/accuracies']:.2f}")
+                progress.set_postfix({k.split("/")[-1]: f"{record[k]:.3f}" for k in ("loss", "rewards/accuracies")
+                                      if k in record})
                 accelerator.log(record, step=state["step"])
                 if metrics_file:
                     metrics_file.write(json.dumps(record) + "\n")

@@ -1,0 +1,72 @@
+"""Command line: ``vlmdpo train``, ``vlmdpo merge``, ``vlmdpo demo``, ``vlmdpo tiny-model``.
+
+``vlmdpo train [CONFIG.yaml] [section.key=value ...]`` runs DPO; under ``accelerate launch -m vlmdpo.cli``
+the same command runs on several GPUs or machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _train(args) -> None:
+    from vlmdpo.config import load_config
+    from vlmdpo.train import train
+
+    items = list(args.items)
+    path = items.pop(0) if items and "=" not in items[0] else None
+    output = train(load_config(path, items))
+    print(f"adapter and metrics written to {output}")
+
+
+def _merge(args) -> None:
+    from vlmdpo.merge import merge_adapter
+
+    print(f"merged model written to {merge_adapter(args.adapter, args.out, args.base, args.dtype)}")
+
+
+def _tiny_model(args) -> None:
+    from vlmdpo.testing import tiny_vlm
+
+    print(tiny_vlm(args.family, path=args.out, image_size=args.image_size))
+
+
+def _demo(args) -> None:
+    from vlmdpo.demo import run_demo
+
+    run_demo(args.out, quick=args.quick)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="vlmdpo", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    train = commands.add_parser("train", help="DPO-train a LoRA adapter (or the full model)")
+    train.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
+                       help="an optional YAML config, then overrides such as train.learning_rate=1e-5")
+    train.set_defaults(func=_train)
+    merge = commands.add_parser("merge", help="merge an adapter into its base model")
+    merge.add_argument("adapter", help="folder with adapter_config.json (a train output_dir)")
+    merge.add_argument("out", help="where to write the merged model")
+    merge.add_argument("--base", default=None, help="base model (default: the one the adapter records)")
+    merge.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    merge.set_defaults(func=_merge)
+    tiny = commands.add_parser("tiny-model", help="write a random-weight tiny VLM for offline experiments")
+    tiny.add_argument("family", choices=["llava", "qwen2_vl"])
+    tiny.add_argument("out")
+    tiny.add_argument("--image-size", type=int, default=32)
+    tiny.set_defaults(func=_tiny_model)
+    demo = commands.add_parser("demo", help="the offline shapes-world demo: data, DPO, evaluation, report")
+    demo.add_argument("--out", default="outputs/demo", help="report folder")
+    demo.add_argument("--quick", action="store_true", help="a small, fast configuration (for tests)")
+    demo.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    args.func(args)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
