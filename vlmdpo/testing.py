@@ -89,15 +89,17 @@ def train_tokenizer(vocab_size: int = 600):
     )
 
 
-def _llava(tokenizer, image_size: int, patch_size: int, hidden_size: int, num_layers: int):
+def _llava(tokenizer, image_size: int, patch_size: int, hidden_size: int, num_layers: int,
+           vision_hidden_size: int, vision_layers: int):
     from transformers import (
         CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
         LlavaProcessor,
     )
 
     vision = CLIPVisionConfig(
-        image_size=image_size, patch_size=patch_size, hidden_size=32, intermediate_size=64,
-        num_hidden_layers=2, num_attention_heads=2, projection_dim=32,
+        image_size=image_size, patch_size=patch_size, hidden_size=vision_hidden_size,
+        intermediate_size=vision_hidden_size * 2, num_hidden_layers=vision_layers, num_attention_heads=2,
+        projection_dim=vision_hidden_size,
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
@@ -121,7 +123,8 @@ def _llava(tokenizer, image_size: int, patch_size: int, hidden_size: int, num_la
     return model, processor
 
 
-def _qwen2_vl(tokenizer, image_size: int, patch_size: int, hidden_size: int, num_layers: int):
+def _qwen2_vl(tokenizer, image_size: int, patch_size: int, hidden_size: int, num_layers: int,
+              vision_hidden_size: int, vision_layers: int):
     from transformers import (
         Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor,
         Qwen2VLVideoProcessor,
@@ -143,7 +146,7 @@ def _qwen2_vl(tokenizer, image_size: int, patch_size: int, hidden_size: int, num
             pad_token_id=tokenizer.pad_token_id,
         ),
         vision_config=dict(
-            depth=2, embed_dim=32, hidden_size=hidden_size, num_heads=2, mlp_ratio=2,
+            depth=vision_layers, embed_dim=vision_hidden_size, hidden_size=hidden_size, num_heads=2, mlp_ratio=2,
             patch_size=patch_size, spatial_merge_size=2, temporal_patch_size=2,
         ),
         image_token_id=token("<|image_pad|>"), video_token_id=token("<|video_pad|>"),
@@ -166,7 +169,8 @@ FAMILIES = {"llava": _llava, "qwen2_vl": _qwen2_vl}
 
 
 def build_tiny_vlm(family: str = "llava", *, image_size: int = 32, patch_size: int = 8,
-                   hidden_size: int = 64, num_layers: int = 2, seed: int = 0):
+                   hidden_size: int = 64, num_layers: int = 2, vision_hidden_size: int = 32,
+                   vision_layers: int = 2, seed: int = 0):
     """Return ``(model, processor)``: a random-weight VLM of a real ``transformers`` class.
 
     Args:
@@ -175,6 +179,7 @@ def build_tiny_vlm(family: str = "llava", *, image_size: int = 32, patch_size: i
         patch_size: vision patch size; LLaVA gets ``(image_size / patch_size) ** 2`` image tokens per image,
             Qwen2-VL a quarter of that (2x2 patch merging).
         hidden_size, num_layers: size of the language model.
+        vision_hidden_size, vision_layers: size of the vision tower.
     """
     import torch
 
@@ -182,7 +187,8 @@ def build_tiny_vlm(family: str = "llava", *, image_size: int = 32, patch_size: i
         raise ValueError(f"unknown tiny VLM family {family!r}; choose one of {sorted(FAMILIES)}")
     torch.manual_seed(seed)
     tokenizer = train_tokenizer()
-    model, processor = FAMILIES[family](tokenizer, image_size, patch_size, hidden_size, num_layers)
+    model, processor = FAMILIES[family](tokenizer, image_size, patch_size, hidden_size, num_layers,
+                                        vision_hidden_size, vision_layers)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = model.config.text_config.eos_token_id
     return model.eval(), processor
