@@ -215,8 +215,10 @@ def train(config: Config) -> Path:
     micro_per_epoch = len(loader)
     while state["step"] < max_steps:
         epoch, done = divmod(state["micro_batches"], micro_per_epoch)
-        sampler.set_epoch(epoch)
         epoch_loader = accelerator.skip_first_batches(loader, done) if done else loader
+        # accelerate's loader sets its sampler's epoch from its own counter, which restarts at 0 in a
+        # resumed process: name the epoch on the loader itself
+        epoch_loader.set_epoch(epoch)
         for batch in epoch_loader:
             with accelerator.accumulate(policy):
                 loss, metrics = dpo_step(policy, reference, batch, config, tokenizer.pad_token_id,
