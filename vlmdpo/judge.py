@@ -8,30 +8,32 @@ or a tiny model trained from scratch on synthetic data (`train_clip_judge`). Sav
 directory holding an open_clip model config `<model_name>.json` and `open_clip_model.safetensors`;
 `ClipJudge.load` registers the config with `open_clip.add_model_config` and builds the model with
 `open_clip.create_model_and_transforms(model_name, pretrained=<weights file>)`, so plain open_clip
-can load the same directory.
+can load the same directory (also as "local-dir:<directory>").
 """
 
 from __future__ import annotations
 
 import json
+import math
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import open_clip
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from tqdm.auto import tqdm
 
 WEIGHTS_NAME = "open_clip_model.safetensors"
+HUB_CONFIG_NAME = "open_clip_config.json"  # what open_clip's "local-dir:" and hf-hub loaders read
 CLIPSCORE_WEIGHT = 2.5  # w in CLIP-S = w * max(cos, 0), Hessel et al. 2021 (arXiv:2104.08718), eq. 1
 
 # open_clip model config format (same keys as open_clip/model_configs/*.json). Sized for 64x64
-# images of a few coloured shapes: 64 patches of 8x8, 3 ViT blocks, a 2-block text tower. The
+# images of a few coloured shapes: 64 patches of 8x8, 2 ViT blocks, a 2-block text tower. The
 # default SimpleTokenizer (its BPE vocab ships inside open_clip) gives vocab_size 49408.
 TINY_CLIP_CONFIG: dict = {
     "embed_dim": 64,
-    "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 96, "head_width": 32, "layers": 3},
+    "vision_cfg": {"image_size": 64, "patch_size": 8, "width": 64, "head_width": 32, "layers": 2},
     "text_cfg": {"context_length": 32, "vocab_size": 49408, "width": 64, "heads": 2, "layers": 2},
 }
 TINY_CLIP_NAME = "vlmdpo-tiny-clip"
@@ -50,11 +52,12 @@ class ClipJudge:
     """
 
     def __init__(self, model: torch.nn.Module, preprocess: Callable, tokenizer: Callable,
-                 model_name: str, pretrained: str | None = None):
+                 model_name: str, model_config: dict, pretrained: str | None = None):
         self.model = model.eval()
         self.preprocess = preprocess
         self.tokenizer = tokenizer
         self.model_name = model_name
+        self.model_config = model_config
         self.name = f"{model_name}:{pretrained}" if pretrained else model_name
 
     @property
@@ -63,15 +66,26 @@ class ClipJudge:
 
     @classmethod
     def from_pretrained(cls, model_name: str, pretrained: str | None = None,
-                        device: str | torch.device = "cpu") -> ClipJudge:
-        """Build a judge from a registered open_clip config and a hub tag or a local checkpoint path.
+                        device: str | torch.device = "cpu",
+                        preprocess_cfg: dict | None = None) -> ClipJudge:
+        """Build a judge from an open_clip model name and a hub tag or a local checkpoint path.
 
-        `pretrained=None` gives random weights. Any name open_clip knows works, including configs
-        added with `open_clip.add_model_config`.
+        Any name open_clip knows works: built-ins, configs added with `open_clip.add_model_config`,
+        "hf-hub:org/repo" and "local-dir:/path" (the last two ignore `pretrained`). `pretrained=None`
+        gives random weights. `preprocess_cfg` (mean, std, interpolation, resize_mode) overrides
+        the image transform, e.g. to restore the one a saved judge was built with.
         """
+        # Read the config now: open_clip's registry is global and a later add_model_config of the
+        # same name would otherwise change what save() writes.
+        model_config = open_clip.get_model_config(model_name)
+        preprocess_cfg = preprocess_cfg or {}
         model, _, preprocess = open_clip.create_model_and_transforms(
-            model_name, pretrained=pretrained, device=device)
-        return cls(model, preprocess, open_clip.get_tokenizer(model_name), model_name, pretrained)
+            model_name, pretrained=pretrained, device=device,
+            image_mean=preprocess_cfg.get("mean"), image_std=preprocess_cfg.get("std"),
+            image_interpolation=preprocess_cfg.get("interpolation"),
+            image_resize_mode=preprocess_cfg.get("resize_mode"))
+        tokenizer = open_clip.get_tokenizer(model_name)
+        return cls(model, preprocess, tokenizer, model_name, model_config, pretrained)
 
     @classmethod
     def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> ClipJudge:
@@ -80,25 +94,38 @@ class ClipJudge:
         config_path = _find_model_config(directory)
         weights = directory / WEIGHTS_NAME
         if not weights.is_file():
-            raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}; was it written by ClipJudge.save?")
+            raise FileNotFoundError(f"{directory} has no {WEIGHTS_NAME}; is it a ClipJudge.save directory?")
+        hub_config = directory / HUB_CONFIG_NAME
+        preprocess_cfg = None
+        if hub_config.is_file():
+            preprocess_cfg = json.loads(hub_config.read_text()).get("preprocess_cfg")
         # The json file, not the folder: registering the folder would also register any other json
         # lying there. A later add_model_config of the same name wins, so reloading is safe.
         open_clip.add_model_config(config_path)
-        return cls.from_pretrained(config_path.stem, pretrained=str(weights), device=device)
+        return cls.from_pretrained(config_path.stem, pretrained=str(weights), device=device,
+                                   preprocess_cfg=preprocess_cfg)
 
     def save(self, directory: str | Path) -> Path:
-        """Write `<model_name>.json` (open_clip config format) and the weights; returns the weights path."""
+        """Write the weights, the model config and the image transform; returns the weights path.
+
+        `<model_name>.json` is an open_clip model config for `add_model_config`;
+        `open_clip_config.json` holds it again with the transform (a SigLIP judge does not use
+        CLIP's mean and std), in the format `open_clip.create_model("local-dir:<directory>")` reads.
+        """
         from safetensors.torch import save_file
 
-        config = open_clip.get_model_config(self.model_name)
-        if config is None:
-            raise ValueError(f"open_clip has no config named {self.model_name!r} to save")
+        if self.model_config is None:
+            raise ValueError(f"no open_clip model config known for {self.model_name!r}")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
+        config_name = re.sub(r"[^\w.-]", "-", self.model_name)  # "hf-hub:org/repo" is not a file name
         for stale in directory.glob("*.json"):  # load() expects exactly one model config here
-            if _is_model_config(stale) and stale.stem != self.model_name:
+            if _is_model_config(stale) and stale.stem != config_name:
                 stale.unlink()
-        (directory / f"{self.model_name}.json").write_text(json.dumps(config, indent=2))
+        (directory / f"{config_name}.json").write_text(json.dumps(self.model_config, indent=2))
+        preprocess_cfg = dict(self.model.visual.preprocess_cfg)
+        (directory / HUB_CONFIG_NAME).write_text(
+            json.dumps({"model_cfg": self.model_config, "preprocess_cfg": preprocess_cfg}, indent=2))
         state_dict = {k: v.detach().contiguous().cpu() for k, v in self.model.state_dict().items()}
         save_file(state_dict, directory / WEIGHTS_NAME)
         return directory / WEIGHTS_NAME
@@ -173,7 +200,7 @@ def train_clip_judge(
     *,
     config: dict = TINY_CLIP_CONFIG,
     model_name: str = TINY_CLIP_NAME,
-    epochs: int = 10,
+    epochs: int = 8,
     batch_size: int = 64,
     lr: float = 2e-3,
     weight_decay: float = 0.05,
@@ -182,8 +209,10 @@ def train_clip_judge(
 ) -> ClipJudge:
     """Train an open_clip model from scratch with open_clip's `ClipLoss`, save it to `out_dir`.
 
-    Meant for tiny configs on the CPU (TINY_CLIP_CONFIG: ~2000 64x64 pairs x 10 epochs in about
-    20 s on 2 cores). The config is written to `out_dir/<model_name>.json` and registered with
+    Meant for tiny configs on the CPU: TINY_CLIP_CONFIG on 2000 64x64 pairs for 8 epochs is about
+    30 s of one core. On a busy shared machine call `torch.set_num_threads(1)` first: OpenMP
+    threads that lose their core spin at every barrier and can make a step 10x slower.
+    The config is written to `out_dir/<model_name>.json` and registered with
     open_clip first, so the model is built by `create_model_and_transforms` like any other.
     Images go through the eval transform (no augmentation): random crops could cut shapes out of
     the picture and make captions false. Returns the trained judge; `ClipJudge.load(out_dir)`
@@ -207,9 +236,9 @@ def train_clip_judge(
     pixels = torch.stack([judge.preprocess(im) for im in images])
     tokens = judge.tokenizer(list(captions))
 
-    # open_clip's recipe: no weight decay on gains, biases, embeddings and logit_scale.
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    # open_clip's training recipe: no weight decay on gains, biases and logit_scale (all < 2-D).
+    decay = [p for p in model.parameters() if p.ndim >= 2]
+    no_decay = [p for p in model.parameters() if p.ndim < 2]
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=lr, fused=True)
     steps_per_epoch = max(len(images) // batch_size, 1)  # drop the ragged last batch
@@ -230,7 +259,7 @@ def train_clip_judge(
             optimizer.step()
             scheduler.step()
             with torch.no_grad():  # CLIP clamps the temperature at 100 (Radford et al. 2021, sec. 2.5)
-                model.logit_scale.clamp_(0, 4.6052)
+                model.logit_scale.clamp_(0, math.log(100))
             bar.update()
             bar.set_postfix(loss=f"{loss.item():.3f}")
     bar.close()
