@@ -1,4 +1,4 @@
-"""Command line: ``vlmdpo train``, ``vlmdpo merge``, ``vlmdpo demo``, ``vlmdpo tiny-model``.
+"""Command line: ``vlmdpo train``, ``vlmdpo eval``, ``vlmdpo merge``, ``vlmdpo demo``, ``vlmdpo tiny-model``.
 
 ``vlmdpo train [CONFIG.yaml] [section.key=value ...]`` runs DPO; under ``accelerate launch -m vlmdpo.cli``
 the same command runs on several GPUs or machines.
@@ -18,6 +18,14 @@ def _train(args) -> None:
     path = items.pop(0) if items and "=" not in items[0] else None
     output = train(load_config(path, items))
     print(f"adapter and metrics written to {output}")
+
+
+def _eval(args) -> None:
+    from vlmdpo.eval.runner import run_eval
+
+    items = list(args.items)
+    path = items.pop(0) if items and "=" not in items[0] else None
+    print(f"report written to {run_eval(path, items)}")
 
 
 def _merge(args) -> None:
@@ -45,6 +53,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
                        help="an optional YAML config, then overrides such as train.learning_rate=1e-5")
     train.set_defaults(func=_train)
+    evaluate = commands.add_parser("eval", help="evaluate a base model and its adapters or merged checkpoints")
+    evaluate.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
+                          help="an optional YAML eval config, then overrides such as 'checkpoints=[runs/*]'")
+    evaluate.set_defaults(func=_eval)
     merge = commands.add_parser("merge", help="merge an adapter into its base model")
     merge.add_argument("adapter", help="folder with adapter_config.json (a train output_dir)")
     merge.add_argument("out", help="where to write the merged model")

@@ -1,0 +1,122 @@
+"""The per-model metrics (CHAIR, lengths, CLIPScore, POPE) and evaluation from inside a training loop."""
+
+import json
+
+import open_clip
+import pytest
+import torch
+
+from data_recipes.shapes import SHAPES_VOCABULARY, build_shapes_dataset, povid_pairs
+from vlmdpo.data import PreferenceDataset
+from vlmdpo.eval import ObjectVocabulary, pope_metrics, suite
+from vlmdpo.eval.during_training import evaluate_during_training
+from vlmdpo.eval.preference import preference_fit
+from vlmdpo.judge import TINY_CLIP_CONFIG, ClipJudge
+from vlmdpo.modeling import apply_lora, load_model_and_processor
+from vlmdpo.testing import tiny_vlm
+
+
+@pytest.fixture(scope="module")
+def vocabulary():
+    return ObjectVocabulary.from_dict(SHAPES_VOCABULARY)
+
+
+@pytest.fixture(scope="module")
+def rows():
+    test = build_shapes_dataset(num_train=0, num_test=4, image_size=32)["test"]
+    pairs = PreferenceDataset(povid_pairs(test))
+    return [{**pairs[i], "objects": test[i]["objects"]} for i in range(len(pairs))]
+
+
+@pytest.fixture(scope="module")
+def llava():
+    return load_model_and_processor(tiny_vlm("llava"))
+
+
+def test_caption_metrics_by_hand(vocabulary, rows):
+    rows = [{"index": 0, "objects": ["red circle", "blue square"]}, {"index": 1, "objects": ["green diamond"]}]
+    responses = ["a large red circle and a small green triangle.", "a green diamond, no red circle."]
+    numbers, details = suite.caption_metrics(responses, rows, vocabulary)
+    # claimed: {red circle, green triangle} + {green diamond} (the red circle is negated) -> 1 of 3 hallucinated;
+    # 1 of 2 captions hallucinates; recalled: red circle + green diamond of 3 ground-truth objects.
+    assert numbers == pytest.approx({"chair_i": 1 / 3, "chair_s": 1 / 2, "recall": 2 / 3})
+    assert details[0] == {"mentioned": ["red circle", "green triangle"], "hallucinated": ["green triangle"],
+                          "missed": ["blue square"]}
+
+
+def test_caption_metrics_need_objects(vocabulary):
+    with pytest.raises(ValueError, match="objects_column"):
+        suite.caption_metrics(["a red circle."], [{"index": 7, "objects": None}], vocabulary)
+
+
+def test_length_stats(llava):
+    _, processor = llava
+    stats = suite.length_stats(["one two three", "", "four five six seven eight"], processor.tokenizer)
+    assert stats["mean_words"] == pytest.approx(8 / 3) and stats["median_words"] == 3.0
+    assert stats["max_words"] == 5 and stats["empty_fraction"] == pytest.approx(1 / 3)
+    assert stats["max_tokens"] >= 5 and stats["mean_tokens"] > 0
+
+
+def test_clip_scores_match_the_judge(tmp_path, rows):
+    config = tmp_path / "eval-suite-clip.json"
+    config.write_text(json.dumps(TINY_CLIP_CONFIG))
+    open_clip.add_model_config(config)
+    torch.manual_seed(0)
+    judge = ClipJudge.from_pretrained("eval-suite-clip")
+    captions = ["a red circle.", "a blue square.", "", "a green diamond."]
+    numbers, scores = suite.clip_scores(judge, rows, captions)
+    expected = judge.score([row["images"][0] for row in rows], captions)
+    assert scores == pytest.approx(expected.tolist())
+    assert numbers["mean"] == pytest.approx(float(expected.mean()))
+    assert all(0.0 <= s <= 2.5 for s in scores)
+
+
+def test_pope_asks_each_question_once_and_scores_every_split(llava, rows, vocabulary, monkeypatch):
+    model, processor = llava
+    asked, generate = [], suite.generate_responses
+
+    def counting(model, processor, prompts, **kwargs):
+        asked.extend((id(p["images"][0]), p["prompt"][0]["content"][-1]["text"]) for p in prompts)
+        return generate(model, processor, prompts, **kwargs)
+
+    monkeypatch.setattr(suite, "generate_responses", counting)
+    metrics, records = suite.pope_eval(model, processor, rows, vocabulary, questions_per_image=2, max_new_tokens=3,
+                                       prompt_suffix=" Answer yes or no.", progress=False)
+    assert set(metrics) == {"random", "popular", "adversarial"}
+    assert len(asked) == len(set(asked)) < len(records)  # an image's positives are shared by all splits
+    assert all(text.endswith(" Answer yes or no.") for _, text in asked)
+    for strategy, numbers in metrics.items():
+        mine = [r for r in records if r["strategy"] == strategy]
+        assert sum(r["label"] == "yes" for r in mine) == sum(r["label"] == "no" for r in mine) > 0
+        assert numbers == pope_metrics([r["prediction"] for r in mine], [r["label"] for r in mine])
+    assert {r["index"] for r in records} == {row["index"] for row in rows}
+
+
+def test_evaluate_during_training(llava, rows):
+    model, processor = llava
+    policy = apply_lora(model, r=4)
+    try:
+        with torch.no_grad():
+            for name, weight in policy.named_parameters():
+                if "lora_B" in name:
+                    weight.fill_(0.01)
+        policy.train()
+        torch.manual_seed(5)
+        state = torch.get_rng_state()
+        metrics = evaluate_during_training(policy, processor, rows, beta=0.2, vocabulary="shapes",
+                                           max_new_tokens=4, prompt="Describe the image.")
+        assert policy.training and torch.equal(torch.get_rng_state(), state)
+        assert set(metrics) == {f"eval/{k}" for k in (
+            "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
+            "logps/rejected", "chair_i", "chair_s", "object_recall", "response_words")}
+        fit = preference_fit(policy, processor, rows, beta=0.2, progress=False)
+        assert metrics["eval/rewards/margins"] == pytest.approx(fit["reward_margin"], abs=1e-6)
+        assert all(isinstance(v, float) for v in metrics.values())
+        # without a vocabulary only the preference fit runs; objects may also come as an argument
+        plain = evaluate_during_training(policy, processor, [dict(r, objects=None) for r in rows], prefix="val/")
+        assert set(plain) == {f"val/{k}" for k in ("rewards/accuracies", "rewards/margins", "rewards/chosen",
+                                                    "rewards/rejected", "logps/chosen", "logps/rejected")}
+        with pytest.raises(ValueError, match="object lists"):
+            evaluate_during_training(policy, processor, rows, vocabulary="shapes", objects=[["red circle"]])
+    finally:
+        policy.unload()
