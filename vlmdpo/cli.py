@@ -43,7 +43,7 @@ def _tiny_model(args) -> None:
 def _demo(args) -> None:
     from vlmdpo.demo import run_demo
 
-    run_demo(args.out, quick=args.quick)
+    run_demo(args.out, quick=args.quick, overrides=args.overrides)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -71,6 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="the offline shapes-world demo: data, DPO, evaluation, report")
     demo.add_argument("--out", default="outputs/demo", help="report folder")
     demo.add_argument("--quick", action="store_true", help="a small, fast configuration (for tests)")
+    demo.add_argument("overrides", nargs="*", metavar="key=value",
+                      help="demo settings (see vlmdpo.demo.DemoConfig), e.g. dpo_steps=300 beta=0.2")
     demo.set_defaults(func=_demo)
     return parser
 

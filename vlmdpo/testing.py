@@ -98,8 +98,8 @@ def _llava(tokenizer, image_size: int, patch_size: int, hidden_size: int, num_la
 
     vision = CLIPVisionConfig(
         image_size=image_size, patch_size=patch_size, hidden_size=vision_hidden_size,
-        intermediate_size=vision_hidden_size * 2, num_hidden_layers=vision_layers, num_attention_heads=2,
-        projection_dim=vision_hidden_size,
+        intermediate_size=vision_hidden_size * 4, num_hidden_layers=vision_layers, num_attention_heads=2,
+        projection_dim=vision_hidden_size, hidden_act="gelu",  # open_clip's ViT layout, so its weights load
     )
     text = LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
