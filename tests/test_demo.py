@@ -1,0 +1,74 @@
+"""The shapes-world demo: the quick configuration end to end, its cache, and its recipe pieces."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from vlmdpo.cli import main
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+DEMO_KEYS = {"chair_i", "chair_s", "recall", "pope_f1", "pope_accuracy", "clipscore", "pref_accuracy"}
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    root = tmp_path_factory.mktemp("demo")
+    cache, out = root / "cache", root / "out"
+    args = ["demo", "--quick", "--out", str(out), f"cache={cache}", "progress=false"]
+    main(args)
+    return args, cache, out
+
+
+def test_quick_demo_writes_report_metrics_and_plots(quick_demo):
+    _, _, out = quick_demo
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"base", "aligned", "sft_control"}
+    for name, values in metrics.items():
+        assert DEMO_KEYS <= set(values), name
+        assert 0.0 <= values["pope_accuracy"] <= 1.0
+    report = (out / "report.md").read_text()
+    assert "| aligned |" in report and "| sft_control |" in report and "## Acceptance" in report
+    pngs = sorted(out.glob("*.png"))
+    assert any(p.name == "training_curves.png" for p in pngs)
+    for png in pngs:
+        assert png.read_bytes()[:8] == PNG_MAGIC, png
+        assert f"({png.name})" in report  # every plot is shown in the report
+    for run in ("dpo", "sft_control"):
+        assert (out / "runs" / run / "adapter_model.safetensors").exists()
+
+
+def test_second_run_reuses_cached_stages(quick_demo, capsys):
+    args, cache, out = quick_demo
+    stages = sorted(p for p in (cache / "shapes-demo").iterdir())
+    assert {p.name.split("-")[0] for p in stages} == {"data", "judge", "base", "pairs"}
+    stamps = {p: (p / "DONE").stat().st_mtime_ns for p in stages}
+    model_files = {f: f.stat().st_mtime_ns for p in stages for f in p.rglob("*.safetensors")}
+    main(args)
+    assert {p: (p / "DONE").stat().st_mtime_ns for p in stages} == stamps
+    assert {f: f.stat().st_mtime_ns for f in model_files} == model_files
+    assert json.loads((out / "metrics.json").read_text()).keys() == {"base", "aligned", "sft_control"}
+
+
+def test_open_clip_vision_tower_maps_exactly_onto_llava(tmp_path):
+    from vlmdpo.judge import TINY_CLIP_CONFIG, ClipJudge
+
+    from data_recipes.shapes.base_model import build_base_vlm
+
+    config = copy.deepcopy(TINY_CLIP_CONFIG)
+    config["vision_cfg"].update(patch_size=16)
+    (tmp_path / "map-test-clip.json").write_text(json.dumps(config))
+    import open_clip
+
+    open_clip.add_model_config(str(tmp_path / "map-test-clip.json"))
+    judge = ClipJudge.from_pretrained("map-test-clip")
+    model, processor = build_base_vlm(judge, hidden_size=32, num_layers=1)
+    pixels = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        expected = judge.model.encode_image(pixels)
+        tower = model.model.vision_tower.eval()
+        got = tower(pixel_values=pixels).pooler_output @ judge.model.visual.proj
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    # the processor's images are what the judge sees: same size, same normalisation
+    assert processor.image_processor.crop_size["height"] == config["vision_cfg"]["image_size"]
