@@ -217,3 +217,22 @@ def test_full_finetune_trains_the_weights_and_keeps_the_reference(
     saved, _ = load_model_and_processor(str(run["output_dir"]))
     for name, value in saved.state_dict().items():
         assert torch.equal(value, policy.state_dict()[name]), name
+
+
+# --- evaluation during training --------------------------------------------------------------------
+
+def test_eval_during_training_is_logged_with_the_training_metrics(tiny_model_dir, pairs_dir, tmp_path):
+    from vlmdpo.train import train
+
+    out = tmp_path / "run"
+    train(load_config(None, overrides(tiny_model_dir, pairs_dir, out, max_steps=2, eval_steps=1,
+                                      eval_vocabulary="shapes", eval_max_new_tokens=8)
+                      + [f"data.eval={pairs_dir}", "data.eval_max_rows=4"]))
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if "eval/rewards/accuracies" in r]
+    assert [r["step"] for r in evals] == [1, 2]
+    for record in evals:
+        assert {"eval/logps/chosen", "eval/chair_i", "eval/object_recall"} <= set(record)
+        assert all(math.isfinite(v) for k, v in record.items() if k != "step")
+    # a step's evaluation sees the adapter trained up to that step: the first has moved off the reference
+    assert evals[0]["eval/rewards/margins"] != 0.0

@@ -71,6 +71,12 @@ class DataConfig:
     """Responses are truncated to this many tokens."""
     skip_long_prompts: bool = False
     """Drop rows whose prompt exceeds ``max_prompt_length`` (with a warning that counts them)."""
+    eval: str = ""
+    """Held-out pairs evaluated every ``train.eval_steps`` (same formats as ``train``); empty for none."""
+    eval_split: str = "test"
+    """Split of ``eval`` to use."""
+    eval_max_rows: int | None = 64
+    """Evaluate on at most this many held-out pairs."""
 
     def __post_init__(self):
         if self.skip_long_prompts and self.max_prompt_length is None:
@@ -140,6 +146,13 @@ class TrainConfig:
     """Keep at most this many checkpoints."""
     resume: bool = True
     """Continue from the newest checkpoint in ``output_dir`` if there is one."""
+    eval_steps: int = 0
+    """Evaluate on ``data.eval`` every N steps and at the end (0: never)."""
+    eval_vocabulary: str | None = None
+    """With an object vocabulary (coco, shapes or a json file) the evaluation also generates captions and
+    scores CHAIR; the held-out rows then need an ``objects`` column."""
+    eval_max_new_tokens: int = 32
+    """Caption length limit of the in-training evaluation."""
     report_to: list[str] = field(default_factory=list)
     """``accelerate`` trackers (tensorboard, wandb, ...) to log to, besides metrics.jsonl."""
     num_workers: int = 0
@@ -150,6 +163,8 @@ class TrainConfig:
     def __post_init__(self):
         if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ValueError("train.batch_size and train.gradient_accumulation_steps must be >= 1")
+        if self.eval_steps < 0:
+            raise ValueError("train.eval_steps must be >= 0")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"train.mixed_precision must be auto/no/bf16/fp16, got {self.mixed_precision!r}")
 

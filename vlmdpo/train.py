@@ -104,6 +104,31 @@ def build_dataset(config: Config, collator: PreferenceCollator, log=print) -> Pr
     return pairs
 
 
+def load_eval_rows(config: Config) -> list[dict] | None:
+    """Held-out pairs for the in-training evaluation, or ``None`` when it is off."""
+    if not (config.data.eval and config.train.eval_steps):
+        return None
+    dataset = load_preference_dataset(config.data.eval, split=config.data.eval_split)
+    if config.data.eval_max_rows is not None:
+        dataset = dataset.select(range(min(config.data.eval_max_rows, len(dataset))))
+    pairs = PreferenceDataset(dataset)
+    rows = [pairs[i] for i in range(len(pairs))]
+    if "objects" in dataset.column_names:
+        for row, objects in zip(rows, dataset["objects"]):
+            row["objects"] = objects
+    return rows
+
+
+def evaluate(policy, reference, processor, rows: list[dict], config: Config) -> dict[str, float]:
+    """Preference fit (and CHAIR with a vocabulary) on held-out rows, named ``eval/...``."""
+    from vlmdpo.eval.during_training import evaluate_during_training
+
+    return evaluate_during_training(
+        policy, processor, rows, beta=config.loss.beta, reference=reference,
+        batch_size=config.train.batch_size, max_response_length=config.data.max_response_length,
+        vocabulary=config.train.eval_vocabulary, max_new_tokens=config.train.eval_max_new_tokens)
+
+
 def dpo_step(policy, reference, batch: dict, config: Config, pad_token_id: int, bco_delta: float = 0.0):
     """Loss and metrics for one micro-batch.
 
@@ -183,6 +208,7 @@ def train(config: Config) -> Path:
     tokenizer = getattr(processor, "tokenizer", processor)
     collator = PreferenceCollator(processor, config.data.max_prompt_length, config.data.max_response_length)
     pairs = build_dataset(config, collator, log)
+    eval_rows = load_eval_rows(config)
     sampler = EpochShuffleSampler(len(pairs), cfg.seed)
     loader = DataLoader(pairs, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collator,
                         num_workers=cfg.num_workers)
@@ -241,6 +267,16 @@ def train(config: Config) -> Path:
                 continue
             state["step"] += 1
             progress.update(1)
+            is_eval_step = eval_rows is not None and (state["step"] % cfg.eval_steps == 0
+                                                      or state["step"] == max_steps)
+            if is_eval_step:  # main process only; the others wait at the barrier below
+                if accelerator.is_main_process:
+                    eval_record = evaluate(policy, reference, processor, eval_rows, config)
+                    eval_record["step"] = state["step"]
+                    accelerator.log(eval_record, step=state["step"])
+                    if metrics_file:
+                        metrics_file.write(json.dumps(eval_record) + "\n")
+                accelerator.wait_for_everyone()
             if state["step"] % cfg.logging_steps == 0 or state["step"] == max_steps:
                 count = sums.pop("_count")
                 record = {name: value / count for name, value in sums.items()}
