@@ -33,7 +33,8 @@ def load_preference_dataset(source: str, split: str = "train", **load_kwargs) ->
 
     ``source`` may be a folder written by ``Dataset.save_to_disk``/``DatasetDict.save_to_disk``, a local
     ``.json``/``.jsonl``/``.parquet``/``.csv`` file (or a glob of them), an ``imagefolder`` directory, or a
-    dataset name on the hub (``load_dataset(source, split=split)``). Images given as relative paths in json
+    dataset name on the hub (``load_dataset(source, split=split)``); ``split`` is ignored for plain data files,
+    which have one. Images given as relative paths in json
     files are resolved against the file's folder by ``PreferenceDataset(image_root=...)``.
     """
     path = Path(source)
@@ -42,8 +43,8 @@ def load_preference_dataset(source: str, split: str = "train", **load_kwargs) ->
         return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
     suffix = path.suffix.lower()
     builders = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
-    if suffix in builders:
-        return datasets.load_dataset(builders[suffix], data_files=str(source), split=split, **load_kwargs)
+    if suffix in builders:  # a plain data file has one split, which datasets calls "train"
+        return datasets.load_dataset(builders[suffix], data_files=str(source), split="train", **load_kwargs)
     if path.is_dir():
         return datasets.load_dataset("imagefolder", data_dir=str(path), split=split, **load_kwargs)
     return datasets.load_dataset(source, split=split, **load_kwargs)

@@ -34,8 +34,11 @@ class DemoConfig:
     """Held-out images for evaluation."""
     image_size: int = 64
     """Image side in pixels."""
-    noisy_fraction: float = 0.3
-    """Share of base-model training captions with one extra, absent object."""
+    noisy_background_fraction: float = 0.3
+    """Share of images drawn on a noisy rather than a plain background."""
+    noisy_caption_fraction: float = 0.6
+    """Share of base-model training captions with one extra, absent object. Above one half, greedy
+    decoding of the base model continues a caption with an extra object, as noisy web data teaches."""
     patch_size: int = 16
     """Vision patch size of the base model (image tokens = (image_size / patch_size) ** 2)."""
     hidden_size: int = 128
@@ -46,7 +49,7 @@ class DemoConfig:
     """Vision tower width."""
     vision_layers: int = 2
     """Vision tower depth."""
-    base_steps: int = 1500
+    base_steps: int = 1000
     """Optimizer steps of supervised base-model training (full fine-tuning, loss sft)."""
     base_batch_size: int = 32
     """Rows per base-model step."""
@@ -84,9 +87,10 @@ QUICK = dict(num_train=48, num_test=12, base_steps=4, base_batch_size=8, judge_e
              rlaif_images=8, rlaif_samples=2, dpo_steps=2, dpo_batch_size=4, max_new_tokens=16)
 """Settings of ``vlmdpo demo --quick``: every stage runs, on a few rows and steps (for tests)."""
 
-_DATA_KEYS = ("seed", "num_train", "num_test", "image_size", "noisy_fraction")
+_DATA_KEYS = ("seed", "num_train", "num_test", "image_size", "noisy_background_fraction")
 _JUDGE_KEYS = _DATA_KEYS + ("judge_epochs", "patch_size", "vision_hidden_size", "vision_layers")
-_BASE_KEYS = _JUDGE_KEYS + ("hidden_size", "num_layers", "base_steps", "base_batch_size", "base_lr")
+_BASE_KEYS = _JUDGE_KEYS + ("noisy_caption_fraction", "hidden_size", "num_layers", "base_steps",
+                            "base_batch_size", "base_lr")
 _PAIR_KEYS = _BASE_KEYS + ("povid_pairs", "rlaif_images", "rlaif_samples", "rlaif_margin")
 
 

@@ -31,7 +31,8 @@ def build_data(config: DemoConfig, cache: Path) -> datasets.DatasetDict:
 
     if not _done(cache):
         data = build_shapes_dataset(seed=config.seed, num_train=config.num_train, num_test=config.num_test,
-                                    image_size=config.image_size, noisy_fraction=config.noisy_fraction)
+                                    image_size=config.image_size,
+                                    noisy_background_fraction=config.noisy_background_fraction)
         data.save_to_disk(str(cache / "dataset"))
         _mark_done(cache)
     return datasets.load_from_disk(str(cache / "dataset"))
@@ -92,7 +93,7 @@ def train_base(config: DemoConfig, data: datasets.DatasetDict, judge, cache: Pat
     if _done(cache):
         return cache / "model"
     if not (cache / "rows" / "dataset_info.json").exists():
-        base_sft_rows(data["train"], config.noisy_fraction, config.seed).save_to_disk(str(cache / "rows"))
+        base_sft_rows(data["train"], config.noisy_caption_fraction, config.seed).save_to_disk(str(cache / "rows"))
     if not (cache / "init" / "config.json").exists():
         model, processor = build_base_vlm(judge, hidden_size=config.hidden_size, num_layers=config.num_layers,
                                           seed=config.seed)

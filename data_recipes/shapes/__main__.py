@@ -16,7 +16,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-train", type=int, default=2000)
     parser.add_argument("--num-test", type=int, default=200)
     parser.add_argument("--image-size", type=int, default=64)
-    parser.add_argument("--noisy-fraction", type=float, default=0.3, help="share of noisy-background images")
+    parser.add_argument("--noisy-background-fraction", type=float, default=0.3, help="share of noisy-background images")
     args = parser.parse_args(argv)
 
     dataset = build_shapes_dataset(
@@ -24,7 +24,7 @@ def main(argv: list[str] | None = None) -> None:
         num_train=args.num_train,
         num_test=args.num_test,
         image_size=args.image_size,
-        noisy_fraction=args.noisy_fraction,
+        noisy_background_fraction=args.noisy_background_fraction,
     )
     dataset.save_to_disk(args.out)
     for split, rows in dataset.items():

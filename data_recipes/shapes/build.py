@@ -47,7 +47,7 @@ def _build_split(
     rng: random.Random,
     num_rows: int,
     image_size: int,
-    noisy_fraction: float,
+    noisy_background_fraction: float,
     num_questions: tuple[int, int],
     object_range: tuple[int, int],
     exclude: set[str],
@@ -58,7 +58,7 @@ def _build_split(
         scene_json = scene.to_json()
         if scene_json in exclude:
             continue
-        background = "noisy" if rng.random() < noisy_fraction else "plain"
+        background = "noisy" if rng.random() < noisy_background_fraction else "plain"
         qa = yes_no_questions(scene, rng, *num_questions)
         columns["images"].append([draw_scene(scene, image_size, background, rng)])
         columns["objects"].append(scene.names)
@@ -76,7 +76,7 @@ def build_shapes_dataset(
     num_train: int = 2000,
     num_test: int = 200,
     image_size: int = 64,
-    noisy_fraction: float = 0.3,
+    noisy_background_fraction: float = 0.3,
     n_pos_questions: int = 2,
     n_neg_questions: int = 2,
     min_objects: int = 1,
@@ -87,15 +87,15 @@ def build_shapes_dataset(
     Columns: `images` (list of one RGB image), `objects` (canonical names, e.g. "red circle"),
     `scene` (JSON for `Scene.from_json`), `caption` (ground truth), `noisy_caption` (ground
     truth plus one absent object), `questions` / `answers` (yes/no, aligned lists) and
-    `background` ("plain" or "noisy", the latter with probability `noisy_fraction`).
+    `background` ("plain" or "noisy", the latter with probability `noisy_background_fraction`).
     The test split is drawn first and no train scene is identical to a test scene.
     """
-    _check_fraction("noisy_fraction", noisy_fraction)
+    _check_fraction("noisy_background_fraction", noisy_background_fraction)
     if num_train < 0 or num_test < 0:
         raise ValueError(f"row counts must be >= 0, got num_train={num_train}, num_test={num_test}")
     common = dict(
         image_size=image_size,
-        noisy_fraction=noisy_fraction,
+        noisy_background_fraction=noisy_background_fraction,
         num_questions=(n_pos_questions, n_neg_questions),
         object_range=(min_objects, max_objects),
     )
