@@ -209,6 +209,23 @@ def _verdicts(metrics: dict[str, dict]) -> list[str]:
     return [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in checks]
 
 
+def example_table(results: dict, count: int = 6) -> str:
+    """Greedy captions of the first held-out images, one column per model, hallucinations in bold."""
+    names = list(results)
+    examples = {name: results[name]["generation"]["examples"][:count] for name in names}
+    lines = ["| truth | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    for i, first in enumerate(examples[names[0]]):
+        truth = sorted(set(first.get("mentioned", [])) - set(first.get("hallucinated", []))
+                       | set(first.get("missed", [])))
+        cells = []
+        for name in names:
+            record = examples[name][i]
+            wrong = ", ".join(record.get("hallucinated", []))
+            cells.append(record["response"].replace("|", "/") + (f" (**{wrong}**)" if wrong else ""))
+        lines.append(f"| {', '.join(truth)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def write_demo_report(config: DemoConfig, results: dict, timings: dict, runs: Path) -> dict:
     """``metrics.json`` (headline numbers per model) and ``report.md`` with plots; return the metrics."""
     from vlmdpo.eval.report import write_report
@@ -229,6 +246,7 @@ def write_demo_report(config: DemoConfig, results: dict, timings: dict, runs: Pa
         "## Headline\n\n" + table,
         f"Relative CHAIR_i reduction: {reduction:.0%} (RLAIF-V reports about 80% on LLaVA-1.5).",
         "## Acceptance\n\n" + "\n".join(_verdicts(metrics)),
+        "## Example captions\n\nHeld-out images; hallucinated objects in bold.\n\n" + example_table(results),
         "## Settings\n\n" + config_table(config),
         "## Time per stage (s)\n\n" + "\n".join(f"- {k}: {v}" for k, v in timings.items()),
     ])
