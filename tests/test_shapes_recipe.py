@@ -177,7 +177,7 @@ def test_hallucinate_always_names_an_absent_object():
             text = HALLUCINATIONS[kind](scene, rng)
             mentioned = mentioned_objects(text)
             assert set(mentioned) - set(scene.names), (kind, scene.names, text)
-            expected_count = len(scene.objects) + (kind == "add_object")
+            expected_count = len(scene.objects) + (kind in ("add_object", "insert_object"))
             assert len(mentioned) == expected_count, (kind, text)
             if kind == "add_object":
                 assert mentioned[:-1] == scene.names
@@ -187,7 +187,7 @@ def test_hallucinate_always_names_an_absent_object():
 def test_swap_shape_is_skipped_when_no_shape_is_free():
     shapes = ("circle", "square", "triangle", "diamond")
     scene = Scene(tuple(ShapeObject("red", s, "small", p) for s, p in zip(shapes, POSITIONS)))
-    assert applicable_hallucinations(scene) == ["add_object", "swap_colour"]
+    assert applicable_hallucinations(scene) == ["add_object", "insert_object", "swap_colour"]
     with pytest.raises(ValueError, match="shape"):
         swap_shape(scene, random.Random(0))
 

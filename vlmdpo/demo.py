@@ -94,14 +94,21 @@ _BASE_KEYS = _JUDGE_KEYS + ("noisy_caption_fraction", "hidden_size", "num_layers
 _PAIR_KEYS = _BASE_KEYS + ("povid_pairs", "rlaif_images", "rlaif_samples", "rlaif_margin")
 
 
-def _key(config: DemoConfig, names: tuple[str, ...]) -> str:
+STAGE_VERSIONS = {"pairs": 2}
+"""Bumped when a stage's code changes what it produces, so caches written by older code are not reused
+(pairs 2: the insert_object rewrite)."""
+
+
+def _key(config: DemoConfig, names: tuple[str, ...], stage: str) -> str:
     values = {name: getattr(config, name) for name in sorted(set(names))}
+    if stage in STAGE_VERSIONS:
+        values["stage_version"] = STAGE_VERSIONS[stage]
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
 def _cache_dir(config: DemoConfig, stage: str, names: tuple[str, ...]) -> Path:
     root = config.cache or os.environ.get("VLMDPO_CACHE") or Path.home() / ".cache" / "vlmdpo"
-    return Path(root) / "shapes-demo" / f"{stage}-{_key(config, names)}"
+    return Path(root) / "shapes-demo" / f"{stage}-{_key(config, names, stage)}"
 
 
 def _done(path: Path) -> bool:

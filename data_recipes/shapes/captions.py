@@ -110,8 +110,15 @@ def swap_colour(scene: Scene, rng: random.Random) -> str:
     return _swap(scene, rng, "colour")
 
 
+def insert_object(scene: Scene, rng: random.Random) -> str:
+    """Ground-truth caption with one absent object inserted at a random place in the list: the error
+    a model pretrained on noisy web captions (``noisy_web_caption``) makes."""
+    return noisy_web_caption(scene, rng)
+
+
 HALLUCINATIONS: dict[str, Callable[[Scene, random.Random], str]] = {
     "add_object": add_object,
+    "insert_object": insert_object,
     "swap_shape": swap_shape,
     "swap_colour": swap_colour,
 }
@@ -121,7 +128,7 @@ that is not in the scene."""
 
 def applicable_hallucinations(scene: Scene) -> list[str]:
     """Names in `HALLUCINATIONS` that can rewrite this scene's caption."""
-    kinds = ["add_object"]
+    kinds = ["add_object", "insert_object"]
     kinds += [f"swap_{a}" for a in ("shape", "colour") if _swap_options(scene, a)]
     return kinds
 
