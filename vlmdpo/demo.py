@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -76,7 +76,9 @@ class DemoConfig:
     dpo_lr: float = 5e-4
     """LoRA learning rate of the DPO run and the SFT control."""
     lora_r: int = 16
-    """LoRA rank (language model linear layers)."""
+    """LoRA rank."""
+    lora_parts: list[str] = field(default_factory=lambda: ["language"])
+    """Model parts whose linear layers get LoRA: language, projector, vision."""
     max_new_tokens: int = 48
     """Caption length limit at evaluation (recorded with the results)."""
     progress: bool = True
@@ -94,9 +96,9 @@ _BASE_KEYS = _JUDGE_KEYS + ("noisy_caption_fraction", "hidden_size", "num_layers
 _PAIR_KEYS = _BASE_KEYS + ("povid_pairs", "rlaif_images", "rlaif_samples", "rlaif_margin")
 
 
-STAGE_VERSIONS = {"pairs": 2}
+STAGE_VERSIONS = {"data": 2, "base": 2, "pairs": 3}
 """Bumped when a stage's code changes what it produces, so caches written by older code are not reused
-(pairs 2: the insert_object rewrite)."""
+(data 2 and base 2: popular-object caption noise; pairs 2: the insert_object rewrite)."""
 
 
 def _key(config: DemoConfig, names: tuple[str, ...], stage: str) -> str:

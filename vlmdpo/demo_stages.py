@@ -146,7 +146,8 @@ def align(config: DemoConfig, base: Path, pairs: Path, out: Path, losses: str) -
     """LoRA on the base model with ``losses`` (the DPO run, or ``sft`` for the control), from scratch."""
     shutil.rmtree(out, ignore_errors=True)
     return _train([f"model.name_or_path={base}", f"model.lora_r={config.lora_r}",
-                   f"model.lora_alpha={2 * config.lora_r}", f"loss.losses={losses}", f"loss.beta={config.beta}",
+                   f"model.lora_alpha={2 * config.lora_r}", f"model.lora_parts=[{','.join(config.lora_parts)}]",
+                   f"loss.losses={losses}", f"loss.beta={config.beta}",
                    f"data.train={pairs}", f"train.output_dir={out}", f"train.max_steps={config.dpo_steps}",
                    f"train.batch_size={config.dpo_batch_size}", f"train.learning_rate={config.dpo_lr}",
                    "train.logging_steps=5", f"train.seed={config.seed}", f"train.progress={config.progress}"])

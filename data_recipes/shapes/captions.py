@@ -69,6 +69,22 @@ def _absent_object(scene: Scene, rng: random.Random) -> ShapeObject:
     return ShapeObject(colour=colour, shape=shape, size=rng.choice(SIZES), position=position)
 
 
+# Web captions mention some objects far more often than others; their noise does too. A fixed ranking of
+# the (colour, shape) pairs, with Zipf weights 1/rank, gives the base model a co-occurrence prior that it
+# follows when unsure: the popular-object hallucination that POPE's "popular" split probes.
+POPULARITY = [(c, s) for c, s in random.Random("shapes-popularity").sample(
+    [(c, s) for c in COLOURS for s in SHAPES], len(COLOURS) * len(SHAPES))]
+
+
+def _popular_absent_object(scene: Scene, rng: random.Random) -> ShapeObject:
+    absent = set(scene.absent_pairs())
+    ranked = [pair for pair in POPULARITY if pair in absent]
+    weights = [1.0 / (POPULARITY.index(pair) + 1) for pair in ranked]
+    colour, shape = rng.choices(ranked, weights=weights)[0]
+    position = (scene.free_positions() or [scene.objects[-1].position])[0]
+    return ShapeObject(colour=colour, shape=shape, size=rng.choice(SIZES), position=position)
+
+
 def _swap_options(scene: Scene, attribute: str) -> list[tuple[int, str]]:
     """(object index, new value) pairs that turn an object into one absent from the scene."""
     values = SHAPES if attribute == "shape" else tuple(COLOURS)
@@ -140,11 +156,11 @@ def hallucinate(scene: Scene, rng: random.Random) -> str:
 
 
 def noisy_web_caption(scene: Scene, rng: random.Random) -> str:
-    """Ground-truth caption plus one absent object inserted at a random place in the list.
+    """Ground-truth caption plus one absent object, drawn by ``POPULARITY``, inserted at a random place.
 
     Used as noisy pretraining text so the base model learns to hallucinate; the random place
     keeps the model from learning that only the last mention can be wrong.
     """
     objects = list(scene.objects)
-    objects.insert(rng.randint(0, len(objects)), _absent_object(scene, rng))
+    objects.insert(rng.randint(0, len(objects)), _popular_absent_object(scene, rng))
     return describe(objects)
