@@ -49,7 +49,7 @@ class DemoConfig:
     """Vision tower width."""
     vision_layers: int = 2
     """Vision tower depth."""
-    base_steps: int = 1000
+    base_steps: int = 2000
     """Optimizer steps of supervised base-model training (full fine-tuning, loss sft)."""
     base_batch_size: int = 32
     """Rows per base-model step."""
@@ -65,15 +65,15 @@ class DemoConfig:
     """Captions sampled per image."""
     rlaif_margin: float = 0.05
     """Smallest CLIPScore gap between the best and worst sample for a pair."""
-    dpo_losses: str = "sigmoid"
+    dpo_losses: str = "sigmoid:1+sft:1"
     """Loss spec of the DPO run (see ``LossConfig.losses``)."""
     beta: float = 0.1
     """DPO beta."""
-    dpo_steps: int = 200
+    dpo_steps: int = 400
     """Optimizer steps of the DPO run and of the SFT control."""
     dpo_batch_size: int = 8
     """Pairs per DPO step."""
-    dpo_lr: float = 5e-4
+    dpo_lr: float = 1e-3
     """LoRA learning rate of the DPO run and the SFT control."""
     lora_r: int = 16
     """LoRA rank."""
@@ -96,9 +96,10 @@ _BASE_KEYS = _JUDGE_KEYS + ("noisy_caption_fraction", "hidden_size", "num_layers
 _PAIR_KEYS = _BASE_KEYS + ("povid_pairs", "rlaif_images", "rlaif_samples", "rlaif_margin")
 
 
-STAGE_VERSIONS = {"data": 2, "base": 2, "pairs": 3}
+STAGE_VERSIONS = {"data": 2, "base": 3, "pairs": 4}
 """Bumped when a stage's code changes what it produces, so caches written by older code are not reused
-(data 2 and base 2: popular-object caption noise; pairs 2: the insert_object rewrite)."""
+(data 2, base 2: popular-object caption noise; base 3: one yes and one no question per image;
+pairs 2: the insert_object rewrite)."""
 
 
 def _key(config: DemoConfig, names: tuple[str, ...], stage: str) -> str:

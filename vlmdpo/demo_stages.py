@@ -68,7 +68,11 @@ def base_sft_rows(train: datasets.Dataset, noisy_fraction: float, seed: int) -> 
     def to_qa(batch):
         out = {"images": [], "prompt": [], "completion": []}
         for images, questions, answers in zip(batch["images"], batch["questions"], batch["answers"]):
-            for text, answer in zip(questions, answers):
+            # one "yes" and one "no" question per image, so captions stay half of the supervision
+            pairs = list(zip(questions, answers))
+            pairs = [next(p for p in pairs if p[1] == label) for label in ("yes", "no")
+                     if any(p[1] == label for p in pairs)]
+            for text, answer in pairs:
                 name = text.removeprefix("is there a ").removesuffix(" in the image?")
                 out["images"].append(images)
                 out["prompt"].append(pope_question_text(name))
