@@ -159,6 +159,18 @@ class TrainConfig:
     """DataLoader worker processes."""
     progress: bool = True
     """Show a progress bar."""
+    forward_path: str = "auto"
+    """How response log-probs are computed. ``fast``: each pair packed as ``[prompt; chosen; rejected]``, so the
+    image and prompt run once per pair, image features are shared by policy and reference, and the LM head runs
+    only at response positions (``vlmdpo.fast_logps``). ``plain``: ``[prompt; response]`` run twice per pair
+    (``vlmdpo.logps``, the reference implementation). ``auto``: fast when the model supports it and a probe batch
+    agrees with plain, else plain; the log says which and why."""
+    precompute_ref_logps: bool = False
+    """Compute the reference log-probs of every training pair once before training, in inference mode, and read
+    them from a cache instead of running the reference in every step (``vlmdpo.reference_cache``)."""
+    ref_cache_dir: str | None = None
+    """Folder of the precomputed reference log-probs, one file per dataset / reference weights / processor /
+    settings combination; default ``$VLMDPO_CACHE/reference_logps`` (``~/.cache/vlmdpo``)."""
 
     def __post_init__(self):
         if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
@@ -167,6 +179,8 @@ class TrainConfig:
             raise ValueError("train.eval_steps must be >= 0")
         if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
             raise ValueError(f"train.mixed_precision must be auto/no/bf16/fp16, got {self.mixed_precision!r}")
+        if self.forward_path not in ("auto", "fast", "plain"):
+            raise ValueError(f"train.forward_path must be auto, fast or plain, got {self.forward_path!r}")
 
 
 @dataclass

@@ -13,13 +13,20 @@ import shutil
 from pathlib import Path
 
 import torch
+from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from vlmdpo.collator import PreferenceCollator
 from vlmdpo.config import Config, save_config
 from vlmdpo.data import PreferenceDataset, load_preference_dataset
+from vlmdpo.fast_logps import choose_forward_path, packed_completion_logps, shared_image_features
 from vlmdpo.logps import completion_logps
+from vlmdpo.packing import pack_pairs, padding_stats
+from vlmdpo.reference_cache import (
+    ReferenceLogps, cache_key, compute_reference_logps, default_cache_dir, load_or_compute, processor_fingerprint,
+    weights_fingerprint,
+)
 from vlmdpo.losses import CHOSEN_ONLY, REFERENCE_FREE, combined_loss, rewards
 from vlmdpo.modeling import apply_lora, frozen_copy, load_model_and_processor, reference_mode
 
@@ -129,20 +136,44 @@ def evaluate(policy, reference, processor, rows: list[dict], config: Config) -> 
         vocabulary=config.train.eval_vocabulary, max_new_tokens=config.train.eval_max_new_tokens)
 
 
-def dpo_step(policy, reference, batch: dict, config: Config, pad_token_id: int, bco_delta: float = 0.0):
-    """Loss and metrics for one micro-batch.
+def logps_function(policy, batch: dict, pad_token_id: int, forward_path: str = "plain"):
+    """``model -> response log-probs of batch`` by ``forward_path``; the fast path packs the batch and encodes
+    its images once, for every model it is then called with (policy and reference)."""
+    if forward_path == "fast":
+        packed, features = pack_pairs(policy, batch), shared_image_features(policy, batch)
+        return lambda model: packed_completion_logps(model, packed, features)
+    return lambda model: completion_logps(model, batch, pad_token_id)
+
+
+def policy_and_reference_logps(policy, reference, batch: dict, pad_token_id: int, forward_path: str = "plain",
+                               with_reference: bool = True, ref_logps: ReferenceLogps | None = None):
+    """Response log-probs of the policy and of the reference (``None`` when ``with_reference`` is off);
+    precomputed ``ref_logps`` replace the reference pass."""
+    logps = logps_function(policy, batch, pad_token_id, forward_path)
+    policy_out = logps(policy)
+    if not with_reference:
+        return policy_out, None
+    if ref_logps is not None:
+        return policy_out, ref_logps.lookup(batch["index"], policy_out["chosen_logps"].device)
+    with reference_mode(policy, reference) as ref_model:
+        return policy_out, logps(ref_model)
+
+
+def dpo_step(policy, reference, batch: dict, config: Config, pad_token_id: int, bco_delta: float = 0.0,
+             forward_path: str = "plain", ref_logps: ReferenceLogps | None = None):
+    """Loss and metrics for one micro-batch, with log-probs from ``forward_path`` (``"fast"`` or ``"plain"``)
+    and the reference's from ``ref_logps`` when they were precomputed.
 
     Supervised batches (no rejected responses) and reference-free losses skip the passes they do not need;
     the tensors they would have produced are zeros that no loss in the spec reads.
     """
-    policy_out = completion_logps(policy, batch, pad_token_id)
+    policy_out, ref_out = policy_and_reference_logps(policy, reference, batch, pad_token_id, forward_path,
+                                                     needs_reference(config), ref_logps)
     zeros = torch.zeros_like(policy_out["chosen_logps"])
     policy_out.setdefault("rejected_logps", zeros)
     policy_out.setdefault("rejected_lengths", policy_out["chosen_lengths"])
-    ref_out = {"chosen_logps": zeros, "rejected_logps": zeros}
-    if needs_reference(config):
-        with reference_mode(policy, reference) as ref_model:
-            ref_out = completion_logps(ref_model, batch, pad_token_id)
+    ref_out = ref_out or {"chosen_logps": zeros, "rejected_logps": zeros}
+    ref_out.setdefault("rejected_logps", zeros)
     loss_cfg = config.loss
     loss, parts = combined_loss(
         loss_cfg.weighted(), policy_out["chosen_logps"], policy_out["rejected_logps"],
@@ -161,6 +192,9 @@ def dpo_step(policy, reference, batch: dict, config: Config, pad_token_id: int, 
         "logps/rejected": policy_out["rejected_logps"].detach().mean(),
         **{f"loss/{name}": value for name, value in parts.items()},
     }
+    # share of the forward's token positions that are padding (the packed fast path has none)
+    padding = 0.0 if forward_path == "fast" else padding_stats(batch)["padding_fraction"]
+    metrics["padding/fraction"] = torch.tensor(padding, device=loss.device)
     if "rejected_input_ids" not in batch:  # supervised: there is no preference to report
         metrics = {k: v for k, v in metrics.items() if not k.startswith("rewards/") and k != "logps/rejected"}
     return loss, metrics
@@ -183,6 +217,36 @@ def save_checkpoint(accelerator, policy, processor, output_dir: Path, step: int,
         for stale in old[:-limit] if limit > 0 else []:
             shutil.rmtree(stale, ignore_errors=True)
     accelerator.wait_for_everyone()
+
+
+def precomputed_reference_logps(policy, reference, processor, pairs: PreferenceDataset, collator, config: Config,
+                                forward_path: str, accelerator, log=print) -> ReferenceLogps:
+    """Reference log-probs of every training pair, from the cache or computed now (main process) in order."""
+    settings = {"max_prompt_length": config.data.max_prompt_length, "dtype": config.model.dtype,
+                "max_response_length": config.data.max_response_length, "responses": pairs.responses,
+                "image_root": pairs.image_root,
+                "mixed_precision": _mixed_precision(config.train.mixed_precision)}
+    ref_model = reference if reference is not None else accelerator.unwrap_model(policy)
+    key = cache_key(pairs.dataset._fingerprint, weights_fingerprint(ref_model), processor_fingerprint(processor),
+                    settings)
+    folder = Path(config.train.ref_cache_dir) if config.train.ref_cache_dir else default_cache_dir()
+
+    def compute():
+        loader = DataLoader(pairs, batch_size=config.train.batch_size, collate_fn=collator,
+                            num_workers=config.train.num_workers)
+        pad = getattr(processor, "tokenizer", processor).pad_token_id
+
+        def reference_logps(batch):
+            batch = send_to_device(batch, accelerator.device)
+            with accelerator.autocast(), reference_mode(policy, reference) as ref_model:
+                return logps_function(policy, batch, pad, forward_path)(ref_model)
+
+        return compute_reference_logps(reference_logps, loader, progress=config.train.progress)
+
+    if accelerator.is_main_process:
+        result = load_or_compute(folder, key, compute, log)
+    accelerator.wait_for_everyone()
+    return result if accelerator.is_main_process else load_or_compute(folder, key, compute, log)
 
 
 def _mixed_precision(choice: str) -> str:
@@ -221,6 +285,14 @@ def train(config: Config) -> Path:
     policy, optimizer, loader, scheduler = accelerator.prepare(policy, optimizer, loader, scheduler)
     if reference is not None:
         reference = reference.to(accelerator.device)
+    probe = None if cfg.forward_path == "plain" else send_to_device(  # two pairs to check the fast path on
+        collator([pairs[i] for i in range(min(2, len(pairs)))]), accelerator.device)
+    forward_path = choose_forward_path(cfg.forward_path, [policy] + ([reference] if reference is not None else []),
+                                       probe, tokenizer.pad_token_id, log)
+    ref_logps = None
+    if cfg.precompute_ref_logps and needs_reference(config):
+        ref_logps = precomputed_reference_logps(policy, reference, processor, pairs, collator, config,
+                                                forward_path, accelerator, log)
 
     state = {"step": 0, "micro_batches": 0, "bco_delta": 0.0, "reward_count": 0}
     checkpoint = _latest_checkpoint(output_dir) if cfg.resume else None
@@ -248,7 +320,7 @@ def train(config: Config) -> Path:
         for batch in epoch_loader:
             with accelerator.accumulate(policy):
                 loss, metrics = dpo_step(policy, reference, batch, config, tokenizer.pad_token_id,
-                                         state["bco_delta"])
+                                         state["bco_delta"], forward_path, ref_logps)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)

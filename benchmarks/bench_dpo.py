@@ -1,0 +1,388 @@
+"""DPO step throughput, peak memory and first-step loss: vlmdpo against TRL's DPOTrainer.
+
+    python benchmarks/bench_dpo.py --image-tokens 256
+    python benchmarks/bench_dpo.py --image-tokens 1024 --json
+    python benchmarks/bench_dpo.py --device cuda --dtype bfloat16 --scale large
+
+Every runner trains, in its own process (so its peak memory is its own), the same LLaVA-style model
+(``bench_setup.py``) with the same LoRA (r=16 on the language model's linear layers, the same seeded start
+values), on the same pairs in the same order (one image each, responses of 30-300 tokens), 4 pairs per step:
+
+- ``vlmdpo``: ``vlmdpo.train.train`` as a user runs it (``train.forward_path=auto``);
+- ``trl``: TRL's ``DPOTrainer`` as shipped (``pip install -e .[bench]``);
+- ``trl_gpu_path``: the same, made to take the branch it takes on GPUs, where its fused LM head scores only
+  completion positions (on CPUs it scores every position; its kernels fold to plain torch on a CPU).
+
+pairs/s is timed from the start of step 2 to the start of the last step (step 1 pays one-time costs). Peak
+memory on a CPU is the process's peak resident set (``*_peak_mb``) and, beside it, its growth over the
+resident set once the model is built (``*_train_mb``); on a GPU, the peak allocated GPU memory and its growth
+over what was allocated when the first step began.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+# the checkout this file lives in, whatever an installed vlmdpo points at; then the helpers beside it
+sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+import bench_setup  # noqa: E402
+
+RUNNERS = ("vlmdpo", "vlmdpo_precomputed", "trl", "trl_gpu_path")
+
+
+# --- measuring ----------------------------------------------------------------------------------------
+
+def _rss_mb() -> float:
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+
+
+def _peak_rss_mb() -> float:
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class StepClock:
+    """Start times of the steps, the first step's loss, and memory before training."""
+
+    def __init__(self, device: str):
+        self.device, self.starts, self.first_loss, self.ready_mb = device, [], None, None
+
+    def ready(self):
+        """Called once the model is built, before training; on a GPU the reference point is the first step."""
+        if self.device != "cuda":
+            self.ready_mb = _rss_mb()
+
+    def begin(self):
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+            if self.ready_mb is None:  # everything is on the device now
+                self.ready_mb = torch.cuda.memory_allocated() / 2**20
+        self.starts.append(time.perf_counter())
+
+    def loss(self, value):
+        if self.first_loss is None:
+            self.first_loss = float(value.detach())
+
+    def result(self, batch_size: int) -> dict:
+        timed = len(self.starts) - 2
+        if timed < 1:
+            raise SystemExit("too few steps to time: use more --pairs")
+        seconds = self.starts[-1] - self.starts[1]
+        peak = torch.cuda.max_memory_allocated() / 2**20 if self.device == "cuda" else _peak_rss_mb()
+        grown = peak - self.ready_mb
+        return {"pairs_per_s": timed * batch_size / seconds, "pairs": len(self.starts) * batch_size,
+                "seconds_per_step": seconds / timed,
+                "timed_steps": timed, "peak_mb": peak, "train_mb": grown, "first_loss": self.first_loss}
+
+
+# --- runners (each runs in a process of its own) --------------------------------------------------------
+
+def run_vlmdpo(args, model_dir: Path, data_dir: Path, out_dir: Path, precompute: bool) -> dict:
+    import vlmdpo.train as train_module
+    from vlmdpo.config import load_config
+
+    clock = StepClock(args.device)
+    build_policy, dpo_step = train_module.build_policy, train_module.dpo_step
+    precomputed = train_module.precomputed_reference_logps
+    precompute_seconds = []
+
+    def timed_precompute(*precompute_args, **precompute_kwargs):
+        start = time.perf_counter()
+        try:
+            return precomputed(*precompute_args, **precompute_kwargs)
+        finally:
+            precompute_seconds.append(time.perf_counter() - start)
+
+    def build(config):
+        policy, reference, processor = build_policy(config)
+        bench_setup.perturb_lora(policy)
+        clock.ready()
+        return policy, reference, processor
+
+    def step(*step_args, **step_kwargs):
+        clock.begin()
+        loss, metrics = dpo_step(*step_args, **step_kwargs)
+        clock.loss(loss)
+        return loss, metrics
+
+    class InOrder(train_module.EpochShuffleSampler):  # the runners must see the same first batch
+        def __iter__(self):
+            return iter(range(self.size))
+
+    train_module.build_policy, train_module.dpo_step = build, step
+    train_module.precomputed_reference_logps = timed_precompute
+    train_module.EpochShuffleSampler = InOrder
+    overrides = [
+        f"model.name_or_path={model_dir}", f"model.dtype={args.dtype}", f"model.lora_r={bench_setup.LORA['r']}",
+        f"model.lora_alpha={bench_setup.LORA['alpha']}", f"data.train={data_dir}", "data.max_response_length=null",
+        f"train.output_dir={out_dir}", f"train.batch_size={args.batch_size}", "train.num_epochs=1",
+        "train.learning_rate=1e-5", "train.lr_scheduler=constant", "train.warmup_ratio=0", "train.progress=false",
+        "train.mixed_precision='no'", f"train.forward_path={args.forward_path}", "train.resume=false",
+        f"train.precompute_ref_logps={str(precompute).lower()}", f"train.ref_cache_dir={out_dir / 'ref'}",
+        f"loss.beta={bench_setup.BETA}",
+    ]
+    with _maybe_profile(args, clock):
+        train_module.train(load_config(None, overrides))
+    return {**clock.result(args.batch_size), "precompute_s": sum(precompute_seconds)}
+
+
+def _trl_dataset(data_dir: Path):
+    import datasets
+
+    def conversational(row):
+        return {"prompt": [{"role": "user", "content": row["prompt"]}],
+                "chosen": [{"role": "assistant", "content": row["chosen"]}],
+                "rejected": [{"role": "assistant", "content": row["rejected"]}]}
+
+    return datasets.load_from_disk(str(data_dir)).map(conversational)
+
+
+def run_trl(args, model_dir: Path, data_dir: Path, out_dir: Path, gpu_path: bool) -> dict:
+    import trl.trainer.utils as trl_utils
+    from torch.utils.data import SequentialSampler
+    from trl import DPOConfig, DPOTrainer
+
+    from peft import LoraConfig
+
+    from vlmdpo.modeling import linear_module_names, load_model_and_processor
+
+    if gpu_path:  # score completion positions only, as on CUDA / XPU (the kernels still fold in torch)
+        trl_utils._use_triton = lambda device: True
+    clock = StepClock(args.device)
+    model, processor = load_model_and_processor(str(model_dir), args.dtype)
+    # TRL at its best: a new adapter from a peft_config, so its reference is the adapter disabled (given a
+    # PeftModel, it would keep a second "ref" adapter and run LoRA in the reference pass too)
+    lora = LoraConfig(r=bench_setup.LORA["r"], lora_alpha=bench_setup.LORA["alpha"], lora_dropout=0.0,
+                      target_modules=linear_module_names(model), task_type="CAUSAL_LM")
+    config = DPOConfig(
+        output_dir=str(out_dir), per_device_train_batch_size=args.batch_size, num_train_epochs=1,
+        learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no",
+        report_to=[], bf16=args.dtype == "bfloat16", gradient_checkpointing=False, max_length=None,
+        beta=bench_setup.BETA, use_cpu=args.device == "cpu", dataloader_num_workers=0, disable_tqdm=True,
+        seed=0)
+    trainer = DPOTrainer(model=model, args=config, train_dataset=_trl_dataset(data_dir),
+                         processing_class=processor, peft_config=lora)
+    bench_setup.perturb_lora(trainer.model)
+    trainer._get_train_sampler = lambda *a, **k: SequentialSampler(trainer.train_dataset)
+    training_step, compute_loss = trainer.training_step, trainer.compute_loss
+
+    def timed_step(*step_args, **step_kwargs):
+        clock.begin()
+        return training_step(*step_args, **step_kwargs)
+
+    def first_loss(*loss_args, **loss_kwargs):
+        out = compute_loss(*loss_args, **loss_kwargs)
+        clock.loss(out[0] if isinstance(out, tuple) else out)
+        return out
+
+    trainer.training_step, trainer.compute_loss = timed_step, first_loss
+    clock.ready()
+    trainer.train()
+    return clock.result(args.batch_size)
+
+
+class _maybe_profile:
+    """With ``--profile``: where the time of steps 2..4 goes (vlmdpo runner), printed to stderr."""
+
+    def __init__(self, args, clock):
+        self.enabled = args.profile
+        self.clock = clock
+
+    def __enter__(self):
+        if self.enabled:
+            import bench_profile
+
+            self.profile = bench_profile.StepProfile(self.clock)
+            self.profile.install()
+        return self
+
+    def __exit__(self, *exc):
+        if self.enabled:
+            self.profile.report(sys.stderr)
+        return False
+
+
+# --- the comparison -------------------------------------------------------------------------------------
+
+def prepare(args) -> tuple[Path, Path]:
+    from vlmdpo.modeling import load_model_and_processor
+
+    root = Path(args.cache) / f"{args.scale}-{args.image_tokens}tok"
+    model_dir = bench_setup.build_model(root / "model", args.scale, args.image_tokens)
+    _, processor = load_model_and_processor(str(model_dir))
+    data_dir = bench_setup.build_pairs(root / f"pairs{args.pairs}", processor, args.image_tokens, args.pairs)
+    return model_dir, data_dir
+
+
+def run_in_subprocess(runner: str, argv: list[str]) -> dict:
+    command = [sys.executable, __file__, *argv, "--runner", runner]
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
+        raise SystemExit(f"runner {runner} failed with exit code {done.returncode}")
+    if "--profile" in argv:
+        sys.stderr.write(done.stderr[done.stderr.find("== where"):] if "== where" in done.stderr else "")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def compare(results: dict, image_tokens: int) -> dict:
+    """One flat dict: each runner's figures, and vlmdpo's ratios to each TRL runner."""
+    out = {"image_tokens": image_tokens}
+    for name, result in results.items():
+        for key in ("pairs_per_s", "peak_mb", "train_mb", "first_loss"):
+            out[f"{name}_{key}"] = result[key]
+    if "vlmdpo_precomputed" in results:
+        precomputed = results["vlmdpo_precomputed"]
+        out["vlmdpo_precompute_s"] = precomputed["precompute_s"]
+        # one epoch over the data, the one-off reference pass included
+        pairs = precomputed["pairs"]
+        out["vlmdpo_precomputed_epoch_pairs_per_s"] = pairs / (pairs / precomputed["pairs_per_s"]
+                                                               + precomputed["precompute_s"])
+    for ours in ("vlmdpo", "vlmdpo_precomputed"):
+        for other in ("trl", "trl_gpu_path"):
+            if ours not in results or other not in results:
+                continue
+            prefix = "" if ours == "vlmdpo" else "precomputed_"
+            out[f"{prefix}speedup_vs_{other}"] = results[ours]["pairs_per_s"] / results[other]["pairs_per_s"]
+            out[f"{prefix}memory_vs_{other}"] = results[ours]["peak_mb"] / results[other]["peak_mb"]
+            out[f"{prefix}train_memory_vs_{other}"] = (results[ours]["train_mb"]
+                                                       / max(results[other]["train_mb"], 1))
+    losses = [r["first_loss"] for r in results.values()]
+    out["losses_agree"] = max(losses) - min(losses) <= 1e-4
+    return out
+
+
+def flop_report(args, model_dir: Path, data_dir: Path, results: dict) -> dict:
+    """FLOPs of the timed steps (exact / vlmdpo / TRL, see ``bench_flops``) and what they say about the times."""
+    import datasets
+    from transformers import AutoConfig, AutoProcessor
+
+    import bench_flops
+    from vlmdpo.collator import PreferenceCollator
+    from vlmdpo.data import PreferenceDataset
+
+    shapes = bench_flops.Shapes.of(AutoConfig.from_pretrained(model_dir), bench_setup.LORA["r"])
+    pairs = PreferenceDataset(datasets.load_from_disk(str(data_dir)))
+    collator = PreferenceCollator(AutoProcessor.from_pretrained(model_dir))
+    steps = len(pairs) // args.batch_size
+    kinds = {"exact": ("exact", True), "vlmdpo": ("vlmdpo", True), "trl": ("trl", True),
+             "vlmdpo_precomputed": ("vlmdpo", False), "exact_precomputed": ("exact", False)}
+    totals = {name: {} for name in kinds}
+    timed_pairs = 0
+    for step in range(1, steps - 1):  # the clock's window: steps 2 .. S-1
+        rows = [pairs[i] for i in range(step * args.batch_size, (step + 1) * args.batch_size)]
+        shape = bench_flops.batch_shapes(collator(rows))
+        timed_pairs += len(rows)
+        for name, (kind, with_reference) in kinds.items():
+            flops = bench_flops.step_flops(shapes, *shape, kind=kind, with_reference=with_reference)
+            for part, value in flops.items():
+                totals[name][part] = totals[name].get(part, 0.0) + value
+    rate = bench_flops.matmul_rate() if args.device == "cpu" else None
+    out = {"matmul_gflops": rate / 1e9 if rate else None,
+           **{f"{name}_gflop_per_pair": {k: v / timed_pairs / 1e9 for k, v in total.items()}
+              for name, total in totals.items()}}
+    for name, result in results.items():
+        flops = totals["trl" if name.startswith("trl") else name]["total"]
+        seconds = timed_pairs / result["pairs_per_s"]
+        out[f"{name}_gflops"] = flops / seconds / 1e9
+        if rate:
+            exact = totals["exact_precomputed" if name == "vlmdpo_precomputed" else "exact"]["total"]
+            out[f"{name}_time_vs_exact_ideal"] = seconds / (exact / rate)
+    return out
+
+
+def print_flops(flops: dict) -> None:
+    kinds = ("exact", "vlmdpo", "trl", "exact_precomputed", "vlmdpo_precomputed")
+    print("  GFLOP per pair (matmuls)" + "".join(f"{kind:>19}" for kind in kinds))
+    for part in ("vision", "decoder", "attention", "lm_head", "total"):
+        print(f"    {part:<20}" + "".join(f"{flops[f'{kind}_gflop_per_pair'][part]:>19.2f}" for kind in kinds))
+    if flops["matmul_gflops"]:
+        print(f"  this machine's float32 matmul rate: {flops['matmul_gflops']:.0f} GFLOP/s")
+    for name in RUNNERS:
+        if f"{name}_gflops" in flops:
+            line = f"  {name:<20}{flops[name + '_gflops']:>5.0f} GFLOP/s achieved"
+            if f"{name}_time_vs_exact_ideal" in flops:
+                line += f"; step time = {flops[name + '_time_vs_exact_ideal']:.2f}x an exact step's at that rate"
+            print(line)
+
+
+def print_table(results: dict, summary: dict, args) -> None:
+    print(f"DPO step, {args.pairs} pairs, {args.batch_size} pairs/step, {args.image_tokens} image tokens, "
+          f"{args.scale} model ({args.dtype}, {args.device}, {torch.get_num_threads()} threads)")
+    print(f"  {'runner':<20}{'pairs/s':>9}{'s/step':>9}{'peak MB':>10}{'train MB':>10}{'first loss':>13}")
+    for name, r in results.items():
+        print(f"  {name:<20}{r['pairs_per_s']:>9.3f}{r['seconds_per_step']:>9.2f}{r['peak_mb']:>10.0f}"
+              f"{r['train_mb']:>10.0f}{r['first_loss']:>13.6f}")
+    if "vlmdpo_precompute_s" in summary:
+        print(f"  vlmdpo_precomputed: the one-off reference pass took {summary['vlmdpo_precompute_s']:.1f} s; "
+              f"over one epoch with it: {summary['vlmdpo_precomputed_epoch_pairs_per_s']:.3f} pairs/s")
+    for prefix, ours in (("", "vlmdpo"), ("precomputed_", "vlmdpo_precomputed")):
+        for other in ("trl", "trl_gpu_path"):
+            if f"{prefix}speedup_vs_{other}" in summary:
+                print(f"  {ours} vs {other}: {summary[f'{prefix}speedup_vs_{other}']:.2f}x pairs/s, "
+                      f"{summary[f'{prefix}memory_vs_{other}']:.2f}x peak memory, "
+                      f"{summary[f'{prefix}train_memory_vs_{other}']:.2f}x memory grown in training")
+    print(f"  first-step losses agree to 1e-4: {summary['losses_agree']}")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--image-tokens", type=int, default=256, help="256 (224 px) or 1024 (448 px)")
+    parser.add_argument("--pairs", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--scale", choices=sorted(bench_setup.SCALES), default="small")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
+    parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated subset of {RUNNERS}")
+    parser.add_argument("--forward-path", default="auto", choices=["auto", "fast", "plain"], help="vlmdpo's path")
+    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads; 1 is steadiest on a shared "
+                        "CPU (idle threads of a busy machine spin-wait), and every runner gets the same")
+    parser.add_argument("--profile", action="store_true", help="print where vlmdpo's step time goes")
+    parser.add_argument("--flops", action="store_true", help="count the steps' FLOPs (exact step, vlmdpo, TRL) "
+                        "and compare with this machine's matmul rate")
+    parser.add_argument("--cache", default=os.path.join(os.environ.get(
+        "VLMDPO_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vlmdpo")), "bench"))
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    parser.add_argument("--runner", choices=RUNNERS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.scale == "large" and args.image_tokens == 256:
+        args.image_tokens = 576  # 336 px, LLaVA-1.5's resolution
+    model_dir, data_dir = prepare(args)
+
+    if args.runner:  # inside a runner's own process
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as out:
+            if args.runner.startswith("vlmdpo"):
+                result = run_vlmdpo(args, model_dir, data_dir, Path(out), args.runner == "vlmdpo_precomputed")
+            else:
+                result = run_trl(args, model_dir, data_dir, Path(out), gpu_path=args.runner == "trl_gpu_path")
+        print(json.dumps(result))
+        return result
+
+    own_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
+    results = {name: run_in_subprocess(name, own_argv) for name in args.runners.split(",")}
+    summary = compare(results, args.image_tokens)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        print_table(results, summary, args)
+        if args.flops:
+            print_flops(flop_report(args, model_dir, data_dir, results))
+    return summary
+
+
+if __name__ == "__main__":
+    main()
