@@ -191,17 +191,23 @@ class Config:
     train: TrainConfig = field(default_factory=TrainConfig)
 
 
-def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> Config:
-    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; validated."""
-    merged = OmegaConf.structured(Config)
+def load_structured(schema, path: str | None = None, overrides: list[str] | tuple = ()):
+    """``schema`` (a dataclass or an instance) updated by the YAML file at ``path``, then by ``key=value``
+    overrides; returned as the dataclass, so its ``__post_init__`` validation runs."""
+    merged = OmegaConf.structured(schema)
     if path:
         merged = OmegaConf.merge(merged, OmegaConf.load(path))
     bad = [item for item in overrides if "=" not in item]
     if bad:
-        raise ValueError(f"overrides must look like section.key=value, got {bad}")
+        raise ValueError(f"overrides must look like key=value or section.key=value, got {bad}")
     if overrides:
         merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
     return OmegaConf.to_object(merged)
+
+
+def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> Config:
+    """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; validated."""
+    return load_structured(Config, path, overrides)
 
 
 def save_config(config: Config, path: str) -> None:

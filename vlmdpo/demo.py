@@ -17,7 +17,6 @@ import time
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from omegaconf import OmegaConf
 
 
 @dataclass
@@ -124,12 +123,10 @@ def _mark_done(path: Path) -> None:
 
 def load_config(overrides: list[str] | tuple = (), quick: bool = False, out: str | None = None) -> DemoConfig:
     """Defaults (or the quick settings), then ``key=value`` overrides."""
-    merged = OmegaConf.structured(DemoConfig(**(QUICK if quick else {})))
-    if out is not None:
-        merged.out = out
-    if overrides:
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-    return OmegaConf.to_object(merged)
+    from vlmdpo.config import load_structured
+
+    defaults = dict(QUICK if quick else {}, **({"out": out} if out is not None else {}))
+    return load_structured(DemoConfig(**defaults), None, overrides)
 
 
 def run_demo(out: str = "outputs/demo", quick: bool = False, overrides: list[str] | tuple = ()) -> dict:

@@ -160,15 +160,9 @@ class EvalConfig:
 
 def load_eval_config(path: str | None = None, overrides: list[str] | tuple = ()) -> EvalConfig:
     """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; validated."""
-    merged = OmegaConf.structured(EvalConfig)
-    if path:
-        merged = OmegaConf.merge(merged, OmegaConf.load(path))
-    bad = [item for item in overrides if "=" not in item]
-    if bad:
-        raise ValueError(f"overrides must look like key=value or section.key=value, got {bad}")
-    if overrides:
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-    return OmegaConf.to_object(merged)
+    from vlmdpo.config import load_structured
+
+    return load_structured(EvalConfig, path, overrides)
 
 
 def save_eval_config(config: EvalConfig, path: str) -> None:
