@@ -14,7 +14,7 @@ import hashlib
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 
@@ -165,4 +165,4 @@ def config_table(config: DemoConfig) -> str:
     return "| setting | value |\n|---|---|\n" + "\n".join(rows)
 
 
-__all__ = ["DemoConfig", "QUICK", "asdict", "config_table", "load_config", "run_demo"]
+__all__ = ["DemoConfig", "QUICK", "config_table", "load_config", "run_demo"]

@@ -15,7 +15,6 @@ import datasets
 
 from vlmdpo.demo import DemoConfig, _done, _mark_done, config_table
 
-_PROMPT_COLUMNS = ["images", "prompt", "chosen", "rejected", "source"]
 
 
 def _train(overrides: list[str]) -> Path:
