@@ -13,6 +13,7 @@ from pathlib import Path
 
 import datasets
 
+from vlmdpo.data import response_text
 from vlmdpo.demo import DemoConfig, _done, _mark_done, config_table
 
 
@@ -79,14 +80,10 @@ def base_sft_rows(train: datasets.Dataset, noisy_fraction: float, seed: int) -> 
         return out
 
     qa = train.map(to_qa, batched=True, remove_columns=train.column_names)
-    captions = captions.map(lambda row: {"prompt": _text(row["prompt"]), "completion": _text(row["completion"])})
+    captions = captions.map(lambda row: {"prompt": response_text(row["prompt"]),
+                                         "completion": response_text(row["completion"])})
     rows = datasets.concatenate_datasets([captions.cast(qa.features), qa])
     return rows.shuffle(seed=seed)
-
-
-def _text(messages) -> str:
-    return "".join(block["text"] or "" for message in messages for block in message["content"]
-                   if block["type"] == "text")
 
 
 def train_base(config: DemoConfig, data: datasets.DatasetDict, judge, cache: Path) -> Path:
@@ -140,8 +137,8 @@ def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judg
 
 def _plain(pairs: datasets.Dataset, source: str) -> datasets.Dataset:
     """Conversational pairs as plain strings, so recipes with different schemas concatenate."""
-    return pairs.map(lambda row: {"prompt": _text(row["prompt"]), "chosen": _text(row["chosen"]),
-                                  "rejected": _text(row["rejected"]), "source": source},
+    return pairs.map(lambda row: {"prompt": response_text(row["prompt"]), "chosen": response_text(row["chosen"]),
+                                  "rejected": response_text(row["rejected"]), "source": source},
                      remove_columns=[c for c in pairs.column_names if c != "images"])
 
 
