@@ -72,3 +72,14 @@ def test_open_clip_vision_tower_maps_exactly_onto_llava(tmp_path):
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     # the processor's images are what the judge sees: same size, same normalisation
     assert processor.image_processor.crop_size["height"] == config["vision_cfg"]["image_size"]
+
+
+def test_a_stage_version_bump_invalidates_that_stage_and_every_later_one(monkeypatch):
+    from vlmdpo import demo
+
+    config = demo.DemoConfig()
+    keys = {"data": demo._DATA_KEYS, "judge": demo._JUDGE_KEYS, "base": demo._BASE_KEYS, "pairs": demo._PAIR_KEYS}
+    before = {stage: demo._key(config, names, stage) for stage, names in keys.items()}
+    monkeypatch.setitem(demo.STAGE_VERSIONS, "base", demo.STAGE_VERSIONS["base"] + 1)
+    after = {stage: demo._key(config, names, stage) for stage, names in keys.items()}
+    assert [stage for stage in keys if before[stage] != after[stage]] == ["base", "pairs"]

@@ -95,16 +95,17 @@ _BASE_KEYS = _JUDGE_KEYS + ("noisy_caption_fraction", "hidden_size", "num_layers
 _PAIR_KEYS = _BASE_KEYS + ("povid_pairs", "rlaif_images", "rlaif_samples", "rlaif_margin")
 
 
-STAGE_VERSIONS = {"data": 2, "base": 3, "pairs": 4}
+STAGE_VERSIONS = {"data": 2, "judge": 1, "base": 4, "pairs": 4}
 """Bumped when a stage's code changes what it produces, so caches written by older code are not reused
-(data 2, base 2: popular-object caption noise; base 3: one yes and one no question per image;
-pairs 2: the insert_object rewrite)."""
+(data 2, base 2: popular-object caption noise; base 3: one yes and one no question per image; base 4: the
+separator token before each answer is trained; pairs 2: the insert_object rewrite). Stages run in this
+order and each one's cache key holds its own version and those of the stages before it."""
 
 
 def _key(config: DemoConfig, names: tuple[str, ...], stage: str) -> str:
     values = {name: getattr(config, name) for name in sorted(set(names))}
-    if stage in STAGE_VERSIONS:
-        values["stage_version"] = STAGE_VERSIONS[stage]
+    order = list(STAGE_VERSIONS)
+    values["stage_versions"] = {name: STAGE_VERSIONS[name] for name in order[: order.index(stage) + 1]}
     return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
 
