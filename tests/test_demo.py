@@ -83,3 +83,17 @@ def test_a_stage_version_bump_invalidates_that_stage_and_every_later_one(monkeyp
     monkeypatch.setitem(demo.STAGE_VERSIONS, "base", demo.STAGE_VERSIONS["base"] + 1)
     after = {stage: demo._key(config, names, stage) for stage, names in keys.items()}
     assert [stage for stage in keys if before[stage] != after[stage]] == ["base", "pairs"]
+
+
+def test_yes_no_pairs_choose_the_true_answer():
+    from data_recipes.shapes import build_shapes_dataset
+    from vlmdpo.demo_stages import yes_no_pairs
+
+    split = build_shapes_dataset(seed=3, num_train=6, num_test=0, image_size=32)["train"]
+    pairs = yes_no_pairs(split)
+    assert len(pairs) == 2 * len(split)  # one yes and one no question per image
+    for i, pair in enumerate(pairs):
+        objects = split[i // 2]["objects"]
+        name = pair["prompt"].removeprefix("Is there a ").removesuffix(" in the image?")
+        assert pair["chosen"] == ("Yes." if name in objects else "No.")
+        assert {pair["chosen"], pair["rejected"]} == {"Yes.", "No."}

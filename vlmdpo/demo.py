@@ -58,6 +58,8 @@ class DemoConfig:
     """CLIP judge training epochs."""
     povid_pairs: int = 1500
     """Ground truth vs hallucination-injected rewrite pairs."""
+    yes_no_images: int = 500
+    """Images whose one yes and one no question become pairs: the true answer vs the opposite one."""
     rlaif_images: int = 500
     """Images for which the base model samples captions that the judge ranks."""
     rlaif_samples: int = 4
@@ -85,20 +87,20 @@ class DemoConfig:
 
 
 QUICK = dict(num_train=48, num_test=12, base_steps=4, base_batch_size=8, judge_epochs=1, povid_pairs=16,
-             rlaif_images=8, rlaif_samples=2, dpo_steps=2, dpo_batch_size=4, max_new_tokens=16)
+             yes_no_images=8, rlaif_images=8, rlaif_samples=2, dpo_steps=2, dpo_batch_size=4, max_new_tokens=16)
 """Settings of ``vlmdpo demo --quick``: every stage runs, on a few rows and steps (for tests)."""
 
 _DATA_KEYS = ("seed", "num_train", "num_test", "image_size", "noisy_background_fraction")
 _JUDGE_KEYS = _DATA_KEYS + ("judge_epochs", "patch_size", "vision_hidden_size", "vision_layers")
 _BASE_KEYS = _JUDGE_KEYS + ("noisy_caption_fraction", "hidden_size", "num_layers", "base_steps",
                             "base_batch_size", "base_lr")
-_PAIR_KEYS = _BASE_KEYS + ("povid_pairs", "rlaif_images", "rlaif_samples", "rlaif_margin")
+_PAIR_KEYS = _BASE_KEYS + ("povid_pairs", "yes_no_images", "rlaif_images", "rlaif_samples", "rlaif_margin")
 
 
-STAGE_VERSIONS = {"data": 2, "judge": 1, "base": 4, "pairs": 4}
+STAGE_VERSIONS = {"data": 2, "judge": 1, "base": 4, "pairs": 5}
 """Bumped when a stage's code changes what it produces, so caches written by older code are not reused
 (data 2, base 2: popular-object caption noise; base 3: one yes and one no question per image; base 4: the
-separator token before each answer is trained; pairs 2: the insert_object rewrite). Stages run in this
+separator token before each answer is trained; pairs 2: the insert_object rewrite; pairs 5: yes/no pairs). Stages run in this
 order and each one's cache key holds its own version and those of the stages before it."""
 
 

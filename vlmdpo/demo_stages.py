@@ -56,19 +56,14 @@ def train_judge(config: DemoConfig, data: datasets.DatasetDict, cache: Path):
     return ClipJudge.load(cache)
 
 
-def base_sft_rows(train: datasets.Dataset, noisy_fraction: float, seed: int) -> datasets.Dataset:
-    """Supervised rows of the base model: every image captioned (a share with an extra, absent object)
-    and asked its yes/no questions, worded as POPE words them."""
-    from data_recipes.shapes import caption_sft_rows
+def yes_no_rows(split: datasets.Dataset) -> datasets.Dataset:
+    """One "yes" and one "no" question per image, worded as POPE words them: ``images``, ``prompt`` and
+    ``completion`` ("Yes." or "No."), plain strings."""
     from vlmdpo.eval.pope import pope_question_text
-
-    captions = caption_sft_rows(train, noisy_fraction=noisy_fraction, seed=seed)
-    captions = captions.select_columns(["images", "prompt", "completion"])
 
     def to_qa(batch):
         out = {"images": [], "prompt": [], "completion": []}
         for images, questions, answers in zip(batch["images"], batch["questions"], batch["answers"]):
-            # one "yes" and one "no" question per image, so captions stay half of the supervision
             pairs = list(zip(questions, answers))
             pairs = [next(p for p in pairs if p[1] == label) for label in ("yes", "no")
                      if any(p[1] == label for p in pairs)]
@@ -79,11 +74,29 @@ def base_sft_rows(train: datasets.Dataset, noisy_fraction: float, seed: int) -> 
                 out["completion"].append(answer.capitalize() + ".")
         return out
 
-    qa = train.map(to_qa, batched=True, remove_columns=train.column_names)
+    return split.map(to_qa, batched=True, remove_columns=split.column_names)
+
+
+def base_sft_rows(train: datasets.Dataset, noisy_fraction: float, seed: int) -> datasets.Dataset:
+    """Supervised rows of the base model: every image captioned (a share with an extra, absent object)
+    and asked one yes and one no question (``yes_no_rows``)."""
+    from data_recipes.shapes import caption_sft_rows
+
+    captions = caption_sft_rows(train, noisy_fraction=noisy_fraction, seed=seed)
+    captions = captions.select_columns(["images", "prompt", "completion"])
+    qa = yes_no_rows(train)
     captions = captions.map(lambda row: {"prompt": response_text(row["prompt"]),
                                          "completion": response_text(row["completion"])})
     rows = datasets.concatenate_datasets([captions.cast(qa.features), qa])
     return rows.shuffle(seed=seed)
+
+
+def yes_no_pairs(split: datasets.Dataset) -> datasets.Dataset:
+    """The true answer to each of ``yes_no_rows``' questions chosen, the opposite answer rejected."""
+    flip = {"Yes.": "No.", "No.": "Yes."}
+    rows = yes_no_rows(split)
+    return rows.map(lambda row: {"chosen": row["completion"], "rejected": flip[row["completion"]]},
+                    remove_columns=["completion"])
 
 
 def train_base(config: DemoConfig, data: datasets.DatasetDict, judge, cache: Path) -> Path:
@@ -112,7 +125,8 @@ def train_base(config: DemoConfig, data: datasets.DatasetDict, judge, cache: Pat
 
 
 def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judge, cache: Path) -> Path:
-    """POVID pairs (truth vs injected hallucination) plus RLAIF pairs (base samples ranked by the judge)."""
+    """POVID pairs (truth vs injected hallucination), yes/no pairs (true vs opposite answer) and RLAIF pairs
+    (base samples ranked by the judge)."""
     from data_recipes.shapes import povid_pairs
     from data_recipes.shapes.rlaif import rlaif_pairs
     from vlmdpo.modeling import load_model_and_processor
@@ -127,10 +141,13 @@ def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judg
     rlaif = rlaif_pairs(model, processor, judge, train.select(range(rlaif_start, len(train))),
                         num_samples=config.rlaif_samples, margin=config.rlaif_margin,
                         max_new_tokens=config.max_new_tokens, seed=config.seed, progress=config.progress)
-    parts = [_plain(povid, "povid")] + ([_plain(rlaif, "rlaif")] if len(rlaif) else [])
-    pairs = datasets.concatenate_datasets(parts).shuffle(seed=config.seed)
+    yes_no = yes_no_pairs(train.select(range(min(config.yes_no_images, len(train)))))
+    parts = [_plain(povid, "povid"), yes_no.add_column("source", ["yes_no"] * len(yes_no))]
+    parts += [_plain(rlaif, "rlaif")] if len(rlaif) else []
+    pairs = datasets.concatenate_datasets([part.cast(parts[0].features) for part in parts]).shuffle(seed=config.seed)
     pairs.save_to_disk(str(cache / "pairs"))
-    (cache / "summary.json").write_text(json.dumps({"povid": len(povid), "rlaif": len(rlaif)}))
+    (cache / "summary.json").write_text(json.dumps({"povid": len(povid), "yes_no": len(yes_no),
+                                                    "rlaif": len(rlaif)}))
     _mark_done(cache)
     return cache / "pairs"
 
@@ -242,7 +259,7 @@ def write_demo_report(config: DemoConfig, results: dict, timings: dict, runs: Pa
     reduction = 1 - metrics["aligned"]["chair_i"] / metrics["base"]["chair_i"] if metrics["base"]["chair_i"] else 0
     notes = "\n\n".join([
         "Base: a tiny LLaVA-style VLM trained from scratch on shapes captions, some with an extra absent "
-        "object. Aligned: DPO with LoRA on POVID + RLAIF pairs. SFT control: LoRA, loss `sft` on the same "
+        "object. Aligned: DPO with LoRA on POVID, yes/no and RLAIF pairs. SFT control: LoRA, loss `sft` on the same "
         "pairs' chosen responses, same steps. Held-out images; greedy captions.",
         "## Headline\n\n" + table,
         f"Relative CHAIR_i reduction: {reduction:.0%} (RLAIF-V reports about 80% on LLaVA-1.5).",
