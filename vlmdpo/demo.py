@@ -48,8 +48,10 @@ class DemoConfig:
     """Vision tower width."""
     vision_layers: int = 2
     """Vision tower depth."""
-    base_steps: int = 2000
-    """Optimizer steps of supervised base-model training (full fine-tuning, loss sft)."""
+    base_steps: int = 3000
+    """Optimizer steps of supervised base-model training (full fine-tuning, loss sft). Answering yes/no
+    questions from the image emerges late and abruptly: seed 1 was at chance after 2000 steps (POPE
+    accuracy 0.51) and at 0.98 after 3000."""
     base_batch_size: int = 32
     """Rows per base-model step."""
     base_lr: float = 1e-3

@@ -216,15 +216,15 @@ def headline(result: dict) -> dict[str, float]:
     }
 
 
-def _verdicts(metrics: dict[str, dict]) -> list[str]:
+def acceptance_checks(metrics: dict[str, dict]) -> list[tuple[str, bool]]:
+    """The demo's acceptance criteria on ``metrics.json``'s content: (what is checked, whether it holds)."""
     base, aligned = metrics["base"], metrics["aligned"]
-    checks = [
+    return [
         ("CHAIR_i at most half the base's (and the base hallucinates)",
          base["chair_i"] > 0 and aligned["chair_i"] <= 0.5 * base["chair_i"]),
         ("recall at most 5 points below the base's", aligned["recall"] >= base["recall"] - 0.05),
         ("POPE F1 not lower than the base's", aligned["pope_f1"] >= base["pope_f1"] - 1e-9),
     ]
-    return [f"- {'PASS' if ok else 'FAIL'}: {text}" for text, ok in checks]
 
 
 def example_table(results: dict, count: int = 6) -> str:
@@ -263,7 +263,8 @@ def write_demo_report(config: DemoConfig, results: dict, timings: dict, runs: Pa
         "pairs' chosen responses, same steps. Held-out images; greedy captions.",
         "## Headline\n\n" + table,
         f"Relative CHAIR_i reduction: {reduction:.0%} (RLAIF-V reports about 80% on LLaVA-1.5).",
-        "## Acceptance\n\n" + "\n".join(_verdicts(metrics)),
+        "## Acceptance\n\n" + "\n".join(f"- {'PASS' if ok else 'FAIL'}: {text}"
+                                          for text, ok in acceptance_checks(metrics)),
         "## Example captions\n\nHeld-out images; hallucinated objects in bold.\n\n" + example_table(results),
         "## Settings\n\n" + config_table(config),
         "## Time per stage (s)\n\n" + "\n".join(f"- {k}: {v}" for k, v in timings.items()),
