@@ -27,8 +27,12 @@ class DemoConfig:
     """Cache root (default ``$VLMDPO_CACHE`` or ``~/.cache/vlmdpo``)."""
     seed: int = 0
     """Seed of the data and of every training run."""
-    num_train: int = 3000
-    """Training images (base-model captions and questions, judge, pairs)."""
+    num_train: int = 4000
+    """Training images. All train the judge; the first ``base_images`` train the base model and the rest are
+    alignment images, the only source of preference pairs (alignment data in practice shows images the base
+    model never saw, so its mistakes there are real ones rather than memorised answers)."""
+    base_images: int = 3000
+    """Training images of the base model (captions and yes/no questions)."""
     num_test: int = 200
     """Held-out images for evaluation."""
     image_size: int = 64
@@ -58,12 +62,13 @@ class DemoConfig:
     """Base-model learning rate."""
     judge_epochs: int = 8
     """CLIP judge training epochs."""
-    povid_pairs: int = 1500
-    """Ground truth vs hallucination-injected rewrite pairs."""
+    povid_pairs: int = 1000
+    """Ground truth vs hallucination-injected rewrite pairs, one per alignment image from the first."""
     yes_no_images: int = 500
-    """Images whose one yes and one no question become pairs: the true answer vs the opposite one."""
+    """Alignment images (from the first) whose one yes and one no question become pairs: the true answer vs
+    the opposite one."""
     rlaif_images: int = 500
-    """Images for which the base model samples captions that the judge ranks."""
+    """Alignment images (from the last) for which the base model samples captions that the judge ranks."""
     rlaif_samples: int = 4
     """Captions sampled per image."""
     rlaif_margin: float = 0.05
@@ -87,14 +92,19 @@ class DemoConfig:
     progress: bool = True
     """Show progress bars."""
 
+    def __post_init__(self) -> None:
+        if not 0 < self.base_images < self.num_train:
+            raise ValueError(f"base_images={self.base_images} must be between 0 and num_train={self.num_train} "
+                             "(exclusive): the rest of the training images are the alignment images")
 
-QUICK = dict(num_train=48, num_test=12, base_steps=4, base_batch_size=8, judge_epochs=1, povid_pairs=16,
+
+QUICK = dict(num_train=48, base_images=32, num_test=12, base_steps=4, base_batch_size=8, judge_epochs=1, povid_pairs=16,
              yes_no_images=8, rlaif_images=8, rlaif_samples=2, dpo_steps=2, dpo_batch_size=4, max_new_tokens=16)
 """Settings of ``vlmdpo demo --quick``: every stage runs, on a few rows and steps (for tests)."""
 
 _DATA_KEYS = ("seed", "num_train", "num_test", "image_size", "noisy_background_fraction")
 _JUDGE_KEYS = _DATA_KEYS + ("judge_epochs", "patch_size", "vision_hidden_size", "vision_layers")
-_BASE_KEYS = _JUDGE_KEYS + ("noisy_caption_fraction", "hidden_size", "num_layers", "base_steps",
+_BASE_KEYS = _JUDGE_KEYS + ("base_images", "noisy_caption_fraction", "hidden_size", "num_layers", "base_steps",
                             "base_batch_size", "base_lr")
 _PAIR_KEYS = _BASE_KEYS + ("povid_pairs", "yes_no_images", "rlaif_images", "rlaif_samples", "rlaif_margin")
 

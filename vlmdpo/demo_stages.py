@@ -106,7 +106,8 @@ def train_base(config: DemoConfig, data: datasets.DatasetDict, judge, cache: Pat
     if _done(cache):
         return cache / "model"
     if not (cache / "rows" / "dataset_info.json").exists():
-        base_sft_rows(data["train"], config.noisy_caption_fraction, config.seed).save_to_disk(str(cache / "rows"))
+        base_train = data["train"].select(range(config.base_images))
+        base_sft_rows(base_train, config.noisy_caption_fraction, config.seed).save_to_disk(str(cache / "rows"))
     if not (cache / "init" / "config.json").exists():
         model, processor = build_base_vlm(judge, hidden_size=config.hidden_size, num_layers=config.num_layers,
                                           seed=config.seed)
@@ -134,14 +135,14 @@ def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judg
     if _done(cache):
         return cache / "pairs"
     train = data["train"]
-    povid_rows = min(config.povid_pairs, len(train))
-    povid = povid_pairs(train.select(range(povid_rows)), seed=config.seed)
-    rlaif_start = max(povid_rows, len(train) - config.rlaif_images)
+    align = train.select(range(config.base_images, len(train)))  # images the base model never saw
+    povid = povid_pairs(align.select(range(min(config.povid_pairs, len(align)))), seed=config.seed)
     model, processor = load_model_and_processor(str(base))
-    rlaif = rlaif_pairs(model, processor, judge, train.select(range(rlaif_start, len(train))),
+    rlaif_start = max(0, len(align) - config.rlaif_images)
+    rlaif = rlaif_pairs(model, processor, judge, align.select(range(rlaif_start, len(align))),
                         num_samples=config.rlaif_samples, margin=config.rlaif_margin,
                         max_new_tokens=config.max_new_tokens, seed=config.seed, progress=config.progress)
-    yes_no = yes_no_pairs(train.select(range(min(config.yes_no_images, len(train)))))
+    yes_no = yes_no_pairs(align.select(range(min(config.yes_no_images, len(align)))))
     parts = [_plain(povid, "povid"), yes_no.add_column("source", ["yes_no"] * len(yes_no))]
     parts += [_plain(rlaif, "rlaif")] if len(rlaif) else []
     pairs = datasets.concatenate_datasets([part.cast(parts[0].features) for part in parts]).shuffle(seed=config.seed)
@@ -259,8 +260,12 @@ def write_demo_report(config: DemoConfig, results: dict, timings: dict, runs: Pa
     reduction = 1 - metrics["aligned"]["chair_i"] / metrics["base"]["chair_i"] if metrics["base"]["chair_i"] else 0
     notes = "\n\n".join([
         "Base: a tiny LLaVA-style VLM trained from scratch on shapes captions, some with an extra absent "
-        "object. Aligned: DPO with LoRA on POVID, yes/no and RLAIF pairs. SFT control: LoRA, loss `sft` on the same "
-        "pairs' chosen responses, same steps. Held-out images; greedy captions.",
+        "object, and on yes/no questions. Aligned: DPO with LoRA on POVID, yes/no and RLAIF pairs. SFT control: "
+        "LoRA, loss `sft` on the same pairs' chosen responses, same steps. Held-out images; greedy captions.",
+        f"Why this loss (`{config.dpo_losses}`, beta {config.beta}, lr {config.dpo_lr}, {config.dpo_steps} "
+        "steps): plain sigmoid DPO at lr 5e-4 cut recall from 0.85 to 0.51 on an earlier base, by making "
+        "captions shorter and degenerate (the collapse DPO is known for); adding the SFT term on the chosen "
+        "response keeps the captions complete, and with it a higher learning rate is safe.",
         "## Headline\n\n" + table,
         f"Relative CHAIR_i reduction: {reduction:.0%} (RLAIF-V reports about 80% on LLaVA-1.5).",
         "## Acceptance\n\n" + "\n".join(f"- {'PASS' if ok else 'FAIL'}: {text}"
