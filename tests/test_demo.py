@@ -85,15 +85,19 @@ def test_a_stage_version_bump_invalidates_that_stage_and_every_later_one(monkeyp
     assert [stage for stage in keys if before[stage] != after[stage]] == ["base", "pairs"]
 
 
-def test_yes_no_pairs_choose_the_true_answer():
+def test_yes_no_pairs_choose_the_true_answer_and_ask_about_confusable_objects():
     from data_recipes.shapes import build_shapes_dataset
+    from data_recipes.shapes.world import Scene
     from vlmdpo.demo_stages import yes_no_pairs
 
-    split = build_shapes_dataset(seed=3, num_train=6, num_test=0, image_size=32)["train"]
-    pairs = yes_no_pairs(split)
+    split = build_shapes_dataset(seed=3, num_train=12, num_test=0, image_size=32)["train"]
+    pairs = yes_no_pairs(split, seed=0)
     assert len(pairs) == 2 * len(split)  # one yes and one no question per image
+    assert pairs["prompt"] == yes_no_pairs(split, seed=0)["prompt"]
     for i, pair in enumerate(pairs):
-        objects = split[i // 2]["objects"]
-        name = pair["prompt"].removeprefix("Is there a ").removesuffix(" in the image?")
-        assert pair["chosen"] == ("Yes." if name in objects else "No.")
+        scene = Scene.from_json(split[i // 2]["scene"])
+        colour, shape = pair["prompt"].removeprefix("Is there a ").removesuffix(" in the image?").split()
+        assert pair["chosen"] == ("Yes." if scene.has(colour, shape) else "No.") == ("Yes.", "No.")[i % 2]
         assert {pair["chosen"], pair["rejected"]} == {"Yes.", "No."}
+        if pair["chosen"] == "No.":  # the absent object looks like a present one
+            assert any(o.colour == colour or o.shape == shape for o in scene.objects)

@@ -109,10 +109,10 @@ _BASE_KEYS = _JUDGE_KEYS + ("base_images", "noisy_caption_fraction", "hidden_siz
 _PAIR_KEYS = _BASE_KEYS + ("povid_pairs", "yes_no_images", "rlaif_images", "rlaif_samples", "rlaif_margin")
 
 
-STAGE_VERSIONS = {"data": 2, "judge": 1, "base": 4, "pairs": 5}
+STAGE_VERSIONS = {"data": 2, "judge": 1, "base": 4, "pairs": 6}
 """Bumped when a stage's code changes what it produces, so caches written by older code are not reused
 (data 2, base 2: popular-object caption noise; base 3: one yes and one no question per image; base 4: the
-separator token before each answer is trained; pairs 2: the insert_object rewrite; pairs 5: yes/no pairs). Stages run in this
+separator token before each answer is trained; pairs 2: the insert_object rewrite; pairs 5: yes/no pairs; pairs 6: their hard negatives). Stages run in this
 order and each one's cache key holds its own version and those of the stages before it."""
 
 

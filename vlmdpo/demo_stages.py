@@ -91,12 +91,29 @@ def base_sft_rows(train: datasets.Dataset, noisy_fraction: float, seed: int) -> 
     return rows.shuffle(seed=seed)
 
 
-def yes_no_pairs(split: datasets.Dataset) -> datasets.Dataset:
-    """The true answer to each of ``yes_no_rows``' questions chosen, the opposite answer rejected."""
-    flip = {"Yes.": "No.", "No.": "Yes."}
-    rows = yes_no_rows(split)
-    return rows.map(lambda row: {"chosen": row["completion"], "rejected": flip[row["completion"]]},
-                    remove_columns=["completion"])
+def yes_no_pairs(split: datasets.Dataset, seed: int) -> datasets.Dataset:
+    """Per image, a question about a present object ("Yes." chosen over "No.") and one about an absent object
+    that shares a colour or a shape with a present one ("No." chosen): hard negatives, where a model that
+    perceives loosely says yes. POPE wording; plain strings. Row i's questions depend only on (seed, i)."""
+    import random
+
+    from data_recipes.shapes.world import Scene
+    from vlmdpo.eval.pope import pope_question_text
+
+    def to_pairs(batch, indices):
+        out = {"images": [], "prompt": [], "chosen": [], "rejected": []}
+        for images, scene_json, index in zip(batch["images"], batch["scene"], indices):
+            scene, rng = Scene.from_json(scene_json), random.Random(f"yes-no-{seed}-{index}")
+            present = rng.choice(scene.objects)
+            absent = rng.choice(scene.confusable_absent_pairs() or scene.absent_pairs())
+            for name, chosen, rejected in ((present.name, "Yes.", "No."), (" ".join(absent), "No.", "Yes.")):
+                out["images"].append(images)
+                out["prompt"].append(pope_question_text(name))
+                out["chosen"].append(chosen)
+                out["rejected"].append(rejected)
+        return out
+
+    return split.map(to_pairs, batched=True, with_indices=True, remove_columns=split.column_names)
 
 
 def train_base(config: DemoConfig, data: datasets.DatasetDict, judge, cache: Path) -> Path:
@@ -126,7 +143,7 @@ def train_base(config: DemoConfig, data: datasets.DatasetDict, judge, cache: Pat
 
 
 def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judge, cache: Path) -> Path:
-    """POVID pairs (truth vs injected hallucination), yes/no pairs (true vs opposite answer) and RLAIF pairs
+    """POVID pairs (truth vs injected hallucination), yes/no pairs (hard negatives included) and RLAIF pairs
     (base samples ranked by the judge)."""
     from data_recipes.shapes import povid_pairs
     from data_recipes.shapes.rlaif import rlaif_pairs
@@ -142,7 +159,7 @@ def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judg
     rlaif = rlaif_pairs(model, processor, judge, align.select(range(rlaif_start, len(align))),
                         num_samples=config.rlaif_samples, margin=config.rlaif_margin,
                         max_new_tokens=config.max_new_tokens, seed=config.seed, progress=config.progress)
-    yes_no = yes_no_pairs(align.select(range(min(config.yes_no_images, len(align)))))
+    yes_no = yes_no_pairs(align.select(range(min(config.yes_no_images, len(align)))), seed=config.seed)
     parts = [_plain(povid, "povid"), yes_no.add_column("source", ["yes_no"] * len(yes_no))]
     parts += [_plain(rlaif, "rlaif")] if len(rlaif) else []
     pairs = datasets.concatenate_datasets([part.cast(parts[0].features) for part in parts]).shuffle(seed=config.seed)
