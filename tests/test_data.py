@@ -54,6 +54,15 @@ def test_normalized_row_shape():
     assert len(out["images"]) == 1 and out["images"][0].mode == "RGB" and out["images"][0].size == (8, 8)
 
 
+def test_prompt_only_rows_for_generation():
+    image = Image.new("RGB", (8, 8), "red")
+    out = normalize_row({"images": [image], "prompt": "describe it"}, 0, responses=())
+    assert set(out) == {"images", "prompt"} and out["prompt"] == conversational_prompt(1, "describe it")
+    with pytest.raises(DataError) as info:
+        normalize_row({"images": [image]}, 3, responses=())
+    check_error(info.value, 3, "prompt", "missing", "add a 'prompt' column")
+
+
 # --- bad rows -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("field", ["prompt", "chosen", "rejected"])

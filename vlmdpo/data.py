@@ -124,7 +124,8 @@ def normalize_row(row: dict, index: int, image_root: str | None = None,
     Images are decoded to RGB PIL images; plain-string prompts get one image block per image before the
     text; plain-string responses become one assistant message. Raises ``DataError`` on a missing field,
     an unreadable image, an empty response, or image blocks that do not match the number of images.
-    ``responses=("chosen",)`` reads supervised rows, where a ``completion`` column may stand for ``chosen``.
+    ``responses=("chosen",)`` reads supervised rows, where a ``completion`` column may stand for ``chosen``;
+    ``responses=()`` reads prompt-only rows (for generation), returning ``{images, prompt}``.
     """
     if tuple(responses) == ("chosen",) and row.get("chosen") is None and row.get("completion") is not None:
         row = {**row, "chosen": row["completion"]}

@@ -31,7 +31,7 @@ def rlaif_pairs(model, processor, judge, dataset_split: datasets.Dataset, *, num
     from vlmdpo.eval.generation import generate_responses
 
     prompt = user_prompt(prompt_text)
-    rows = [normalize_row({"images": r["images"], "prompt": prompt, "chosen": "-", "rejected": "-"}, i)
+    rows = [normalize_row({"images": r["images"], "prompt": prompt}, i, responses=())
             for i, r in enumerate(dataset_split)]
     samples = generate_responses(model, processor, rows, max_new_tokens=max_new_tokens, batch_size=batch_size,
                                  do_sample=True, temperature=temperature, num_return_sequences=num_samples,

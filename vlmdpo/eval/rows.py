@@ -41,13 +41,9 @@ def eval_row(row: dict, index: int, *, images_column: str = "images", prompt_col
     if images is None and row.get("image") is not None:
         images = [row["image"]]
     has_pair = row.get(chosen_column) is not None and row.get(rejected_column) is not None
-    # Rows without a pair get placeholder responses only to pass normalize_row's checks; they are dropped.
-    source = {"images": images, "prompt": prompt,
-              "chosen": row[chosen_column] if has_pair else "-",
-              "rejected": row[rejected_column] if has_pair else "-"}
-    normalized = normalize_row(source, index, image_root)
-    if not has_pair:
-        del normalized["chosen"], normalized["rejected"]
+    source = {"images": images, "prompt": prompt, "chosen": row.get(chosen_column),
+              "rejected": row.get(rejected_column)}
+    normalized = normalize_row(source, index, image_root, responses=("chosen", "rejected") if has_pair else ())
     objects = row.get(objects_column)
     normalized.update(index=index, objects=list(objects) if objects is not None else None)
     return normalized
