@@ -3,9 +3,10 @@
 
 Everything runs offline on a CPU. The base model is trained from scratch on captions of which a share
 carries an extra object that is not in the image (as noisy web captions do), so it hallucinates at a
-measurable rate; DPO on ground truth vs hallucinated rewrites (POVID-style) and on judge-ranked samples
-(RLAIF-style) should remove that habit without losing recall. Data, base model, judge and pairs are cached
-under a key of the settings that made them, so a second run reuses them.
+measurable rate, and on yes/no questions. DPO on pairs from images the base never saw (ground truth vs
+hallucinated rewrites, POVID-style; true vs opposite yes/no answers; judge-ranked samples, RLAIF-style)
+should remove that habit without losing recall. Data, judge, base model and pairs are cached under a key of
+the settings (and stage code versions) that made them, so a second run reuses them.
 """
 
 from __future__ import annotations
