@@ -3,6 +3,7 @@
 import copy
 import json
 
+import datasets
 import pytest
 import torch
 
@@ -101,3 +102,17 @@ def test_yes_no_pairs_choose_the_true_answer_and_ask_about_confusable_objects():
         assert {pair["chosen"], pair["rejected"]} == {"Yes.", "No."}
         if pair["chosen"] == "No.":  # the absent object looks like a present one
             assert any(o.colour == colour or o.shape == shape for o in scene.objects)
+
+
+def test_pairs_need_at_least_one_recipe(tmp_path):
+    from data_recipes.shapes import build_shapes_dataset
+    from vlmdpo.demo import load_config
+    from vlmdpo.demo_stages import build_pairs
+
+    data = build_shapes_dataset(seed=0, num_train=12, num_test=0, image_size=32)
+    config = load_config(["num_train=12", "base_images=8", "povid_pairs=0", "yes_no_images=0", "rlaif_images=0"])
+    with pytest.raises(ValueError, match="set at least one above 0"):
+        build_pairs(config, data, None, None, tmp_path)
+    config = load_config(["num_train=12", "base_images=8", "povid_pairs=0", "rlaif_images=0"])
+    pairs = datasets.load_from_disk(str(build_pairs(config, data, None, None, tmp_path)))
+    assert set(pairs["source"]) == {"yes_no"} and len(pairs) == 8  # 4 alignment images, 2 questions each

@@ -153,19 +153,31 @@ def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judg
         return cache / "pairs"
     train = data["train"]
     align = train.select(range(config.base_images, len(train)))  # images the base model never saw
-    povid = povid_pairs(align.select(range(min(config.povid_pairs, len(align)))), seed=config.seed)
-    model, processor = load_model_and_processor(str(base))
-    rlaif_start = max(0, len(align) - config.rlaif_images)
-    rlaif = rlaif_pairs(model, processor, judge, align.select(range(rlaif_start, len(align))),
-                        num_samples=config.rlaif_samples, margin=config.rlaif_margin,
-                        max_new_tokens=config.max_new_tokens, seed=config.seed, progress=config.progress)
-    yes_no = yes_no_pairs(align.select(range(min(config.yes_no_images, len(align)))), seed=config.seed)
-    parts = [_plain(povid, "povid"), yes_no.add_column("source", ["yes_no"] * len(yes_no))]
-    parts += [_plain(rlaif, "rlaif")] if len(rlaif) else []
+
+    def first(count: int) -> datasets.Dataset:
+        return align.select(range(min(count, len(align))))
+
+    recipes = {}  # a recipe set to 0 images is left out
+    if config.povid_pairs > 0:
+        recipes["povid"] = _plain(povid_pairs(first(config.povid_pairs), seed=config.seed), "povid")
+    if config.yes_no_images > 0:
+        yes_no = yes_no_pairs(first(config.yes_no_images), seed=config.seed)
+        recipes["yes_no"] = yes_no.add_column("source", ["yes_no"] * len(yes_no))
+    if config.rlaif_images > 0:
+        model, processor = load_model_and_processor(str(base))
+        rlaif = rlaif_pairs(model, processor, judge, align.select(range(max(0, len(align) - config.rlaif_images),
+                                                                        len(align))),
+                            num_samples=config.rlaif_samples, margin=config.rlaif_margin,
+                            max_new_tokens=config.max_new_tokens, seed=config.seed, progress=config.progress)
+        if len(rlaif):
+            recipes["rlaif"] = _plain(rlaif, "rlaif")
+    if not recipes:
+        raise ValueError("no preference pairs: povid_pairs, yes_no_images and rlaif_images are all 0 "
+                         "(or RLAIF kept none); set at least one above 0")
+    parts = list(recipes.values())
     pairs = datasets.concatenate_datasets([part.cast(parts[0].features) for part in parts]).shuffle(seed=config.seed)
     pairs.save_to_disk(str(cache / "pairs"))
-    (cache / "summary.json").write_text(json.dumps({"povid": len(povid), "yes_no": len(yes_no),
-                                                    "rlaif": len(rlaif)}))
+    (cache / "summary.json").write_text(json.dumps({name: len(part) for name, part in recipes.items()}))
     _mark_done(cache)
     return cache / "pairs"
 
