@@ -5,8 +5,8 @@ the processor expands image placeholders into exactly the tokens the model expec
 by the same chat template, tokenized with the processor's tokenizer, right-padded, and get a
 ``completion_mask`` that is 1 exactly on the response's text tokens, the whitespace separator (if any) the
 template puts between the generation prompt and the text (the model must generate it), and the end-of-turn
-token the template closes the turn with; 0 on chat scaffolding and padding. Image tokens and prompt never enter the mask
-because they never enter the completion tensors.
+token the template closes the turn with; 0 on chat scaffolding and padding. Image tokens and prompt never
+enter the mask because they never enter the completion tensors.
 """
 
 from __future__ import annotations

@@ -101,8 +101,9 @@ class DemoConfig:
                              "(exclusive): the rest of the training images are the alignment images")
 
 
-QUICK = dict(num_train=48, base_images=32, num_test=12, base_steps=4, base_batch_size=8, judge_epochs=1, povid_pairs=16,
-             yes_no_images=8, rlaif_images=8, rlaif_samples=2, dpo_steps=2, dpo_batch_size=4, max_new_tokens=16)
+QUICK = dict(num_train=48, base_images=32, num_test=12, base_steps=4, base_batch_size=8, judge_epochs=1,
+             povid_pairs=16, yes_no_images=8, rlaif_images=8, rlaif_samples=2, dpo_steps=2, dpo_batch_size=4,
+             max_new_tokens=16)
 """Settings of ``vlmdpo demo --quick``: every stage runs, on a few rows and steps (for tests)."""
 
 _DATA_KEYS = ("seed", "num_train", "num_test", "image_size", "noisy_background_fraction")
@@ -115,8 +116,9 @@ _PAIR_KEYS = _BASE_KEYS + ("povid_pairs", "yes_no_images", "rlaif_images", "rlai
 STAGE_VERSIONS = {"data": 2, "judge": 1, "base": 4, "pairs": 6}
 """Bumped when a stage's code changes what it produces, so caches written by older code are not reused
 (data 2, base 2: popular-object caption noise; base 3: one yes and one no question per image; base 4: the
-separator token before each answer is trained; pairs 2: the insert_object rewrite; pairs 5: yes/no pairs; pairs 6: their hard negatives). Stages run in this
-order and each one's cache key holds its own version and those of the stages before it."""
+separator token before each answer is trained; pairs 2: the insert_object rewrite; pairs 5: yes/no pairs;
+pairs 6: their hard negatives). Stages run in this order and each one's cache key holds its own version and
+those of the stages before it."""
 
 
 def _key(config: DemoConfig, names: tuple[str, ...], stage: str) -> str:
@@ -179,7 +181,8 @@ def run_demo(out: str = "outputs/demo", quick: bool = False, overrides: list[str
 
 def config_table(config: DemoConfig) -> str:
     """The settings as a markdown table (for the report)."""
-    rows = [f"| `{f.name}` | {getattr(config, f.name)} |" for f in fields(config) if f.name not in ("out", "cache")]
+    rows = [f"| `{f.name}` | {getattr(config, f.name)} |" for f in fields(config)
+            if f.name not in ("out", "cache")]
     return "| setting | value |\n|---|---|\n" + "\n".join(rows)
 
 

@@ -157,6 +157,9 @@ def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judg
     def first(count: int) -> datasets.Dataset:
         return align.select(range(min(count, len(align))))
 
+    def last(count: int) -> datasets.Dataset:
+        return align.select(range(max(0, len(align) - count), len(align)))
+
     recipes = {}  # a recipe set to 0 images is left out
     if config.povid_pairs > 0:
         recipes["povid"] = _plain(povid_pairs(first(config.povid_pairs), seed=config.seed), "povid")
@@ -165,17 +168,17 @@ def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judg
         recipes["yes_no"] = yes_no.add_column("source", ["yes_no"] * len(yes_no))
     if config.rlaif_images > 0:
         model, processor = load_model_and_processor(str(base))
-        rlaif = rlaif_pairs(model, processor, judge, align.select(range(max(0, len(align) - config.rlaif_images),
-                                                                        len(align))),
-                            num_samples=config.rlaif_samples, margin=config.rlaif_margin,
-                            max_new_tokens=config.max_new_tokens, seed=config.seed, progress=config.progress)
+        rlaif = rlaif_pairs(model, processor, judge, last(config.rlaif_images), num_samples=config.rlaif_samples,
+                            margin=config.rlaif_margin, max_new_tokens=config.max_new_tokens, seed=config.seed,
+                            progress=config.progress)
         if len(rlaif):
             recipes["rlaif"] = _plain(rlaif, "rlaif")
     if not recipes:
         raise ValueError("no preference pairs: povid_pairs, yes_no_images and rlaif_images are all 0 "
                          "(or RLAIF kept none); set at least one above 0")
-    parts = list(recipes.values())
-    pairs = datasets.concatenate_datasets([part.cast(parts[0].features) for part in parts]).shuffle(seed=config.seed)
+    features = next(iter(recipes.values())).features
+    pairs = datasets.concatenate_datasets([part.cast(features) for part in recipes.values()])
+    pairs = pairs.shuffle(seed=config.seed)
     pairs.save_to_disk(str(cache / "pairs"))
     (cache / "summary.json").write_text(json.dumps({name: len(part) for name, part in recipes.items()}))
     _mark_done(cache)
