@@ -1,4 +1,4 @@
-"""The per-model metrics (CHAIR, lengths, CLIPScore, POPE) and evaluation from inside a training loop."""
+"""The per-model metrics (CHAIR, repetition, lengths, CLIPScore, POPE) and evaluation from inside a training loop."""
 
 import json
 
@@ -11,6 +11,7 @@ from vlmdpo.data import PreferenceDataset
 from vlmdpo.eval import ObjectVocabulary, pope_metrics, suite
 from vlmdpo.eval.during_training import evaluate_during_training
 from vlmdpo.eval.preference import preference_fit
+from vlmdpo.eval.report import comparison_tables
 from vlmdpo.judge import TINY_CLIP_CONFIG, ClipJudge
 from vlmdpo.modeling import apply_lora, load_model_and_processor
 from vlmdpo.testing import tiny_vlm
@@ -39,9 +40,25 @@ def test_caption_metrics_by_hand(vocabulary, rows):
     numbers, details = suite.caption_metrics(responses, rows, vocabulary)
     # claimed: {red circle, green triangle} + {green diamond} (the red circle is negated) -> 1 of 3 hallucinated;
     # 1 of 2 captions hallucinates; recalled: red circle + green diamond of 3 ground-truth objects.
-    assert numbers == pytest.approx({"chair_i": 1 / 3, "chair_s": 1 / 2, "recall": 2 / 3})
+    # No object is named twice: repetition 0 of 3 mentions, 0 of 2 captions.
+    assert numbers == pytest.approx({"chair_i": 1 / 3, "chair_s": 1 / 2, "recall": 2 / 3, "repetition": 0.0,
+                                     "repetition_s": 0.0})
     assert details[0] == {"mentioned": ["red circle", "green triangle"], "hallucinated": ["green triangle"],
-                          "missed": ["blue square"]}
+                          "missed": ["blue square"], "repeated": []}
+
+
+def test_caption_metrics_count_repeats_that_chair_does_not(vocabulary):
+    rows = [{"index": 0, "objects": ["yellow square"]}, {"index": 1, "objects": ["red circle"]}]
+    responses = ["a large yellow square and a large yellow square and a large yellow square.", "two red circles."]
+    numbers, details = suite.caption_metrics(responses, rows, vocabulary)
+    # CHAIR sees {yellow square} and {red circle}: nothing hallucinated, everything recalled. Repetition sees
+    # 3 + 1 mentions, of which 2 repeat the yellow square: 2/4; 1 of 2 captions repeats.
+    assert numbers == pytest.approx({"chair_i": 0.0, "chair_s": 0.0, "recall": 1.0, "repetition": 2 / 4,
+                                     "repetition_s": 1 / 2})
+    assert [d["repeated"] for d in details] == [["yellow square", "yellow square"], []]
+    table = comparison_tables({"base": {"chair": numbers}})  # the report shows them beside CHAIR
+    assert "| checkpoint | chair_i | chair_s | recall | repetition | repetition_s |" in table
+    assert "| base | 0 | 0 | 1 | 0.5 | 0.5 |" in table
 
 
 def test_caption_metrics_need_objects(vocabulary):

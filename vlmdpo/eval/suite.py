@@ -1,4 +1,4 @@
-"""One model's evaluation: preference fit, generation, CHAIR, POPE, CLIPScore and response lengths.
+"""One model's evaluation: preference fit, generation, CHAIR with object repetition, POPE, CLIPScore, lengths.
 
 Each metric is a small function of the responses (or of the model, for POPE, which asks its own questions);
 :func:`evaluate_model` runs the ones asked for and returns the numbers plus per-row records to save.
@@ -14,6 +14,7 @@ from vlmdpo.eval.generation import generate_responses, with_prompt
 from vlmdpo.eval.objects import ObjectVocabulary
 from vlmdpo.eval.pope import build_pope_questions, parse_pope_answer, pope_metrics
 from vlmdpo.eval.preference import preference_fit
+from vlmdpo.eval.repetition import object_repetition
 
 
 def _require_objects(rows: Sequence[dict], metric: str) -> list[list[str]]:
@@ -37,11 +38,16 @@ def check_rows(rows: Sequence[dict], metrics: Sequence[str]) -> None:
 
 
 def caption_metrics(responses: Sequence[str], rows: Sequence[dict], vocabulary: ObjectVocabulary):
-    """CHAIR_i, CHAIR_s and recall of ``responses`` against ``rows[k]["objects"]``, and per-row details."""
+    """CHAIR_i, CHAIR_s, recall (against ``rows[k]["objects"]``) and object repetition of ``responses``.
+
+    Returns the dataset numbers ``{chair_i, chair_s, recall, repetition, repetition_s}`` and per row the
+    mentioned, hallucinated, missed and repeated objects.
+    """
     result = chair(responses, _require_objects(rows, "chair"), vocabulary)
-    details = [{"mentioned": list(c.mentioned), "hallucinated": list(c.hallucinated), "missed": list(c.missed)}
-               for c in result.captions]
-    return result.as_dict(), details
+    repeats = object_repetition(responses, vocabulary)
+    details = [{"mentioned": list(c.mentioned), "hallucinated": list(c.hallucinated), "missed": list(c.missed),
+                "repeated": list(r.repeated)} for c, r in zip(result.captions, repeats.captions)]
+    return {**result.as_dict(), **repeats.as_dict()}, details
 
 
 def length_stats(responses: Sequence[str], tokenizer) -> dict[str, float]:
