@@ -7,6 +7,7 @@ import datasets
 import pytest
 import torch
 
+from data_recipes.shapes.yes_no_probe import KINDS
 from vlmdpo.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -38,6 +39,10 @@ def test_quick_demo_writes_report_metrics_and_plots(quick_demo):
         assert f"({png.name})" in report  # every plot is shown in the report
     for run in ("dpo", "sft_control"):
         assert (out / "runs" / run / "adapter_model.safetensors").exists()
+    results = json.loads((out / "results.json").read_text())
+    for name in metrics:  # the yes/no probe, per kind of question, for every model
+        assert list(results[name]["yes_rate_by_question"]) == list(KINDS)
+    assert "yes_rate_by_question" in report
 
 
 def test_second_run_reuses_cached_stages(quick_demo, capsys):

@@ -285,3 +285,42 @@ def test_cli_saves_a_loadable_dataset(tmp_path, capsys):
     assert {split: len(rows) for split, rows in loaded.items()} == {"train": 4, "test": 2}
     assert loaded["train"]["caption"] == build_shapes_dataset(seed=3, num_train=4, num_test=2)["train"]["caption"]
     assert "train: 4 rows" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------- yes/no probe
+
+
+def test_question_kind_sorts_every_pair_of_a_hand_made_scene():
+    from data_recipes.shapes.yes_no_probe import question_kind
+
+    scene = Scene(objects=(ShapeObject("red", "circle", "small", "top left"),
+                           ShapeObject("blue", "square", "large", "bottom right")))
+    assert question_kind(scene, "red", "circle") == "present"
+    assert question_kind(scene, "red", "triangle") == "same colour"
+    assert question_kind(scene, "green", "circle") == "same shape"
+    assert question_kind(scene, "red", "square") == "colour and shape apart"  # red circle + blue square
+    assert question_kind(scene, "green", "diamond") == "unrelated"
+
+
+def test_probe_rows_ask_every_pair_once_per_image(shapes_dataset):
+    from collections import Counter
+
+    from data_recipes.shapes.world import SHAPES
+    from data_recipes.shapes.yes_no_probe import probe_rows
+
+    split = shapes_dataset["test"]
+    rows, kinds = probe_rows(split, max_images=3)
+    assert len(rows) == len(kinds) == 3 * len(COLOURS) * len(SHAPES)
+    assert Counter(kinds)["present"] == sum(len(objects) for objects in split["objects"][:3])
+    assert rows[0]["prompt"][0]["content"][-1]["text"].startswith("Is there a ")
+
+
+def test_yes_rate_by_kind_runs_a_real_model(shapes_dataset):
+    from data_recipes.shapes.yes_no_probe import KINDS, yes_rate_by_kind
+    from vlmdpo.testing import build_tiny_vlm
+
+    model, processor = build_tiny_vlm("llava", image_size=64, patch_size=16)
+    rates = yes_rate_by_kind(model.eval(), processor, shapes_dataset["test"], max_images=2, progress=False)
+    assert list(rates) == list(KINDS)
+    assert all(rate is None or 0.0 <= rate <= 1.0 for rate in rates.values())
+    assert rates["present"] is not None

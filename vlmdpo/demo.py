@@ -90,6 +90,9 @@ class DemoConfig:
     """Model parts whose linear layers get LoRA: language, projector, vision. All three: most remaining
     hallucinations are perception errors, and with LoRA on the language model alone the CHAIR_i cut of
     seed 0 was 53% (three parts: 66%)."""
+    probe_images: int = 100
+    """Held-out images asked about every colour-shape pair, for the share of "yes" answers per kind of
+    question (present object, absent one sharing its colour or shape, ...): what POPE's F1 mixes together."""
     max_new_tokens: int = 48
     """Caption length limit at evaluation (recorded with the results)."""
     progress: bool = True
@@ -103,7 +106,7 @@ class DemoConfig:
 
 QUICK = dict(num_train=48, base_images=32, num_test=12, base_steps=4, base_batch_size=8, judge_epochs=1,
              povid_pairs=16, yes_no_images=8, rlaif_images=8, rlaif_samples=2, dpo_steps=2, dpo_batch_size=4,
-             max_new_tokens=16)
+             max_new_tokens=16, probe_images=4)
 """Settings of ``vlmdpo demo --quick``: every stage runs, on a few rows and steps (for tests)."""
 
 _DATA_KEYS = ("seed", "num_train", "num_test", "image_size", "noisy_background_fraction")

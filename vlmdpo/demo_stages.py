@@ -205,10 +205,12 @@ def align(config: DemoConfig, base: Path, pairs: Path, out: Path, losses: str) -
 
 def evaluate_all(config: DemoConfig, data: datasets.DatasetDict, base: Path, judge,
                  adapters: dict[str, Path]) -> dict[str, dict]:
-    """Base and each adapter on held-out images: preference fit, CHAIR, POPE, CLIPScore, lengths."""
+    """Base and each adapter on held-out images: preference fit, CHAIR, POPE, CLIPScore, lengths, and the
+    share of "yes" answers per kind of yes/no question (``data_recipes.shapes.yes_no_probe``)."""
     from peft import PeftModel
 
     from data_recipes.shapes import SHAPES_VOCABULARY, povid_pairs
+    from data_recipes.shapes.yes_no_probe import yes_rate_by_kind
     from vlmdpo.eval.objects import ObjectVocabulary
     from vlmdpo.eval.rows import eval_row
     from vlmdpo.eval.suite import evaluate_model
@@ -229,6 +231,9 @@ def evaluate_all(config: DemoConfig, data: datasets.DatasetDict, base: Path, jud
                                          reference=model if adapter is None else None, **settings)
         result["generation"] = {"prompt": "Describe the image.", "max_new_tokens": config.max_new_tokens,
                                 "do_sample": False, "examples": records["generations"][:8]}
+        result["yes_rate_by_question"] = yes_rate_by_kind(model.eval(), processor, data["test"],
+                                                          max_images=config.probe_images,
+                                                          progress=config.progress)
         results[name] = result
     return results
 
@@ -258,6 +263,18 @@ def acceptance_checks(metrics: dict[str, dict]) -> list[tuple[str, bool]]:
         ("recall at most 5 points below the base's", aligned["recall"] >= base["recall"] - 0.05),
         ("POPE F1 not lower than the base's", aligned["pope_f1"] >= base["pope_f1"] - 1e-9),
     ]
+
+
+def probe_table(results: dict) -> str:
+    """Share of "yes" answers per kind of yes/no question, one row per model."""
+    from data_recipes.shapes.yes_no_probe import KINDS
+
+    lines = ["| model | " + " | ".join(KINDS) + " |", "|---|" + "---:|" * len(KINDS)]
+    for name, result in results.items():
+        rates = result["yes_rate_by_question"]
+        lines.append(f"| {name} | " + " | ".join("n/a" if rates[k] is None else f"{rates[k]:.3f}" for k in KINDS)
+                     + " |")
+    return "\n".join(lines)
 
 
 def example_table(results: dict, count: int = 6) -> str:
@@ -302,6 +319,10 @@ def write_demo_report(config: DemoConfig, results: dict, timings: dict, runs: Pa
         f"Relative CHAIR_i reduction: {reduction:.0%} (RLAIF-V reports about 80% on LLaVA-1.5).",
         "## Acceptance\n\n" + "\n".join(f"- {'PASS' if ok else 'FAIL'}: {text}"
                                           for text, ok in acceptance_checks(metrics)),
+        "## Yes/no answers by kind of question\n\n" + probe_table(results) + "\n\nShare of \"yes\" answers "
+        f"when {config.probe_images} held-out images are asked about every colour-shape pair. A perfect model: "
+        "1 for present objects, 0 for every other kind; a model that checks only colours says yes to "
+        "\"same colour\" and \"colour and shape apart\" too. POPE's F1 mixes these kinds together.",
         "## Example captions\n\nHeld-out images; hallucinated objects in bold.\n\n" + example_table(results),
         "## Settings\n\n" + config_table(config),
         "## Time per stage (s)\n\n" + "\n".join(f"- {k}: {v}" for k, v in timings.items()),
