@@ -91,12 +91,13 @@ def test_a_stage_version_bump_invalidates_that_stage_and_every_later_one(monkeyp
     assert [stage for stage in keys if before[stage] != after[stage]] == ["base", "pairs"]
 
 
-def test_yes_no_pairs_choose_the_true_answer_and_ask_about_confusable_objects():
+def test_yes_no_pairs_choose_the_true_answer_and_ask_about_popular_absent_objects():
     from data_recipes.shapes import build_shapes_dataset
+    from data_recipes.shapes.captions import POPULARITY
     from data_recipes.shapes.world import Scene
     from vlmdpo.demo_stages import yes_no_pairs
 
-    split = build_shapes_dataset(seed=3, num_train=12, num_test=0, image_size=32)["train"]
+    split = build_shapes_dataset(seed=3, num_train=60, num_test=0, image_size=16)["train"]
     pairs = yes_no_pairs(split, seed=0)
     assert len(pairs) == 2 * len(split)  # one yes and one no question per image
     assert pairs["prompt"] == yes_no_pairs(split, seed=0)["prompt"]
@@ -105,8 +106,28 @@ def test_yes_no_pairs_choose_the_true_answer_and_ask_about_confusable_objects():
         colour, shape = pair["prompt"].removeprefix("Is there a ").removesuffix(" in the image?").split()
         assert pair["chosen"] == ("Yes." if scene.has(colour, shape) else "No.") == ("Yes.", "No.")[i % 2]
         assert {pair["chosen"], pair["rejected"]} == {"Yes.", "No."}
-        if pair["chosen"] == "No.":  # the absent object looks like a present one
-            assert any(o.colour == colour or o.shape == shape for o in scene.objects)
+    # negatives follow the popularity of caption noise: Zipf weights give the 3 most popular objects about
+    # 1.83 / 3.78 = 48% of the draws and the 12 least popular about 17% (less where an object is present)
+    asked = [" ".join(p.split()[3:5]) for p in pairs["prompt"][1::2]]
+    ranks = [POPULARITY.index(tuple(name.split())) for name in asked]
+    assert sum(rank < 3 for rank in ranks) > 2 * sum(rank >= 12 for rank in ranks)
+
+
+def test_caption_questions_repeat_what_each_noisy_caption_claims():
+    from data_recipes.shapes import build_shapes_dataset, caption_sft_rows, mentioned_objects
+    from vlmdpo.data import response_text
+    from vlmdpo.demo_stages import caption_questions
+
+    split = build_shapes_dataset(seed=1, num_train=10, num_test=0, image_size=16)["train"]
+    captions = caption_sft_rows(split, noisy_fraction=0.5, seed=0)
+    questions = caption_questions(captions, seed=0)
+    noisy = [row for row in captions if row["is_noisy"]]
+    assert len(questions) == 2 * len(noisy) == 10  # a yes and a no per noisy caption, none for clean ones
+    for row, yes, no in zip(noisy, questions.select(range(0, 10, 2)), questions.select(range(1, 10, 2))):
+        extra = [name for name in mentioned_objects(response_text(row["completion"])) if name not in row["objects"]]
+        assert yes["prompt"] == f"Is there a {extra[0]} in the image?" and yes["completion"] == "Yes."
+        asked = no["prompt"].removeprefix("Is there a ").removesuffix(" in the image?")
+        assert no["completion"] == "No." and asked not in row["objects"] and asked != extra[0]
 
 
 def test_pairs_need_at_least_one_recipe(tmp_path):
@@ -121,3 +142,19 @@ def test_pairs_need_at_least_one_recipe(tmp_path):
     config = load_config(["num_train=12", "base_images=8", "povid_pairs=0", "rlaif_images=0"])
     pairs = datasets.load_from_disk(str(build_pairs(config, data, None, None, tmp_path)))
     assert set(pairs["source"]) == {"yes_no"} and len(pairs) == 8  # 4 alignment images, 2 questions each
+
+
+@pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
+def test_tied_embeddings_share_one_matrix_and_survive_save_and_load(family, tmp_path):
+    from vlmdpo.modeling import load_model_and_processor
+    from vlmdpo.testing import build_tiny_vlm
+
+    model, processor = build_tiny_vlm(family, tie_word_embeddings=True)
+    assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
+    model.save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    loaded, _ = load_model_and_processor(str(tmp_path))
+    assert loaded.get_output_embeddings().weight is loaded.get_input_embeddings().weight
+    torch.testing.assert_close(loaded.get_input_embeddings().weight, model.get_input_embeddings().weight)
+    untied, _ = build_tiny_vlm(family)
+    assert untied.get_output_embeddings().weight is not untied.get_input_embeddings().weight

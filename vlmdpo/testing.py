@@ -90,7 +90,7 @@ def train_tokenizer(vocab_size: int = 600):
 
 
 def _llava(tokenizer, image_size: int, patch_size: int, hidden_size: int, num_layers: int,
-           vision_hidden_size: int, vision_layers: int):
+           vision_hidden_size: int, vision_layers: int, tie_word_embeddings: bool = False):
     from transformers import (
         CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
         LlavaProcessor,
@@ -105,11 +105,12 @@ def _llava(tokenizer, image_size: int, patch_size: int, hidden_size: int, num_la
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
         num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
         max_position_embeddings=1024, bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=tie_word_embeddings,
     )
     config = LlavaConfig(
         vision_config=vision, text_config=text, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        vision_feature_select_strategy="default", vision_feature_layer=-1,
+        vision_feature_select_strategy="default", vision_feature_layer=-1, tie_word_embeddings=tie_word_embeddings,
     )
     model = LlavaForConditionalGeneration(config)
     image_processor = CLIPImageProcessor(
@@ -124,7 +125,7 @@ def _llava(tokenizer, image_size: int, patch_size: int, hidden_size: int, num_la
 
 
 def _qwen2_vl(tokenizer, image_size: int, patch_size: int, hidden_size: int, num_layers: int,
-              vision_hidden_size: int, vision_layers: int):
+              vision_hidden_size: int, vision_layers: int, tie_word_embeddings: bool = False):
     from transformers import (
         Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor,
         Qwen2VLVideoProcessor,
@@ -143,7 +144,7 @@ def _qwen2_vl(tokenizer, image_size: int, patch_size: int, hidden_size: int, num
             max_position_embeddings=1024, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
                                                             "mrope_section": mrope_section},
             bos_token_id=tokenizer.bos_token_id, eos_token_id=token("<|im_end|>"),
-            pad_token_id=tokenizer.pad_token_id,
+            pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=tie_word_embeddings,
         ),
         vision_config=dict(
             depth=vision_layers, embed_dim=vision_hidden_size, hidden_size=hidden_size, num_heads=2, mlp_ratio=2,
@@ -151,6 +152,7 @@ def _qwen2_vl(tokenizer, image_size: int, patch_size: int, hidden_size: int, num
         ),
         image_token_id=token("<|image_pad|>"), video_token_id=token("<|video_pad|>"),
         vision_start_token_id=token("<|vision_start|>"), vision_end_token_id=token("<|vision_end|>"),
+        tie_word_embeddings=tie_word_embeddings,
     )
     model = Qwen2VLForConditionalGeneration(config)
     pixels = image_size * image_size
@@ -170,7 +172,7 @@ FAMILIES = {"llava": _llava, "qwen2_vl": _qwen2_vl}
 
 def build_tiny_vlm(family: str = "llava", *, image_size: int = 32, patch_size: int = 8,
                    hidden_size: int = 64, num_layers: int = 2, vision_hidden_size: int = 32,
-                   vision_layers: int = 2, seed: int = 0):
+                   vision_layers: int = 2, tie_word_embeddings: bool = False, seed: int = 0):
     """Return ``(model, processor)``: a random-weight VLM of a real ``transformers`` class.
 
     Args:
@@ -180,6 +182,7 @@ def build_tiny_vlm(family: str = "llava", *, image_size: int = 32, patch_size: i
             Qwen2-VL a quarter of that (2x2 patch merging).
         hidden_size, num_layers: size of the language model.
         vision_hidden_size, vision_layers: size of the vision tower.
+        tie_word_embeddings: share the language model's input embedding matrix with its output head.
     """
     import torch
 
@@ -188,7 +191,7 @@ def build_tiny_vlm(family: str = "llava", *, image_size: int = 32, patch_size: i
     torch.manual_seed(seed)
     tokenizer = train_tokenizer()
     model, processor = FAMILIES[family](tokenizer, image_size, patch_size, hidden_size, num_layers,
-                                        vision_hidden_size, vision_layers)
+                                        vision_hidden_size, vision_layers, tie_word_embeddings)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = model.config.text_config.eos_token_id
     return model.eval(), processor

@@ -45,7 +45,8 @@ def open_clip_vision_state_dict(visual: torch.nn.Module) -> dict[str, torch.Tens
     return {key: value.detach().clone() for key, value in out.items()}
 
 
-def build_base_vlm(judge, *, hidden_size: int = 128, num_layers: int = 3, seed: int = 0):
+def build_base_vlm(judge, *, hidden_size: int = 128, num_layers: int = 3, tie_word_embeddings: bool = False,
+                   seed: int = 0):
     """A tiny LLaVA whose vision tower is the judge's image tower; returns ``(model, processor)``.
 
     The judge's config fixes the image size, patch size, width and depth of the vision tower.
@@ -60,7 +61,7 @@ def build_base_vlm(judge, *, hidden_size: int = 128, num_layers: int = 3, seed: 
     model, processor = build_tiny_vlm(
         "llava", image_size=vision_cfg["image_size"], patch_size=vision_cfg["patch_size"],
         hidden_size=hidden_size, num_layers=num_layers, vision_hidden_size=width,
-        vision_layers=vision_cfg["layers"], seed=seed)
+        vision_layers=vision_cfg["layers"], tie_word_embeddings=tie_word_embeddings, seed=seed)
     tower = model.model.vision_tower
     missing, unexpected = getattr(tower, "vision_model", tower).load_state_dict(
         open_clip_vision_state_dict(judge.model.visual), strict=False)

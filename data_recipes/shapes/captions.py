@@ -76,7 +76,8 @@ POPULARITY = [(c, s) for c, s in random.Random("shapes-popularity").sample(
     [(c, s) for c in COLOURS for s in SHAPES], len(COLOURS) * len(SHAPES))]
 
 
-def _popular_absent_object(scene: Scene, rng: random.Random) -> ShapeObject:
+def popular_absent_object(scene: Scene, rng: random.Random) -> ShapeObject:
+    """An absent object drawn with ``POPULARITY``'s Zipf weights: the kind noisy captions add."""
     absent = set(scene.absent_pairs())
     ranked = [pair for pair in POPULARITY if pair in absent]
     weights = [1.0 / (POPULARITY.index(pair) + 1) for pair in ranked]
@@ -162,5 +163,5 @@ def noisy_web_caption(scene: Scene, rng: random.Random) -> str:
     keeps the model from learning that only the last mention can be wrong.
     """
     objects = list(scene.objects)
-    objects.insert(rng.randint(0, len(objects)), _popular_absent_object(scene, rng))
+    objects.insert(rng.randint(0, len(objects)), popular_absent_object(scene, rng))
     return describe(objects)
