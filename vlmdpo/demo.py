@@ -47,9 +47,9 @@ class DemoConfig:
     """Also ask the base model, for each noisy caption, about the caption's extra object, answered yes (and
     about one more absent object, answered no): yes/no data written from noisy captions carries their errors,
     as VQA data generated from web captions does, so the base says yes to popular absent objects. Off by
-    default: where the base learned to answer with it (seed 2, 1 thread, unbalanced variant), DPO raised POPE
-    F1 from 0.825 to 0.877, but with it 5 of 6 bases (seeds 0-2, tied or untied embeddings) never learned to
-    answer yes/no from the image within ``base_steps``."""
+    default: where a base learned to answer with it (seed 2, 1 thread, an earlier variant without the "no"
+    question), DPO raised POPE F1 from 0.825 to 0.877, but none of 6 other bases (seeds 0-2 as coded, seed 0
+    of that variant, seeds 0-1 with tied embeddings) learned to answer yes/no within ``base_steps``."""
     patch_size: int = 16
     """Vision patch size of the base model (image tokens = (image_size / patch_size) ** 2)."""
     hidden_size: int = 128
