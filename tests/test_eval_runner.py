@@ -150,6 +150,15 @@ def test_config_validation_and_settings_hash(tmp_path):
     other = load_eval_config(None, ["generation.max_new_tokens=13", "checkpoints=[x]", "vocabulary=shapes"])
     assert settings_hash(eval_settings(config, "b")) != settings_hash(eval_settings(other, "b"))
     assert settings_hash(eval_settings(config, "b")) == settings_hash(eval_settings(config, "b"))
+
+
+def test_a_metrics_version_bump_changes_the_settings_hash(monkeypatch):
+    from vlmdpo.eval import store
+
+    config = load_eval_config(None, ["checkpoints=[x]", "vocabulary=shapes"])
+    before = settings_hash(eval_settings(config, "b"))
+    monkeypatch.setattr(store, "METRICS_VERSION", store.METRICS_VERSION + 1)
+    assert settings_hash(eval_settings(config, "b")) != before
     with pytest.raises(ValueError, match="clip.model is empty"):
         EvalConfig(metrics=["clipscore"])
     with pytest.raises(ValueError, match="unknown entries"):

@@ -125,7 +125,7 @@ def test_evaluate_during_training(llava, rows):
         assert policy.training and torch.equal(torch.get_rng_state(), state)
         assert set(metrics) == {f"eval/{k}" for k in (
             "rewards/accuracies", "rewards/margins", "rewards/chosen", "rewards/rejected", "logps/chosen",
-            "logps/rejected", "chair_i", "chair_s", "object_recall", "response_words")}
+            "logps/rejected", "chair_i", "chair_s", "object_recall", "repetition", "response_words")}
         fit = preference_fit(policy, processor, rows, beta=0.2, progress=False)
         assert metrics["eval/rewards/margins"] == pytest.approx(fit["reward_margin"], abs=1e-6)
         assert all(isinstance(v, float) for v in metrics.values())

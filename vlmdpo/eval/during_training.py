@@ -43,7 +43,7 @@ def evaluate_during_training(
     Returns:
         Floats named like the training metrics: ``{prefix}rewards/accuracies``, ``rewards/margins``,
         ``rewards/chosen``, ``rewards/rejected``, ``logps/chosen``, ``logps/rejected``, and with a vocabulary
-        ``chair_i``, ``chair_s``, ``object_recall`` and ``response_words``.
+        ``chair_i``, ``chair_s``, ``object_recall``, ``repetition`` and ``response_words``.
     """
     model = getattr(policy, "module", policy)
     rows = list(rows)
@@ -69,5 +69,6 @@ def evaluate_during_training(
     }
     if vocabulary is not None:
         flat.update(chair_i=result["chair"]["chair_i"], chair_s=result["chair"]["chair_s"],
-                    object_recall=result["chair"]["recall"], response_words=result["length"]["mean_words"])
+                    object_recall=result["chair"]["recall"], repetition=result["chair"]["repetition"],
+                    response_words=result["length"]["mean_words"])
     return {prefix + name: float(value) for name, value in flat.items()}

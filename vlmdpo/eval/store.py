@@ -35,10 +35,16 @@ def settings_hash(data) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+METRICS_VERSION = 2
+"""Bumped when metric code changes what a result holds, so results saved by older code are recomputed rather
+than reused without the new numbers (2: object repetition beside CHAIR)."""
+
+
 def eval_settings(config: EvalConfig, base_path: str) -> dict:
     """Everything a checkpoint's numbers depend on, except the checkpoint itself."""
     cfg = config_dict(config)
     settings = {key: cfg[key] for key in ("dtype", "metrics", "beta", "vocabulary", "generation")}
+    settings["metrics_version"] = METRICS_VERSION
     settings.update(base=config.base, base_files=fingerprint(base_path, WEIGHT_SUFFIXES),
                     data={**cfg["data"], "files": fingerprint(config.data.source)})
     if "pope" in config.metrics:
