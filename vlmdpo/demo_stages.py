@@ -106,7 +106,7 @@ def caption_questions(captions: datasets.Dataset, seed: int) -> datasets.Dataset
 
 
 def base_sft_rows(train: datasets.Dataset, noisy_fraction: float, seed: int,
-                  noisy_questions: bool = True) -> datasets.Dataset:
+                  noisy_questions: bool = False) -> datasets.Dataset:
     """Supervised rows of the base model: every image captioned (a share with an extra, absent object)
     and asked one yes and one no question (``yes_no_rows``), plus, with ``noisy_questions``, the questions
     written from the noisy captions (``caption_questions``)."""

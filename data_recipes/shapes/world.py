@@ -102,12 +102,6 @@ class Scene:
         """All (colour, shape) pairs not in the scene, in a fixed order."""
         return [(c, s) for c in COLOURS for s in SHAPES if not self.has(c, s)]
 
-    def confusable_absent_pairs(self) -> list[tuple[str, str]]:
-        """Absent (colour, shape) pairs that share a colour or a shape with a present object, in a fixed
-        order: the hard negatives of yes/no questions (a red square asked of an image with a red circle)."""
-        return [(c, s) for c, s in self.absent_pairs()
-                if any(o.colour == c or o.shape == s for o in self.objects)]
-
     def free_positions(self) -> list[str]:
         """Grid cells with no object, in reading order."""
         taken = {o.position for o in self.objects}

@@ -42,9 +42,10 @@ def probe_rows(split: datasets.Dataset, max_images: int | None = None) -> tuple[
     from vlmdpo.data import normalize_row
     from vlmdpo.eval.pope import pope_question_text
 
-    count = len(split) if max_images is None else min(max_images, len(split))
+    if max_images is not None:
+        split = split.select(range(min(max_images, len(split))))
     rows, kinds = [], []
-    for image, scene_json in zip(split.select(range(count))["images"], split.select(range(count))["scene"]):
+    for image, scene_json in zip(split["images"], split["scene"]):
         scene = Scene.from_json(scene_json)
         for colour in COLOURS:
             for shape in SHAPES:

@@ -11,7 +11,7 @@ mistake, so compare checkpoints by this number rather than reading it as an erro
     repetition   = sum_c repeats_c / sum_c mentions_c    (share of claimed mentions that are repeats)
     repetition_s = #{c : repeats_c > 0} / N              (share of captions with at least one repeat)
 
-where ``repeats_c = mentions_c - |claimed_c|``. A ratio whose denominator is zero is 0.0: a caption without
+where ``repeats_c`` = caption c's claimed mentions minus its distinct claimed objects. A ratio whose denominator is zero is 0.0: a caption without
 objects (or an empty one) repeats nothing, and it still counts among the N captions of ``repetition_s``.
 """
 
