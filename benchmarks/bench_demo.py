@@ -30,8 +30,11 @@ def run_seed(seed: int, out: Path, threads: int, overrides: list[str], reuse_cac
                "progress=false", *overrides]
     start = time.perf_counter()
     with open(out / f"seed{seed}.log", "w") as log:
-        subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT, check=True)
+        code = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
     seconds = time.perf_counter() - start
+    if code != 0:  # one failed seed should not cost the others' results
+        tail = (out / f"seed{seed}.log").read_text().splitlines()[-5:]
+        return {"seed": seed, "seconds": seconds, "error": f"exit {code}: " + " / ".join(tail)}
     return {"seed": seed, "seconds": seconds, "metrics": json.loads((folder / "metrics.json").read_text())}
 
 
@@ -42,6 +45,10 @@ def table(results: list[dict]) -> str:
             "| POPE F1 base -> aligned (control) | checks |")
     lines = [head, "|---|---|---|---|---|---|---|"]
     for result in results:
+        if "error" in result:
+            lines.append(f"| {result['seed']} | {result['seconds'] / 60:.1f} min | failed: {result['error']} "
+                         "| | | | |")
+            continue
         m = result["metrics"]
         base, aligned, control = m["base"], m["aligned"], m["sft_control"]
         cut = 1 - aligned["chair_i"] / base["chair_i"] if base["chair_i"] else float("nan")

@@ -158,3 +158,36 @@ def test_tied_embeddings_share_one_matrix_and_survive_save_and_load(family, tmp_
     torch.testing.assert_close(loaded.get_input_embeddings().weight, model.get_input_embeddings().weight)
     untied, _ = build_tiny_vlm(family)
     assert untied.get_output_embeddings().weight is not untied.get_input_embeddings().weight
+
+
+def test_question_first_template_puts_the_image_after_the_question_and_keeps_the_answer_mask():
+    from data_recipes.shapes.base_model import QUESTION_FIRST_CHAT_TEMPLATE
+    from PIL import Image
+
+    from vlmdpo.collator import PreferenceCollator
+    from vlmdpo.data import normalize_row
+    from vlmdpo.testing import build_tiny_vlm
+
+    _, processor = build_tiny_vlm("llava", image_size=32, patch_size=16)
+    processor.chat_template = QUESTION_FIRST_CHAT_TEMPLATE
+    row = normalize_row({"images": [Image.new("RGB", (32, 32))], "prompt": "Is there a red circle in the image?",
+                         "chosen": "Yes.", "rejected": "No."}, 0)
+    batch = PreferenceCollator(processor)([row])
+    tokenizer = processor.tokenizer
+    prompt = tokenizer.decode(batch["prompt_input_ids"][0])
+    assert prompt.index("circle") < prompt.index("<image>")
+    image_id = tokenizer.convert_tokens_to_ids("<image>")
+    assert int((batch["prompt_input_ids"][0] == image_id).sum()) == 4  # (32 / 16) ** 2 image tokens
+    for field, text in (("chosen", "Yes."), ("rejected", "No.")):
+        ids, mask = batch[f"{field}_input_ids"][0], batch[f"{field}_completion_mask"][0].bool()
+        assert tokenizer.decode(ids[mask]).replace(" ", "").startswith(text)
+
+
+def test_mixed_precision_no_survives_yaml_reading_it_as_false():
+    from vlmdpo.config import load_config
+    from vlmdpo.demo import load_config as load_demo_config
+
+    assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
+    assert load_demo_config(["mixed_precision=no"]).mixed_precision == "no"
+    with pytest.raises(ValueError, match="auto, no, bf16 or fp16"):
+        load_config(None, ["train.mixed_precision=fp8"])

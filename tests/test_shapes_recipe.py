@@ -17,6 +17,7 @@ from data_recipes.shapes import (
     Scene,
     ShapeObject,
     applicable_hallucinations,
+    attribute_question,
     build_shapes_dataset,
     caption,
     caption_sft_rows,
@@ -223,6 +224,20 @@ def _image_bytes(split):
     list_feature = getattr(datasets, "List", datasets.Sequence)
     raw = split.cast_column("images", list_feature(datasets.Image(decode=False)))
     return [images[0]["bytes"] for images in raw["images"]]
+
+
+def test_attribute_questions_read_both_attributes_of_the_same_objects():
+    scene = Scene((ShapeObject("red", "circle", "small", "top left"),
+                   ShapeObject("red", "square", "large", "top right"),
+                   ShapeObject("blue", "circle", "large", "bottom left")))
+    expected = {"what shape is the red object?": "A circle and a square.",
+                "what shape is the blue object?": "A circle.",
+                "what colour is the circle?": "Red and blue.",
+                "what colour is the square?": "Red."}
+    rng = random.Random(0)
+    asked = [attribute_question(scene, rng) for _ in range(60)]
+    assert {text for text, _ in asked} == set(expected)  # both kinds, about every object
+    assert all(answer == expected[text] for text, answer in asked)
 
 
 def test_dataset_is_deterministic_in_the_seed(shapes_dataset):

@@ -177,8 +177,7 @@ class TrainConfig:
             raise ValueError("train.batch_size and train.gradient_accumulation_steps must be >= 1")
         if self.eval_steps < 0:
             raise ValueError("train.eval_steps must be >= 0")
-        if self.mixed_precision not in ("auto", "no", "bf16", "fp16"):
-            raise ValueError(f"train.mixed_precision must be auto/no/bf16/fp16, got {self.mixed_precision!r}")
+        self.mixed_precision = mixed_precision_choice(self.mixed_precision, "train.mixed_precision")
         if self.forward_path not in ("auto", "fast", "plain"):
             raise ValueError(f"train.forward_path must be auto, fast or plain, got {self.forward_path!r}")
 
@@ -189,6 +188,15 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def mixed_precision_choice(value: str, name: str = "mixed_precision") -> str:
+    """``value`` checked against auto/no/bf16/fp16. YAML (and so ``key=no`` on the command line) reads a bare
+    ``no`` as false, which a string field receives as "False": that is taken to mean "no"."""
+    value = "no" if value in ("False", "false") else value
+    if value not in ("auto", "no", "bf16", "fp16"):
+        raise ValueError(f"{name} must be auto, no, bf16 or fp16, got {value!r}")
+    return value
 
 
 def load_structured(schema, path: str | None = None, overrides: list[str] | tuple = ()):

@@ -50,6 +50,13 @@ class DemoConfig:
     default: where a base learned to answer with it (seed 2, 1 thread, an earlier variant without the "no"
     question), DPO raised POPE F1 from 0.825 to 0.877, but none of 6 other bases (seeds 0-2 as coded, seed 0
     of that variant, seeds 0-1 with tied embeddings) learned to answer yes/no within ``base_steps``."""
+    attribute_questions: bool = False
+    """Also ask the base model one attribute question per image ("What shape is the red object?" -> "A
+    circle."): answering needs colour and shape read from the same object, the binding that yes/no questions
+    let a model skip by checking the colour alone."""
+    question_first: bool = False
+    """Render a user turn's text before its image in the base model's chat template
+    (``data_recipes.shapes.base_model.QUESTION_FIRST_CHAT_TEMPLATE``), so image tokens see the question."""
     patch_size: int = 16
     """Vision patch size of the base model (image tokens = (image_size / patch_size) ** 2)."""
     hidden_size: int = 128
@@ -105,12 +112,18 @@ class DemoConfig:
     probe_images: int = 100
     """Held-out images asked about every colour-shape pair, for the share of "yes" answers per kind of
     question (present object, absent one sharing its colour or shape, ...): what POPE's F1 mixes together."""
+    mixed_precision: str = "auto"
+    """Mixed precision of every training run (``TrainConfig.mixed_precision``): "auto" is bf16 on a GPU that
+    has it and float32 on a CPU; "no" keeps float32 on a GPU too (to compare with CPU runs)."""
     max_new_tokens: int = 48
     """Caption length limit at evaluation (recorded with the results)."""
     progress: bool = True
     """Show progress bars."""
 
     def __post_init__(self) -> None:
+        from vlmdpo.config import mixed_precision_choice
+
+        self.mixed_precision = mixed_precision_choice(self.mixed_precision)
         if not 0 < self.base_images < self.num_train:
             raise ValueError(f"base_images={self.base_images} must be between 0 and num_train={self.num_train} "
                              "(exclusive): the rest of the training images are the alignment images")
@@ -123,7 +136,8 @@ QUICK = dict(num_train=48, base_images=32, num_test=12, base_steps=4, base_batch
 
 _DATA_KEYS = ("seed", "num_train", "num_test", "image_size", "noisy_background_fraction")
 _JUDGE_KEYS = _DATA_KEYS + ("judge_epochs", "patch_size", "vision_hidden_size", "vision_layers")
-_BASE_KEYS = _JUDGE_KEYS + ("base_images", "noisy_caption_fraction", "noisy_questions", "hidden_size",
+_BASE_KEYS = _JUDGE_KEYS + ("base_images", "noisy_caption_fraction", "noisy_questions", "attribute_questions",
+                            "question_first", "mixed_precision", "hidden_size",
                             "num_layers", "tie_embeddings", "base_steps", "base_batch_size", "base_lr")
 _PAIR_KEYS = _BASE_KEYS + ("povid_pairs", "yes_no_images", "rlaif_images", "rlaif_samples", "rlaif_margin")
 

@@ -18,6 +18,13 @@ from vlmdpo.demo import DemoConfig, _done, _mark_done, config_table
 
 
 
+def _device() -> str:
+    """Where sampling and evaluation run: the GPU when there is one (training places itself via accelerate)."""
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def _train(overrides: list[str]) -> Path:
     from vlmdpo.config import load_config
     from vlmdpo.train import train
@@ -105,17 +112,41 @@ def caption_questions(captions: datasets.Dataset, seed: int) -> datasets.Dataset
     return captions.map(to_qa, batched=True, with_indices=True, remove_columns=captions.column_names)
 
 
+def attribute_rows(split: datasets.Dataset, seed: int) -> datasets.Dataset:
+    """One attribute question per image ("What shape is the red object?" -> "A circle.", or "What colour is
+    the square?" -> "Red."; ``data_recipes.shapes.attribute_question``), plain strings. Row i's question
+    depends only on (seed, i)."""
+    import random
+
+    from data_recipes.shapes import attribute_question
+    from data_recipes.shapes.world import Scene
+
+    def to_qa(batch, indices):
+        out = {"images": [], "prompt": [], "completion": []}
+        for images, scene_json, index in zip(batch["images"], batch["scene"], indices):
+            text, answer = attribute_question(Scene.from_json(scene_json), random.Random(f"attribute-{seed}-{index}"))
+            out["images"].append(images)
+            out["prompt"].append(text[0].upper() + text[1:])
+            out["completion"].append(answer)
+        return out
+
+    return split.map(to_qa, batched=True, with_indices=True, remove_columns=split.column_names)
+
+
 def base_sft_rows(train: datasets.Dataset, noisy_fraction: float, seed: int,
-                  noisy_questions: bool = False) -> datasets.Dataset:
+                  noisy_questions: bool = False, attribute_questions: bool = False) -> datasets.Dataset:
     """Supervised rows of the base model: every image captioned (a share with an extra, absent object)
     and asked one yes and one no question (``yes_no_rows``), plus, with ``noisy_questions``, the questions
-    written from the noisy captions (``caption_questions``)."""
+    written from the noisy captions (``caption_questions``) and, with ``attribute_questions``, one attribute
+    question per image (``attribute_rows``)."""
     from data_recipes.shapes import caption_sft_rows
 
     captions = caption_sft_rows(train, noisy_fraction=noisy_fraction, seed=seed)
     qa = yes_no_rows(train)
     if noisy_questions:
         qa = datasets.concatenate_datasets([qa, caption_questions(captions, seed).cast(qa.features)])
+    if attribute_questions:
+        qa = datasets.concatenate_datasets([qa, attribute_rows(train, seed).cast(qa.features)])
     captions = captions.select_columns(["images", "prompt", "completion"])
     captions = captions.map(lambda row: {"prompt": response_text(row["prompt"]),
                                          "completion": response_text(row["completion"])})
@@ -163,11 +194,12 @@ def train_base(config: DemoConfig, data: datasets.DatasetDict, judge, cache: Pat
         return cache / "model"
     if not (cache / "rows" / "dataset_info.json").exists():
         base_train = data["train"].select(range(config.base_images))
-        base_sft_rows(base_train, config.noisy_caption_fraction, config.seed,
-                      config.noisy_questions).save_to_disk(str(cache / "rows"))
+        base_sft_rows(base_train, config.noisy_caption_fraction, config.seed, config.noisy_questions,
+                      config.attribute_questions).save_to_disk(str(cache / "rows"))
     if not (cache / "init" / "config.json").exists():
         model, processor = build_base_vlm(judge, hidden_size=config.hidden_size, num_layers=config.num_layers,
-                                          tie_word_embeddings=config.tie_embeddings, seed=config.seed)
+                                          tie_word_embeddings=config.tie_embeddings,
+                                          question_first=config.question_first, seed=config.seed)
         model.save_pretrained(cache / "init")
         processor.save_pretrained(cache / "init")
     _train([f"model.name_or_path={cache / 'init'}", "model.finetune=full", "loss.losses=sft",
@@ -175,7 +207,8 @@ def train_base(config: DemoConfig, data: datasets.DatasetDict, judge, cache: Pat
             f"train.max_steps={config.base_steps}", f"train.batch_size={config.base_batch_size}",
             f"train.learning_rate={config.base_lr}", "train.warmup_ratio=0.05", "train.logging_steps=10",
             f"train.save_steps={max(1, config.base_steps // 4)}", "train.save_total_limit=1",
-            f"train.seed={config.seed}", f"train.progress={config.progress}"])
+            f"train.seed={config.seed}", f"train.progress={config.progress}",
+            f"train.mixed_precision={config.mixed_precision}"])
     for checkpoint in (cache / "model").glob("checkpoint-*"):  # optimizer state is not needed any more
         shutil.rmtree(checkpoint)
     _mark_done(cache)
@@ -208,7 +241,7 @@ def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judg
         recipes["yes_no"] = yes_no.add_column("source", ["yes_no"] * len(yes_no))
     if config.rlaif_images > 0:
         model, processor = load_model_and_processor(str(base))
-        rlaif = rlaif_pairs(model, processor, judge, last(config.rlaif_images), num_samples=config.rlaif_samples,
+        rlaif = rlaif_pairs(model.to(_device()), processor, judge, last(config.rlaif_images), num_samples=config.rlaif_samples,
                             margin=config.rlaif_margin, max_new_tokens=config.max_new_tokens, seed=config.seed,
                             progress=config.progress)
         if len(rlaif):
@@ -240,7 +273,8 @@ def align(config: DemoConfig, base: Path, pairs: Path, out: Path, losses: str) -
                    f"loss.losses={losses}", f"loss.beta={config.beta}",
                    f"data.train={pairs}", f"train.output_dir={out}", f"train.max_steps={config.dpo_steps}",
                    f"train.batch_size={config.dpo_batch_size}", f"train.learning_rate={config.dpo_lr}",
-                   "train.logging_steps=5", f"train.seed={config.seed}", f"train.progress={config.progress}"])
+                   "train.logging_steps=5", f"train.seed={config.seed}", f"train.progress={config.progress}",
+                   f"train.mixed_precision={config.mixed_precision}"])
 
 
 def evaluate_all(config: DemoConfig, data: datasets.DatasetDict, base: Path, judge,
@@ -267,6 +301,7 @@ def evaluate_all(config: DemoConfig, data: datasets.DatasetDict, base: Path, jud
         model, processor = load_model_and_processor(str(base))
         if adapter is not None:
             model = PeftModel.from_pretrained(model, str(adapter))
+        model = model.to(_device())
         result, records = evaluate_model(model.eval(), processor, rows,
                                          reference=model if adapter is None else None, **settings)
         result["generation"] = {"prompt": "Describe the image.", "max_new_tokens": config.max_new_tokens,

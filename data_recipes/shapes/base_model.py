@@ -45,11 +45,31 @@ def open_clip_vision_state_dict(visual: torch.nn.Module) -> dict[str, torch.Tens
     return {key: value.detach().clone() for key, value in out.items()}
 
 
+QUESTION_FIRST_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'user' %}USER: {% elif message['role'] == 'assistant' %}ASSISTANT: "
+    "{% else %}SYSTEM: {% endif %}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for block in message['content'] %}{% if block['type'] == 'text' %}{{ block['text'] }}\n{% endif %}"
+    "{% endfor %}"
+    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<image>{% endif %}{% endfor %}"
+    "{% endif %}"
+    "{% if message['role'] == 'assistant' %}</s>{% else %} {% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
+"""The LLaVA-style template with a user turn's text rendered before its images. Causal attention lets a token
+see only what precedes it, so with the image after the question every image token can check itself against
+the asked colour and shape (the idea of InstructBLIP's instruction-aware Q-Former, arXiv:2305.06500); with the
+image first, the answer token alone has to find an object that matches both."""
+
+
 def build_base_vlm(judge, *, hidden_size: int = 128, num_layers: int = 3, tie_word_embeddings: bool = False,
-                   seed: int = 0):
+                   question_first: bool = False, seed: int = 0):
     """A tiny LLaVA whose vision tower is the judge's image tower; returns ``(model, processor)``.
 
     The judge's config fixes the image size, patch size, width and depth of the vision tower.
+    ``question_first`` gives the processor ``QUESTION_FIRST_CHAT_TEMPLATE``.
     """
     from vlmdpo.testing import build_tiny_vlm
 
@@ -62,6 +82,8 @@ def build_base_vlm(judge, *, hidden_size: int = 128, num_layers: int = 3, tie_wo
         "llava", image_size=vision_cfg["image_size"], patch_size=vision_cfg["patch_size"],
         hidden_size=hidden_size, num_layers=num_layers, vision_hidden_size=width,
         vision_layers=vision_cfg["layers"], tie_word_embeddings=tie_word_embeddings, seed=seed)
+    if question_first:
+        processor.chat_template = QUESTION_FIRST_CHAT_TEMPLATE
     tower = model.model.vision_tower
     missing, unexpected = getattr(tower, "vision_model", tower).load_state_dict(
         open_clip_vision_state_dict(judge.model.visual), strict=False)
