@@ -95,7 +95,7 @@ def test_yes_no_pairs_choose_the_true_answer_and_ask_about_popular_absent_object
     from data_recipes.shapes import build_shapes_dataset
     from data_recipes.shapes.captions import POPULARITY
     from data_recipes.shapes.world import Scene
-    from vlmdpo.demo_stages import yes_no_pairs
+    from data_recipes.shapes.question_rows import yes_no_pairs
 
     split = build_shapes_dataset(seed=3, num_train=60, num_test=0, image_size=16)["train"]
     pairs = yes_no_pairs(split, seed=0)
@@ -116,7 +116,7 @@ def test_yes_no_pairs_choose_the_true_answer_and_ask_about_popular_absent_object
 def test_caption_questions_repeat_what_each_noisy_caption_claims():
     from data_recipes.shapes import build_shapes_dataset, caption_sft_rows, mentioned_objects
     from vlmdpo.data import response_text
-    from vlmdpo.demo_stages import caption_questions
+    from data_recipes.shapes.question_rows import caption_questions
 
     split = build_shapes_dataset(seed=1, num_train=10, num_test=0, image_size=16)["train"]
     captions = caption_sft_rows(split, noisy_fraction=0.5, seed=0)
