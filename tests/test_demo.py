@@ -191,3 +191,24 @@ def test_mixed_precision_no_survives_yaml_reading_it_as_false():
     assert load_demo_config(["mixed_precision=no"]).mixed_precision == "no"
     with pytest.raises(ValueError, match="auto, no, bf16 or fp16"):
         load_config(None, ["train.mixed_precision=fp8"])
+
+
+def test_same_colour_yes_no_pairs_ask_about_an_absent_object_sharing_a_present_colour():
+    from data_recipes.shapes import Scene, build_shapes_dataset
+    from data_recipes.shapes.question_rows import yes_no_pairs
+    from vlmdpo.demo import load_config
+
+    split = build_shapes_dataset(seed=2, num_train=20, num_test=0, image_size=16)["train"]
+    pairs = yes_no_pairs(split, seed=0, negatives="same_colour")
+    shared = 0
+    for i, scene_json in enumerate(split["scene"]):
+        scene = Scene.from_json(scene_json)
+        absent = pairs[2 * i + 1]["prompt"].removeprefix("Is there a ").removesuffix(" in the image?")
+        assert pairs[2 * i + 1]["chosen"] == "No." and absent not in scene.names
+        colours = {o.colour for o in scene.objects}
+        if any(c in colours for c, _ in scene.absent_pairs()):  # else a popular object is asked about
+            assert absent.split()[0] in colours
+            shared += 1
+    assert shared >= 15  # nearly every scene has an absent object of a present colour
+    with pytest.raises(ValueError, match="choose one of"):
+        load_config(["yes_no_negatives=adversarial"])

@@ -87,6 +87,9 @@ class DemoConfig:
     yes_no_images: int = 500
     """Alignment images (from the first) whose one yes and one no question become pairs: the true answer vs
     the opposite one."""
+    yes_no_negatives: str = "popular"
+    """Absent objects of the yes/no pairs: "popular" (those noisy captions add most) or "same_colour" (sharing
+    a colour with a present object). See ``data_recipes.shapes.question_rows.yes_no_pairs``."""
     rlaif_images: int = 500
     """Alignment images (from the last) for which the base model samples captions that the judge ranks."""
     rlaif_samples: int = 4
@@ -124,6 +127,10 @@ class DemoConfig:
         from vlmdpo.config import mixed_precision_choice
 
         self.mixed_precision = mixed_precision_choice(self.mixed_precision)
+        from data_recipes.shapes.question_rows import YES_NO_NEGATIVES
+
+        if self.yes_no_negatives not in YES_NO_NEGATIVES:
+            raise ValueError(f"yes_no_negatives={self.yes_no_negatives!r}; choose one of {YES_NO_NEGATIVES}")
         if not 0 < self.base_images < self.num_train:
             raise ValueError(f"base_images={self.base_images} must be between 0 and num_train={self.num_train} "
                              "(exclusive): the rest of the training images are the alignment images")
@@ -139,7 +146,7 @@ _JUDGE_KEYS = _DATA_KEYS + ("judge_epochs", "patch_size", "vision_hidden_size", 
 _BASE_KEYS = _JUDGE_KEYS + ("base_images", "noisy_caption_fraction", "noisy_questions", "attribute_questions",
                             "question_first", "mixed_precision", "hidden_size",
                             "num_layers", "tie_embeddings", "base_steps", "base_batch_size", "base_lr")
-_PAIR_KEYS = _BASE_KEYS + ("povid_pairs", "yes_no_images", "rlaif_images", "rlaif_samples", "rlaif_margin")
+_PAIR_KEYS = _BASE_KEYS + ("povid_pairs", "yes_no_images", "yes_no_negatives", "rlaif_images", "rlaif_samples", "rlaif_margin")
 
 
 STAGE_VERSIONS = {"data": 2, "judge": 1, "base": 5, "pairs": 7}

@@ -115,7 +115,7 @@ def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judg
     if config.povid_pairs > 0:
         recipes["povid"] = _plain(povid_pairs(first(config.povid_pairs), seed=config.seed), "povid")
     if config.yes_no_images > 0:
-        yes_no = yes_no_pairs(first(config.yes_no_images), seed=config.seed)
+        yes_no = yes_no_pairs(first(config.yes_no_images), seed=config.seed, negatives=config.yes_no_negatives)
         recipes["yes_no"] = yes_no.add_column("source", ["yes_no"] * len(yes_no))
     if config.rlaif_images > 0:
         model, processor = load_model_and_processor(str(base))

@@ -101,18 +101,25 @@ def base_sft_rows(train: datasets.Dataset, noisy_fraction: float, seed: int,
     return rows.shuffle(seed=seed)
 
 
-def yes_no_pairs(split: datasets.Dataset, seed: int) -> datasets.Dataset:
-    """Per image, a question about a present object ("Yes." chosen over "No.") and one about an absent object
-    drawn by popularity ("No." chosen): the objects noisy captions add most often, which a model trained on
-    them says yes to. POPE wording; plain strings. Row i's questions depend only on (seed, i).
+YES_NO_NEGATIVES = ("popular", "same_colour")
+"""Kinds of absent object a yes/no pair can ask about (see ``yes_no_pairs``)."""
 
-    Absent objects that share a colour with a present one (a red square asked of an image with a red circle)
-    are not used: the default base answers from colour alone (see ``yes_no_probe``), a LoRA adapter did not
-    learn to tell them from present objects in 400 steps, nor in 1000 on yes/no pairs alone, and it learned to
-    say no to present objects instead (seed 0 POPE F1 0.848 -> 0.830, and -> 0.65 with yes/no pairs alone).
-    Popular negatives and the earlier colour-or-shape-sharing ones gave the same POPE F1 on seed 0 (0.840)."""
+
+def yes_no_pairs(split: datasets.Dataset, seed: int, negatives: str = "popular") -> datasets.Dataset:
+    """Per image, a question about a present object ("Yes." chosen over "No.") and one about an absent object
+    ("No." chosen). POPE wording; plain strings. Row i's questions depend only on (seed, i).
+
+    ``negatives="popular"`` draws the absent object by popularity: the objects noisy captions add most often,
+    which a model trained on them says yes to. ``"same_colour"`` asks about an absent object that shares its
+    colour with a present one (a red square of an image with a red circle; popular where there is none): the
+    error of a base that answers from colour alone (see ``yes_no_probe``). On such a base (seed 0) a LoRA
+    adapter did not learn to tell them from present objects in 400 steps, nor in 1000 on yes/no pairs alone,
+    and learned to say no to present objects instead (POPE F1 0.848 -> 0.830, and -> 0.65 with yes/no pairs
+    alone); popular negatives gave 0.840."""
     import random
 
+    if negatives not in YES_NO_NEGATIVES:
+        raise ValueError(f"negatives={negatives!r}; choose one of {YES_NO_NEGATIVES}")
     from data_recipes.shapes.captions import popular_absent_object
     from data_recipes.shapes.world import Scene
     from vlmdpo.eval.pope import pope_question_text
@@ -123,6 +130,10 @@ def yes_no_pairs(split: datasets.Dataset, seed: int) -> datasets.Dataset:
             scene, rng = Scene.from_json(scene_json), random.Random(f"yes-no-{seed}-{index}")
             present = rng.choice(scene.objects)
             absent = popular_absent_object(scene, rng).name
+            if negatives == "same_colour":
+                sharing = [f"{c} {s}" for c, s in scene.absent_pairs()
+                           if any(o.colour == c for o in scene.objects)]
+                absent = rng.choice(sharing) if sharing else absent
             for name, chosen, rejected in ((present.name, "Yes.", "No."), (absent, "No.", "Yes.")):
                 out["images"].append(images)
                 out["prompt"].append(pope_question_text(name))
