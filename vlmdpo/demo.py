@@ -49,7 +49,8 @@ class DemoConfig:
     as VQA data generated from web captions does, so the base says yes to popular absent objects. Off by
     default: where a base learned to answer with it (seed 2, 1 thread, an earlier variant without the "no"
     question), DPO raised POPE F1 from 0.825 to 0.877, but none of 6 other bases (seeds 0-2 as coded, seed 0
-    of that variant, seeds 0-1 with tied embeddings) learned to answer yes/no within ``base_steps``."""
+    of that variant, seeds 0-1 with tied embeddings; seeds 0-1 with ``question_first`` too) learned to answer
+    yes/no within ``base_steps``."""
     attribute_questions: bool = False
     """Also ask the base model one attribute question per image ("What shape is the red object?" -> "A
     circle."): answering needs colour and shape read from the same object, the binding that yes/no questions
