@@ -57,8 +57,10 @@ def table(results: list[dict]) -> str:
         def trio(key):
             return f"{base[key]:.3f} -> {aligned[key]:.3f} ({control[key]:.3f})"
 
+        interval = aligned.get("pope_f1_change_ci")  # paired bootstrap over held-out images, 95%
+        pope = trio("pope_f1") + (f" [change {interval[0]:+.3f} to {interval[1]:+.3f}]" if interval else "")
         lines.append(f"| {result['seed']} | {result['seconds'] / 60:.1f} min | {trio('chair_i')} | {cut:.0%} "
-                     f"| {trio('recall')} | {trio('pope_f1')} | {checks} |")
+                     f"| {trio('recall')} | {pope} | {checks} |")
     return "\n".join(lines)
 
 

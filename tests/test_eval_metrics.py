@@ -309,3 +309,21 @@ def test_pope_questions_edge_cases():
 def test_pope_question_text_article():
     assert pope_question_text("dog") == "Is there a dog in the image?"
     assert pope_question_text("apple") == "Is there an apple in the image?"
+
+
+def test_pope_f1_change_is_paired_over_images_and_worked_out_by_hand():
+    from vlmdpo.eval.pope import pope_f1_change
+
+    def record(index, obj, label, prediction):
+        return {"strategy": "random", "index": index, "object": obj, "label": label, "prediction": prediction}
+
+    base = [record(0, "a", "yes", "yes"), record(0, "b", "no", "no"),
+            record(1, "a", "yes", "yes"), record(1, "b", "no", "no")]  # F1 1
+    other = base[:3] + [record(1, "b", "no", "yes")]  # one false yes: F1 = 2*2 / (2*2 + 1) = 0.8
+    assert pope_f1_change(base, base) == {"change": 0.0, "low": 0.0, "high": 0.0}
+    result = pope_f1_change(base, other, num_resamples=500)
+    assert result["change"] == pytest.approx(-0.2)
+    # resamples: image 0 twice (change 0), image 1 twice (F1 4/6: -1/3), one of each (-0.2)
+    assert -1 / 3 - 1e-9 <= result["low"] < result["high"] <= 0.0
+    with pytest.raises(ValueError, match="different questions"):
+        pope_f1_change(base, other[:3])

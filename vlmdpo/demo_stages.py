@@ -157,13 +157,15 @@ def align(config: DemoConfig, base: Path, pairs: Path, out: Path, losses: str) -
 
 def evaluate_all(config: DemoConfig, data: datasets.DatasetDict, base: Path, judge,
                  adapters: dict[str, Path]) -> dict[str, dict]:
-    """Base and each adapter on held-out images: preference fit, CHAIR, POPE, CLIPScore, lengths, and the
-    share of "yes" answers per kind of yes/no question (``data_recipes.shapes.yes_no_probe``)."""
+    """Base and each adapter on held-out images: preference fit, CHAIR, POPE, CLIPScore, lengths, the
+    share of "yes" answers per kind of yes/no question (``data_recipes.shapes.yes_no_probe``) and, for each
+    adapter, its POPE F1 change from the base with a paired bootstrap interval (``pope_f1_change``)."""
     from peft import PeftModel
 
     from data_recipes.shapes import SHAPES_VOCABULARY, povid_pairs
     from data_recipes.shapes.yes_no_probe import yes_rate_by_kind
     from vlmdpo.eval.objects import ObjectVocabulary
+    from vlmdpo.eval.pope import pope_f1_change
     from vlmdpo.eval.rows import eval_row
     from vlmdpo.eval.suite import evaluate_model
     from vlmdpo.modeling import load_model_and_processor
@@ -174,7 +176,7 @@ def evaluate_all(config: DemoConfig, data: datasets.DatasetDict, base: Path, jud
     settings = dict(metrics=["preference", "chair", "pope", "clipscore", "length"], vocabulary=vocabulary,
                     judge=judge, beta=config.beta, progress=config.progress,
                     generation={"max_new_tokens": config.max_new_tokens, "batch_size": 50})
-    results = {}
+    results, base_pope = {}, []
     for name, adapter in {"base": None, **adapters}.items():
         model, processor = load_model_and_processor(str(base))
         if adapter is not None:
@@ -184,6 +186,10 @@ def evaluate_all(config: DemoConfig, data: datasets.DatasetDict, base: Path, jud
                                          reference=model if adapter is None else None, **settings)
         result["generation"] = {"prompt": "Describe the image.", "max_new_tokens": config.max_new_tokens,
                                 "do_sample": False, "examples": records["generations"][:8]}
+        if adapter is None:
+            base_pope = records["pope"]
+        else:
+            result["pope_f1_change"] = pope_f1_change(base_pope, records["pope"], seed=config.seed)
         result["yes_rate_by_question"] = yes_rate_by_kind(model.eval(), processor, data["test"],
                                                           max_images=config.probe_images,
                                                           progress=config.progress)
@@ -204,6 +210,8 @@ def headline(result: dict) -> dict[str, float]:
         "pref_accuracy": preference["logp_accuracy"],
         "reward_accuracy": preference["reward_accuracy"],
         "mean_words": result["length"]["mean_words"],
+        **({"pope_f1_change_ci": [result["pope_f1_change"]["low"], result["pope_f1_change"]["high"]]}
+           if "pope_f1_change" in result else {}),
     }
 
 
@@ -216,6 +224,14 @@ def acceptance_checks(metrics: dict[str, dict]) -> list[tuple[str, bool]]:
         ("recall at most 5 points below the base's", aligned["recall"] >= base["recall"] - 0.05),
         ("POPE F1 not lower than the base's", aligned["pope_f1"] >= base["pope_f1"] - 1e-9),
     ]
+
+
+def pope_change_text(results: dict) -> str:
+    """Each adapter's POPE F1 change from the base with its 95% paired bootstrap interval, as a sentence."""
+    parts = [f"{name} {c['change']:+.3f} (95% interval {c['low']:+.3f} to {c['high']:+.3f})"
+             for name, result in results.items() if (c := result.get("pope_f1_change"))]
+    return ("POPE F1 change from the base, with a paired bootstrap over held-out images: " + "; ".join(parts)
+            + ". An interval that spans 0 means the held-out images cannot tell the change from no change.")
 
 
 def probe_table(results: dict) -> str:
@@ -272,6 +288,7 @@ def write_demo_report(config: DemoConfig, results: dict, timings: dict, runs: Pa
         f"Relative CHAIR_i reduction: {reduction:.0%} (RLAIF-V reports about 80% on LLaVA-1.5).",
         "## Acceptance\n\n" + "\n".join(f"- {'PASS' if ok else 'FAIL'}: {text}"
                                           for text, ok in acceptance_checks(metrics)),
+        pope_change_text(results),
         "## Yes/no answers by kind of question\n\n" + probe_table(results) + "\n\nShare of \"yes\" answers "
         f"when {config.probe_images} held-out images are asked about every colour-shape pair. A perfect model: "
         "1 for present objects, 0 for every other kind; a model that checks only colours says yes to "

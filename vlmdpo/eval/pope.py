@@ -161,3 +161,50 @@ def pope_metrics(predictions: Sequence[str], labels: Sequence[str]) -> dict[str,
         "tn": tn,
         "fn": fn,
     }
+
+
+def _f1(tp, fp, fn):
+    import numpy as np
+
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.nan_to_num(2 * tp / (2 * tp + fp + fn))
+
+
+def pope_f1_change(base_records: Sequence[dict], other_records: Sequence[dict], *, num_resamples: int = 2000,
+                   confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """How much POPE F1 (the mean over splits) changes from ``base_records`` to ``other_records``, with a
+    paired bootstrap interval over images: ``{"change", "low", "high"}``.
+
+    Both are ``pope_eval`` records of the same questions (``strategy``, ``index``, ``object``, ``label``,
+    ``prediction``). Images are resampled with replacement, each carrying all its questions of every split
+    for both models, so the interval reflects which images happened to be held out, not answer noise alone
+    (Efron and Tibshirani 1993, ch. 13). F1 = 2tp / (2tp + fp + fn) per split, then averaged.
+    """
+    import numpy as np
+
+    key = lambda r: (r["strategy"], r["index"], r["object"])  # noqa: E731
+    base = {key(r): r for r in base_records}
+    other = {key(r): r for r in other_records}
+    if base.keys() != other.keys():
+        raise ValueError("the two record sets ask different questions; evaluate both on the same rows and settings")
+    strategies = sorted({k[0] for k in base})
+    images = sorted({k[1] for k in base}, key=str)
+    row_of, split_of = {im: i for i, im in enumerate(images)}, {s: j for j, s in enumerate(strategies)}
+    counts = np.zeros((2, len(images), len(strategies), 3))  # model, image, split, (tp, fp, fn)
+    for k, record in base.items():
+        for m, r in enumerate((record, other[k])):
+            yes, truth = r["prediction"] == "yes", r["label"] == "yes"
+            cell = counts[m, row_of[k[1]], split_of[k[0]]]
+            cell += (yes and truth, yes and not truth, truth and not yes)
+
+    def mean_f1(totals):  # totals (..., splits, 3)
+        return _f1(totals[..., 0], totals[..., 1], totals[..., 2]).mean(-1)
+
+    change = float(mean_f1(counts[1].sum(0)) - mean_f1(counts[0].sum(0)))
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(len(images), np.full(len(images), 1 / len(images)), size=num_resamples)
+    resampled = np.einsum("rn,mnsc->mrsc", weights, counts)
+    changes = mean_f1(resampled[1]) - mean_f1(resampled[0])
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(changes, [tail, 100 - tail])
+    return {"change": change, "low": float(low), "high": float(high)}
