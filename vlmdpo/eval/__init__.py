@@ -13,6 +13,7 @@ from vlmdpo.eval.pope import (
     PopeQuestion,
     build_pope_questions,
     parse_pope_answer,
+    pope_f1_change,
     pope_metrics,
     pope_question_text,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "parse_pope_answer",
     "pluralize",
     "pope_eval",
+    "pope_f1_change",
     "pope_metrics",
     "pope_question_text",
     "preference_fit",
