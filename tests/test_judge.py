@@ -194,3 +194,32 @@ def test_score_needs_one_caption_per_image(trained, held_out):
     judge, _ = trained
     with pytest.raises(ValueError, match="one caption per image"):
         judge.score([held_out[0][0]], ["a red circle.", "a blue square."])
+
+
+def test_hard_negative_loss_worked_out_by_hand():
+    from vlmdpo.judge import clip_loss_with_hard_negatives
+
+    e1, e2 = torch.eye(2)
+    # one image matching its caption (cos 1), its hard negative orthogonal (cos 0), scale 1:
+    # image -> [caption, negative] logits [1, 0]: CE = log(1 + e^-1); caption -> [image] logits [1]: CE = 0
+    loss = clip_loss_with_hard_negatives(e1[None], e1[None], e2[None], torch.tensor(1.0))
+    assert loss.item() == pytest.approx(torch.log1p(torch.exp(torch.tensor(-1.0))).item() / 2, abs=1e-6)
+    # a hard negative as close as the caption makes the image's side a coin flip: CE = log 2
+    loss = clip_loss_with_hard_negatives(e1[None], e1[None], e1[None], torch.tensor(1.0))
+    assert loss.item() == pytest.approx(torch.log(torch.tensor(2.0)).item() / 2, abs=1e-6)
+
+
+def test_training_with_hard_negatives_checks_them_and_saves_a_loadable_judge(tmp_path):
+    rows = make_dataset(64, seed=2)
+    # the hard negative of "a red circle." is the same colour on the other shape
+    negatives = [f"a {r[2]} {'square' if r[3] == 'circle' else 'circle'}." for r in rows]
+    images, captions = [r[0] for r in rows], [r[1] for r in rows]
+    with pytest.raises(ValueError, match="one each"):
+        train_clip_judge(images, captions, tmp_path / "bad", epochs=1, hard_negatives=negatives[:-1], progress=False)
+    judge = train_clip_judge(images, captions, tmp_path / "neg", epochs=1, batch_size=32, seed=0, progress=False,
+                             hard_negatives=negatives)
+    plain = train_clip_judge(images, captions, tmp_path / "plain", epochs=1, batch_size=32, seed=0,
+                             progress=False)
+    scores = judge.score(images[:8], captions[:8])
+    assert not torch.allclose(scores, plain.score(images[:8], captions[:8]))  # the negatives took part
+    torch.testing.assert_close(ClipJudge.load(tmp_path / "neg").score(images[:8], captions[:8]), scores)

@@ -29,6 +29,7 @@ from data_recipes.shapes import (
     objects_in_scene,
     povid_pairs,
     sample_scene,
+    swap_binding,
     swap_shape,
     user_prompt,
     yes_no_questions,
@@ -238,6 +239,15 @@ def test_attribute_questions_read_both_attributes_of_the_same_objects():
     asked = [attribute_question(scene, rng) for _ in range(60)]
     assert {text for text, _ in asked} == set(expected)  # both kinds, about every object
     assert all(answer == expected[text] for text, answer in asked)
+
+
+def test_swap_binding_swaps_colours_between_objects_that_differ_in_both():
+    red_circle, blue_square = (ShapeObject("red", "circle", "small", "top left"),
+                               ShapeObject("blue", "square", "large", "top right"))
+    scene = Scene((red_circle, blue_square))
+    assert swap_binding(scene, random.Random(0)) == "a small blue circle and a large red square."
+    same_colour = Scene((red_circle, ShapeObject("red", "square", "large", "bottom left")))
+    assert swap_binding(same_colour, random.Random(0)) is None
 
 
 def test_dataset_is_deterministic_in_the_seed(shapes_dataset):

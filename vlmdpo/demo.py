@@ -90,6 +90,9 @@ class DemoConfig:
     """Base-model learning rate."""
     judge_epochs: int = 8
     """CLIP judge training epochs."""
+    judge_hard_negatives: bool = False
+    """Train the judge with one binding-swapped caption per image as an extra negative (NegCLIP-style; see
+    ``vlmdpo.judge.clip_loss_with_hard_negatives``). The base model's vision tower starts from the judge's."""
     povid_pairs: int = 1000
     """Ground truth vs hallucination-injected rewrite pairs, one per alignment image from the first."""
     yes_no_images: int = 500
@@ -150,7 +153,7 @@ QUICK = dict(num_train=48, base_images=32, num_test=12, base_steps=4, base_batch
 """Settings of ``vlmdpo demo --quick``: every stage runs, on a few rows and steps (for tests)."""
 
 _DATA_KEYS = ("seed", "num_train", "num_test", "image_size", "noisy_background_fraction")
-_JUDGE_KEYS = _DATA_KEYS + ("judge_epochs", "patch_size", "vision_hidden_size", "vision_layers")
+_JUDGE_KEYS = _DATA_KEYS + ("judge_epochs", "judge_hard_negatives", "patch_size", "vision_hidden_size", "vision_layers")
 _BASE_KEYS = _JUDGE_KEYS + ("base_images", "noisy_caption_fraction", "noisy_questions", "attribute_questions",
                             "question_first", "mixed_precision", "hidden_size",
                             "num_layers", "tie_embeddings", "base_steps", "base_batch_size", "base_lr")

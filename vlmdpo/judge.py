@@ -193,6 +193,21 @@ def _find_model_config(directory: Path) -> Path:
     return configs[0]
 
 
+def clip_loss_with_hard_negatives(image_features: torch.Tensor, text_features: torch.Tensor,
+                                  negative_features: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """CLIP's symmetric contrastive loss with one extra wrong caption per image (NegCLIP, arXiv:2210.01936).
+
+    All features (B, D) are L2-normalised; ``logit_scale`` is the (already exponentiated) temperature.
+    Image i is classified among the B captions and the B hard negatives (B, 2B logits), caption i among the
+    B images, as in ``open_clip.ClipLoss``; the two cross-entropies are averaged.
+    """
+    labels = torch.arange(len(image_features), device=image_features.device)
+    logits_per_image = logit_scale * image_features @ torch.cat([text_features, negative_features]).T
+    logits_per_text = logit_scale * text_features @ image_features.T
+    return (torch.nn.functional.cross_entropy(logits_per_image, labels)
+            + torch.nn.functional.cross_entropy(logits_per_text, labels)) / 2
+
+
 def train_clip_judge(
     images: Sequence[Image.Image],
     captions: Sequence[str],
@@ -206,8 +221,13 @@ def train_clip_judge(
     weight_decay: float = 0.05,
     seed: int = 0,
     progress: bool = True,
+    hard_negatives: Sequence[str] | None = None,
 ) -> ClipJudge:
     """Train an open_clip model from scratch with open_clip's `ClipLoss`, save it to `out_dir`.
+
+    `hard_negatives`, one per caption, are extra wrong captions each image is also scored against (NegCLIP,
+    arXiv:2210.01936): e.g. the caption with colours swapped between two objects, so matching a bag of
+    colour and shape words is not enough.
 
     Meant for tiny configs on the CPU: TINY_CLIP_CONFIG on 2000 64x64 pairs for 8 epochs is about
     30 s of one core. On a busy shared machine call `torch.set_num_threads(1)` first: OpenMP
@@ -235,6 +255,9 @@ def train_clip_judge(
     # Encode the whole set once: the transform is deterministic and the set fits in memory.
     pixels = torch.stack([judge.preprocess(im) for im in images])
     tokens = judge.tokenizer(list(captions))
+    if hard_negatives is not None and len(hard_negatives) != len(captions):
+        raise ValueError(f"got {len(hard_negatives)} hard negatives for {len(captions)} captions; give one each")
+    negative_tokens = None if hard_negatives is None else judge.tokenizer(list(hard_negatives))
 
     # open_clip's training recipe: no weight decay on gains, biases and logit_scale (all < 2-D).
     decay = [p for p in model.parameters() if p.ndim >= 2]
@@ -253,7 +276,11 @@ def train_clip_judge(
         for step in range(steps_per_epoch):
             batch = order[step * batch_size:(step + 1) * batch_size]
             image_features, text_features, logit_scale = model(pixels[batch], tokens[batch])
-            loss = loss_fn(image_features, text_features, logit_scale)
+            if negative_tokens is None:
+                loss = loss_fn(image_features, text_features, logit_scale)
+            else:
+                negative_features = model.encode_text(negative_tokens[batch], normalize=True)
+                loss = clip_loss_with_hard_negatives(image_features, text_features, negative_features, logit_scale)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -147,6 +147,22 @@ def swap_colour(scene: Scene, rng: random.Random) -> str:
     return _swap(scene, rng, "colour")
 
 
+def swap_binding(scene: Scene, rng: random.Random) -> str | None:
+    """Ground-truth caption with the colours of two objects swapped ("a red circle and a blue square" ->
+    "a blue circle and a red square"): the same colours and shapes, bound wrongly. ``None`` when no two
+    objects differ in both colour and shape. A contrastive model that must reject these learns to bind
+    colour to shape, which plain image-caption batches rarely demand (NegCLIP, arXiv:2210.01936)."""
+    pairs = [(i, j) for i, a in enumerate(scene.objects) for j, b in enumerate(scene.objects)
+             if i < j and a.colour != b.colour and a.shape != b.shape]
+    if not pairs:
+        return None
+    i, j = rng.choice(pairs)
+    objects = list(scene.objects)
+    objects[i], objects[j] = (replace(objects[i], colour=objects[j].colour),
+                              replace(objects[j], colour=objects[i].colour))
+    return describe(objects)
+
+
 def insert_object(scene: Scene, rng: random.Random) -> str:
     """Ground-truth caption with one absent object inserted at a random place in the list: the error
     a model pretrained on noisy web captions (``noisy_web_caption``) makes."""
