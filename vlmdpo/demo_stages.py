@@ -294,7 +294,9 @@ def write_demo_report(config: DemoConfig, results: dict, timings: dict, runs: Pa
     reduction = 1 - metrics["aligned"]["chair_i"] / metrics["base"]["chair_i"] if metrics["base"]["chair_i"] else 0
     notes = "\n\n".join([
         "Base: a tiny LLaVA-style VLM trained from scratch on shapes captions, some with an extra absent "
-        "object, and on yes/no questions. Aligned: DPO with LoRA on POVID, yes/no and RLAIF pairs. SFT control: "
+        "object, and on yes/no questions; its vision tower starts from the CLIP judge's"
+        + (", trained with binding-swapped captions as hard negatives." if config.judge_hard_negatives else ".")
+        + " Aligned: DPO with LoRA on POVID, yes/no and RLAIF pairs. SFT control: "
         "LoRA, loss `sft` on the same pairs' chosen responses, same steps. Held-out images; greedy captions.",
         f"Why this loss (`{config.dpo_losses}`, beta {config.beta}, lr {config.dpo_lr}, {config.dpo_steps} "
         "steps): plain sigmoid DPO at lr 5e-4 cut recall from 0.85 to 0.51 on an earlier base, by making "
