@@ -143,11 +143,10 @@ class DemoConfig:
     """Show progress bars."""
 
     def __post_init__(self) -> None:
+        from data_recipes.shapes.question_rows import YES_NO_NEGATIVES
         from vlmdpo.config import mixed_precision_choice
 
         self.mixed_precision = mixed_precision_choice(self.mixed_precision)
-        from data_recipes.shapes.question_rows import YES_NO_NEGATIVES
-
         if self.yes_no_negatives not in YES_NO_NEGATIVES:
             raise ValueError(f"yes_no_negatives={self.yes_no_negatives!r}; choose one of {YES_NO_NEGATIVES}")
         if not 0 < self.base_images < self.num_train:
@@ -161,11 +160,13 @@ QUICK = dict(num_train=48, base_images=32, num_test=12, base_steps=4, base_batch
 """Settings of ``vlmdpo demo --quick``: every stage runs, on a few rows and steps (for tests)."""
 
 _DATA_KEYS = ("seed", "num_train", "num_test", "image_size", "noisy_background_fraction")
-_JUDGE_KEYS = _DATA_KEYS + ("judge_epochs", "judge_hard_negatives", "patch_size", "vision_hidden_size", "vision_layers")
+_JUDGE_KEYS = _DATA_KEYS + ("judge_epochs", "judge_hard_negatives", "patch_size", "vision_hidden_size",
+                            "vision_layers")
 _BASE_KEYS = _JUDGE_KEYS + ("base_images", "noisy_caption_fraction", "noisy_questions", "attribute_questions",
                             "question_first", "mixed_precision", "hidden_size",
                             "num_layers", "tie_embeddings", "base_steps", "base_batch_size", "base_lr")
-_PAIR_KEYS = _BASE_KEYS + ("povid_pairs", "yes_no_images", "yes_no_negatives", "rlaif_images", "rlaif_samples", "rlaif_margin")
+_PAIR_KEYS = _BASE_KEYS + ("povid_pairs", "yes_no_images", "yes_no_negatives", "rlaif_images", "rlaif_samples",
+                           "rlaif_margin")
 
 
 STAGE_VERSIONS = {"data": 2, "judge": 1, "base": 5, "pairs": 7}

@@ -46,25 +46,11 @@ def build_data(config: DemoConfig, cache: Path) -> datasets.DatasetDict:
     return datasets.load_from_disk(str(cache / "dataset"))
 
 
-def binding_negatives(scenes: list[str], seed: int) -> list[str]:
-    """One wrong caption per scene for the judge: colours swapped between two objects (``swap_binding``),
-    or, where no two objects differ in both, one object's colour changed (``swap_colour``)."""
-    import random
-
-    from data_recipes.shapes.captions import swap_binding, swap_colour
-    from data_recipes.shapes.world import Scene
-
-    out = []
-    for index, scene_json in enumerate(scenes):
-        scene, rng = Scene.from_json(scene_json), random.Random(f"binding-{seed}-{index}")
-        out.append(swap_binding(scene, rng) or swap_colour(scene, rng))
-    return out
-
-
 def train_judge(config: DemoConfig, data: datasets.DatasetDict, cache: Path):
     """The CLIP judge: a tiny open_clip model trained contrastively on training images and true captions."""
     import copy
 
+    from data_recipes.shapes import Scene, binding_negatives
     from vlmdpo.judge import TINY_CLIP_CONFIG, ClipJudge, train_clip_judge
 
     if not _done(cache):
@@ -72,7 +58,8 @@ def train_judge(config: DemoConfig, data: datasets.DatasetDict, cache: Path):
         judge_config["vision_cfg"].update(image_size=config.image_size, patch_size=config.patch_size,
                                           width=config.vision_hidden_size, layers=config.vision_layers)
         train = data["train"]
-        negatives = binding_negatives(train["scene"], config.seed) if config.judge_hard_negatives else None
+        negatives = (binding_negatives([Scene.from_json(text) for text in train["scene"]], config.seed)
+                     if config.judge_hard_negatives else None)
         train_clip_judge([row[0] for row in train["images"]], train["caption"], cache, config=judge_config,
                          model_name=f"shapes-judge-{cache.name}", epochs=config.judge_epochs, seed=config.seed,
                          progress=config.progress, hard_negatives=negatives)
@@ -135,7 +122,8 @@ def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judg
         recipes["yes_no"] = yes_no.add_column("source", ["yes_no"] * len(yes_no))
     if config.rlaif_images > 0:
         model, processor = load_model_and_processor(str(base))
-        rlaif = rlaif_pairs(model.to(_device()), processor, judge, last(config.rlaif_images), num_samples=config.rlaif_samples,
+        rlaif = rlaif_pairs(model.to(_device()), processor, judge, last(config.rlaif_images),
+                            num_samples=config.rlaif_samples,
                             margin=config.rlaif_margin, max_new_tokens=config.max_new_tokens, seed=config.seed,
                             progress=config.progress)
         if len(rlaif):

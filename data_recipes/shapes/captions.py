@@ -163,6 +163,17 @@ def swap_binding(scene: Scene, rng: random.Random) -> str | None:
     return describe(objects)
 
 
+def binding_negatives(scenes: Sequence[Scene], seed: int) -> list[str]:
+    """One wrong caption per scene, for a contrastive judge's hard negatives: colours swapped between two
+    objects (``swap_binding``), or, where no two objects differ in both, one object's colour changed
+    (``swap_colour``). Scene i's caption depends only on (seed, i)."""
+    out = []
+    for index, scene in enumerate(scenes):
+        rng = random.Random(f"binding-{seed}-{index}")
+        out.append(swap_binding(scene, rng) or swap_colour(scene, rng))
+    return out
+
+
 def insert_object(scene: Scene, rng: random.Random) -> str:
     """Ground-truth caption with one absent object inserted at a random place in the list: the error
     a model pretrained on noisy web captions (``noisy_web_caption``) makes."""
