@@ -39,7 +39,7 @@ def run_seed(seed: int, out: Path, threads: int, overrides: list[str], reuse_cac
 
 
 def table(results: list[dict]) -> str:
-    from vlmdpo.demo_stages import acceptance_checks
+    from data_recipes.shapes.demo_report import acceptance_checks
 
     head = ("| seed | time | CHAIR_i base -> aligned (control) | cut | recall base -> aligned (control) "
             "| POPE F1 base -> aligned (control) | checks |")
@@ -71,7 +71,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--jobs", type=int, default=1, help="seeds run at once")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per run (default: 2 // jobs)")
     parser.add_argument("--reuse-cache", action="store_true", help="use the normal cache (not a first run)")
-    parser.add_argument("overrides", nargs="*", help="demo key=value settings")
+    parser.add_argument("overrides", nargs="*", help="demo key=value settings, e.g. align.steps=200 (see vlmdpo demo --help)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 """Batched vs one-row-at-a-time generation on the same tiny VLM: python benchmarks/bench_generation.py.
 
 Both runs produce the same greedy responses (checked), so the ratio of their wall times is the speed-up that
-left-padded batching with the KV cache buys. Offline: the model is a random-weight ``vlmdpo.testing`` VLM.
+left-padded batching with the KV cache buys. Offline: the model is a random-weight ``vlmdpo.tiny_models`` VLM.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> float:
 
     from vlmdpo.eval.generation import generate_responses
     from vlmdpo.modeling import load_model_and_processor
-    from vlmdpo.testing import tiny_vlm
+    from vlmdpo.tiny_models import tiny_vlm
 
     torch.set_num_threads(args.threads)
     model, processor = load_model_and_processor(tiny_vlm(args.family))

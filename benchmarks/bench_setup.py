@@ -43,7 +43,7 @@ def build_model(folder: Path, scale: str, image_tokens: int, seed: int = 0) -> P
         LlavaProcessor,
     )
 
-    from vlmdpo.testing import LLAVA_CHAT_TEMPLATE, train_tokenizer
+    from vlmdpo.tiny_models import LLAVA_CHAT_TEMPLATE, train_tokenizer
 
     size = SCALES[scale]
     pixels = image_size(image_tokens)
@@ -91,7 +91,7 @@ def build_pairs(folder: Path, processor, image_tokens: int, num_pairs: int, seed
     import numpy as np
     from PIL import Image
 
-    from vlmdpo.testing import _CORPUS
+    from vlmdpo.tiny_models import _CORPUS
 
     rng = random.Random(seed)
     vocabulary = sorted(set(_CORPUS.replace(".", " ").replace(",", " ").replace("?", " ").split()))

@@ -4,7 +4,7 @@
 #
 #   bash benchmarks/sweep_recipes.sh OUT_DIR [RECIPES_FILE]
 #
-# RECIPES_FILE has one recipe per line: a name, then demo key=value settings (default: the list below).
+# RECIPES_FILE has one recipe per line: a name, then demo key=value settings (e.g. base.steps=2000) (default: the list below).
 # SEEDS (default "0 1 2") picks the seeds. Each recipe writes OUT_DIR/NAME.txt (the bench table) and
 # OUT_DIR/NAME/ (a report per seed). Wall times are only comparable between runs that shared the machine.
 set -u
@@ -13,9 +13,9 @@ recipes=${2:-}
 seeds=${SEEDS:-"0 1 2"}
 mkdir -p "$out"
 default_recipes="default
-attr attribute_questions=true
-attr_noisyq attribute_questions=true noisy_questions=true
-patch8_noisyq patch_size=8 noisy_questions=true"
+plain_judge judge.hard_negatives=false
+patch8 judge.patch_size=8
+deeper base.num_layers=4"
 list=$( [ -n "$recipes" ] && cat "$recipes" || echo "$default_recipes" )
 jobs=$(echo $seeds | wc -w)
 while read -r name settings; do

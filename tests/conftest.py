@@ -44,7 +44,7 @@ def end_of_turn(family):
 @pytest.fixture(scope="session")
 def tiny_model_dir(family, vlmdpo_cache):
     """Folder of the tiny model of ``family``, loadable with ``from_pretrained`` (built once a session)."""
-    from vlmdpo.testing import tiny_vlm
+    from vlmdpo.tiny_models import tiny_vlm
 
     return tiny_vlm(family)
 

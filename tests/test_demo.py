@@ -58,9 +58,9 @@ def test_second_run_reuses_cached_stages(quick_demo, capsys):
 
 
 def test_open_clip_vision_tower_maps_exactly_onto_llava(tmp_path):
-    from vlmdpo.judge import TINY_CLIP_CONFIG, ClipJudge
-
     from data_recipes.shapes.base_model import build_base_vlm
+    from data_recipes.shapes.judge import TINY_CLIP_CONFIG
+    from vlmdpo.judge import ClipJudge
 
     config = copy.deepcopy(TINY_CLIP_CONFIG)
     config["vision_cfg"].update(patch_size=16)
@@ -70,7 +70,7 @@ def test_open_clip_vision_tower_maps_exactly_onto_llava(tmp_path):
     open_clip.add_model_config(str(tmp_path / "map-test-clip.json"))
     judge = ClipJudge.from_pretrained("map-test-clip")
     model, processor = build_base_vlm(judge, hidden_size=32, num_layers=1)
-    pixels = torch.randn(3, 3, 64, 64)
+    pixels = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         expected = judge.model.encode_image(pixels)
         tower = model.model.vision_tower.eval()
@@ -81,14 +81,57 @@ def test_open_clip_vision_tower_maps_exactly_onto_llava(tmp_path):
 
 
 def test_a_stage_version_bump_invalidates_that_stage_and_every_later_one(monkeypatch):
-    from vlmdpo import demo
+    from data_recipes.shapes import demo
+
+    before = demo.stage_keys(demo.DemoConfig())
+    monkeypatch.setitem(demo.STAGE_VERSIONS, "base", demo.STAGE_VERSIONS["base"] + 1)
+    after = demo.stage_keys(demo.DemoConfig())
+    assert [stage for stage in demo.CACHED_STAGES if before[stage] != after[stage]] == ["base", "pairs"]
+
+
+def _changed(value):
+    """A different value of the same type (for every settings field of the demo)."""
+    if isinstance(value, bool):
+        return not value
+    if isinstance(value, (int, float)):
+        return value + 1
+    if isinstance(value, list):
+        return value[:-1]
+    return value + "x"
+
+
+@pytest.mark.parametrize("stage", ["data", "judge", "base", "pairs"])
+def test_every_setting_of_a_stage_is_in_its_key_and_every_later_ones(stage):
+    """The stage keys hash whole settings objects: changing any field of a stage's settings (say
+    pairs.rlaif_max_new_tokens, which a hand-kept key list once missed) redoes that stage and the later ones,
+    and leaves the earlier ones cached."""
+    from dataclasses import fields, replace
+
+    from data_recipes.shapes import demo
 
     config = demo.DemoConfig()
-    keys = {"data": demo._DATA_KEYS, "judge": demo._JUDGE_KEYS, "base": demo._BASE_KEYS, "pairs": demo._PAIR_KEYS}
-    before = {stage: demo._key(config, names, stage) for stage, names in keys.items()}
-    monkeypatch.setitem(demo.STAGE_VERSIONS, "base", demo.STAGE_VERSIONS["base"] + 1)
-    after = {stage: demo._key(config, names, stage) for stage, names in keys.items()}
-    assert [stage for stage in keys if before[stage] != after[stage]] == ["base", "pairs"]
+    before = demo.stage_keys(config)
+    settings = getattr(config, stage)
+    later = demo.CACHED_STAGES[demo.CACHED_STAGES.index(stage):]
+    assert fields(settings)
+    for f in fields(settings):
+        changed = replace(config, **{stage: replace(settings, **{f.name: _changed(getattr(settings, f.name))})})
+        after = demo.stage_keys(changed)
+        assert [s for s in demo.CACHED_STAGES if before[s] != after[s]] == list(later), f"{stage}.{f.name}"
+
+
+def test_run_wide_settings_are_in_every_key_and_report_settings_in_none():
+    from dataclasses import replace
+
+    from data_recipes.shapes import demo
+
+    config = demo.DemoConfig()
+    keys = demo.stage_keys(config)
+    for name, value in (("seed", 1), ("mixed_precision", "no")):
+        changed = demo.stage_keys(replace(config, **{name: value}))
+        assert all(changed[s] != keys[s] for s in demo.CACHED_STAGES), name
+    for name, value in (("out", "elsewhere"), ("progress", False)):
+        assert demo.stage_keys(replace(config, **{name: value})) == keys, name
 
 
 def test_yes_no_pairs_choose_the_true_answer_and_ask_about_popular_absent_objects():
@@ -113,33 +156,17 @@ def test_yes_no_pairs_choose_the_true_answer_and_ask_about_popular_absent_object
     assert sum(rank < 3 for rank in ranks) > 2 * sum(rank >= 12 for rank in ranks)
 
 
-def test_caption_questions_repeat_what_each_noisy_caption_claims():
-    from data_recipes.shapes import build_shapes_dataset, caption_sft_rows, mentioned_objects
-    from vlmdpo.data import response_text
-    from data_recipes.shapes.question_rows import caption_questions
-
-    split = build_shapes_dataset(seed=1, num_train=10, num_test=0, image_size=16)["train"]
-    captions = caption_sft_rows(split, noisy_fraction=0.5, seed=0)
-    questions = caption_questions(captions, seed=0)
-    noisy = [row for row in captions if row["is_noisy"]]
-    assert len(questions) == 2 * len(noisy) == 10  # a yes and a no per noisy caption, none for clean ones
-    for row, yes, no in zip(noisy, questions.select(range(0, 10, 2)), questions.select(range(1, 10, 2))):
-        extra = [name for name in mentioned_objects(response_text(row["completion"])) if name not in row["objects"]]
-        assert yes["prompt"] == f"Is there a {extra[0]} in the image?" and yes["completion"] == "Yes."
-        asked = no["prompt"].removeprefix("Is there a ").removesuffix(" in the image?")
-        assert no["completion"] == "No." and asked not in row["objects"] and asked != extra[0]
-
-
 def test_pairs_need_at_least_one_recipe(tmp_path):
     from data_recipes.shapes import build_shapes_dataset
-    from vlmdpo.demo import load_config
-    from vlmdpo.demo_stages import build_pairs
+    from data_recipes.shapes.demo import load_config
+    from data_recipes.shapes.stages import build_pairs
 
     data = build_shapes_dataset(seed=0, num_train=12, num_test=0, image_size=32)
-    config = load_config(["num_train=12", "base_images=8", "povid_pairs=0", "yes_no_images=0", "rlaif_images=0"])
+    small = ["data.num_train=12", "base.images=8", "pairs.povid_pairs=0", "pairs.rlaif_images=0"]
+    config = load_config(small + ["pairs.yes_no_images=0"])
     with pytest.raises(ValueError, match="set at least one above 0"):
         build_pairs(config, data, None, None, tmp_path)
-    config = load_config(["num_train=12", "base_images=8", "povid_pairs=0", "rlaif_images=0"])
+    config = load_config(small)
     pairs = datasets.load_from_disk(str(build_pairs(config, data, None, None, tmp_path)))
     assert set(pairs["source"]) == {"yes_no"} and len(pairs) == 8  # 4 alignment images, 2 questions each
 
@@ -147,7 +174,7 @@ def test_pairs_need_at_least_one_recipe(tmp_path):
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 def test_tied_embeddings_share_one_matrix_and_survive_save_and_load(family, tmp_path):
     from vlmdpo.modeling import load_model_and_processor
-    from vlmdpo.testing import build_tiny_vlm
+    from vlmdpo.tiny_models import build_tiny_vlm
 
     model, processor = build_tiny_vlm(family, tie_word_embeddings=True)
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight
@@ -160,32 +187,9 @@ def test_tied_embeddings_share_one_matrix_and_survive_save_and_load(family, tmp_
     assert untied.get_output_embeddings().weight is not untied.get_input_embeddings().weight
 
 
-def test_question_first_template_puts_the_image_after_the_question_and_keeps_the_answer_mask():
-    from data_recipes.shapes.base_model import QUESTION_FIRST_CHAT_TEMPLATE
-    from PIL import Image
-
-    from vlmdpo.collator import PreferenceCollator
-    from vlmdpo.data import normalize_row
-    from vlmdpo.testing import build_tiny_vlm
-
-    _, processor = build_tiny_vlm("llava", image_size=32, patch_size=16)
-    processor.chat_template = QUESTION_FIRST_CHAT_TEMPLATE
-    row = normalize_row({"images": [Image.new("RGB", (32, 32))], "prompt": "Is there a red circle in the image?",
-                         "chosen": "Yes.", "rejected": "No."}, 0)
-    batch = PreferenceCollator(processor)([row])
-    tokenizer = processor.tokenizer
-    prompt = tokenizer.decode(batch["prompt_input_ids"][0])
-    assert prompt.index("circle") < prompt.index("<image>")
-    image_id = tokenizer.convert_tokens_to_ids("<image>")
-    assert int((batch["prompt_input_ids"][0] == image_id).sum()) == 4  # (32 / 16) ** 2 image tokens
-    for field, text in (("chosen", "Yes."), ("rejected", "No.")):
-        ids, mask = batch[f"{field}_input_ids"][0], batch[f"{field}_completion_mask"][0].bool()
-        assert tokenizer.decode(ids[mask]).replace(" ", "").startswith(text)
-
-
 def test_mixed_precision_no_survives_yaml_reading_it_as_false():
     from vlmdpo.config import load_config
-    from vlmdpo.demo import load_config as load_demo_config
+    from data_recipes.shapes.demo import load_config as load_demo_config
 
     assert load_config(None, ["train.mixed_precision=no"]).train.mixed_precision == "no"
     assert load_demo_config(["mixed_precision=no"]).mixed_precision == "no"
@@ -193,22 +197,8 @@ def test_mixed_precision_no_survives_yaml_reading_it_as_false():
         load_config(None, ["train.mixed_precision=fp8"])
 
 
-def test_same_colour_yes_no_pairs_ask_about_an_absent_object_sharing_a_present_colour():
-    from data_recipes.shapes import Scene, build_shapes_dataset
-    from data_recipes.shapes.question_rows import yes_no_pairs
-    from vlmdpo.demo import load_config
+def test_base_images_must_leave_alignment_images():
+    from data_recipes.shapes.demo import load_config
 
-    split = build_shapes_dataset(seed=2, num_train=20, num_test=0, image_size=16)["train"]
-    pairs = yes_no_pairs(split, seed=0, negatives="same_colour")
-    shared = 0
-    for i, scene_json in enumerate(split["scene"]):
-        scene = Scene.from_json(scene_json)
-        absent = pairs[2 * i + 1]["prompt"].removeprefix("Is there a ").removesuffix(" in the image?")
-        assert pairs[2 * i + 1]["chosen"] == "No." and absent not in scene.names
-        colours = {o.colour for o in scene.objects}
-        if any(c in colours for c, _ in scene.absent_pairs()):  # else a popular object is asked about
-            assert absent.split()[0] in colours
-            shared += 1
-    assert shared >= 15  # nearly every scene has an absent object of a present colour
-    with pytest.raises(ValueError, match="choose one of"):
-        load_config(["yes_no_negatives=adversarial"])
+    with pytest.raises(ValueError, match="base.images=48 must be between 0 and data.num_train=48"):
+        load_config(["data.num_train=48", "base.images=48"])

@@ -8,7 +8,7 @@ from vlmdpo.collator import PreferenceCollator
 from vlmdpo.data import PreferenceDataset
 from vlmdpo.eval.generation import generate_responses, with_prompt
 from vlmdpo.modeling import apply_lora, load_model_and_processor
-from vlmdpo.testing import tiny_vlm
+from vlmdpo.tiny_models import tiny_vlm
 
 
 @pytest.fixture(scope="module")

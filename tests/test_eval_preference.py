@@ -9,7 +9,7 @@ from vlmdpo.data import PreferenceDataset
 from vlmdpo.eval.preference import preference_fit
 from vlmdpo.logps import completion_logps
 from vlmdpo.modeling import apply_lora, load_model_and_processor
-from vlmdpo.testing import tiny_vlm
+from vlmdpo.tiny_models import tiny_vlm
 
 
 @pytest.fixture(scope="module")

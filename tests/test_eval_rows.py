@@ -40,9 +40,11 @@ def test_a_row_without_prompt_needs_a_default(jsonl):
 
 def test_vocabularies(tmp_path):
     assert "dog" in load_vocabulary("coco").names
-    assert load_vocabulary("shapes").canonical("red circles") == "red circle"
+    assert load_vocabulary("data_recipes.shapes:SHAPES_VOCABULARY").canonical("red circles") == "red circle"
     path = tmp_path / "mine.json"
     path.write_text(json.dumps({"widget": ["gadget"]}))
     assert load_vocabulary(str(path)).canonical("gadgets") == "widget"
-    with pytest.raises(ValueError, match="neither coco, shapes"):
+    with pytest.raises(ValueError, match="neither coco, an existing json file"):
         load_vocabulary("imagenet")
+    with pytest.raises(ValueError, match="cannot import NOPE from data_recipes.shapes"):
+        load_vocabulary("data_recipes.shapes:NOPE")

@@ -15,7 +15,7 @@ from vlmdpo.eval import runner
 from vlmdpo.eval.config import EvalConfig, load_eval_config
 from vlmdpo.eval.runner import evaluate, resolve_checkpoints
 from vlmdpo.eval.store import eval_settings, settings_hash
-from vlmdpo.judge import TINY_CLIP_CONFIG
+from data_recipes.shapes.judge import TINY_CLIP_CONFIG
 from vlmdpo.merge import merge_adapter
 from vlmdpo.train import train
 
@@ -40,7 +40,7 @@ def workspace(tmp_path_factory):
         "data": {"source": str(root / "heldout")},
         "generation": {"max_new_tokens": 6, "batch_size": 8},
         "pope": {"strategies": ["random", "adversarial"], "questions_per_image": 2, "max_new_tokens": 3},
-        "vocabulary": "shapes", "clip": {"model": "eval-runner-clip"},
+        "vocabulary": "data_recipes.shapes:SHAPES_VOCABULARY", "clip": {"model": "eval-runner-clip"},
         "metrics": ["preference", "chair", "pope", "clipscore", "length"], "progress": False,
     }
     (root / "eval.yaml").write_text(yaml.safe_dump(config))
@@ -145,9 +145,9 @@ def test_resolve_checkpoints(tmp_path):
 
 
 def test_config_validation_and_settings_hash(tmp_path):
-    config = load_eval_config(None, ["generation.max_new_tokens=12", "checkpoints=[x]", "vocabulary=shapes"])
+    config = load_eval_config(None, ["generation.max_new_tokens=12", "checkpoints=[x]", "vocabulary=data_recipes.shapes:SHAPES_VOCABULARY"])
     assert config.generation.max_new_tokens == 12 and config.checkpoints == ["x"]
-    other = load_eval_config(None, ["generation.max_new_tokens=13", "checkpoints=[x]", "vocabulary=shapes"])
+    other = load_eval_config(None, ["generation.max_new_tokens=13", "checkpoints=[x]", "vocabulary=data_recipes.shapes:SHAPES_VOCABULARY"])
     assert settings_hash(eval_settings(config, "b")) != settings_hash(eval_settings(other, "b"))
     assert settings_hash(eval_settings(config, "b")) == settings_hash(eval_settings(config, "b"))
 
@@ -155,7 +155,7 @@ def test_config_validation_and_settings_hash(tmp_path):
 def test_a_metrics_version_bump_changes_the_settings_hash(monkeypatch):
     from vlmdpo.eval import store
 
-    config = load_eval_config(None, ["checkpoints=[x]", "vocabulary=shapes"])
+    config = load_eval_config(None, ["checkpoints=[x]", "vocabulary=data_recipes.shapes:SHAPES_VOCABULARY"])
     before = settings_hash(eval_settings(config, "b"))
     monkeypatch.setattr(store, "METRICS_VERSION", store.METRICS_VERSION + 1)
     assert settings_hash(eval_settings(config, "b")) != before

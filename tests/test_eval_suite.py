@@ -12,9 +12,10 @@ from vlmdpo.eval import ObjectVocabulary, pope_metrics, suite
 from vlmdpo.eval.during_training import evaluate_during_training
 from vlmdpo.eval.preference import preference_fit
 from vlmdpo.eval.report import comparison_tables
-from vlmdpo.judge import TINY_CLIP_CONFIG, ClipJudge
+from data_recipes.shapes.judge import TINY_CLIP_CONFIG
+from vlmdpo.judge import ClipJudge
 from vlmdpo.modeling import apply_lora, load_model_and_processor
-from vlmdpo.testing import tiny_vlm
+from vlmdpo.tiny_models import tiny_vlm
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +121,7 @@ def test_evaluate_during_training(llava, rows):
         policy.train()
         torch.manual_seed(5)
         state = torch.get_rng_state()
-        metrics = evaluate_during_training(policy, processor, rows, beta=0.2, vocabulary="shapes",
+        metrics = evaluate_during_training(policy, processor, rows, beta=0.2, vocabulary="data_recipes.shapes:SHAPES_VOCABULARY",
                                            max_new_tokens=4, prompt="Describe the image.")
         assert policy.training and torch.equal(torch.get_rng_state(), state)
         assert set(metrics) == {f"eval/{k}" for k in (
@@ -134,6 +135,6 @@ def test_evaluate_during_training(llava, rows):
         assert set(plain) == {f"val/{k}" for k in ("rewards/accuracies", "rewards/margins", "rewards/chosen",
                                                     "rewards/rejected", "logps/chosen", "logps/rejected")}
         with pytest.raises(ValueError, match="object lists"):
-            evaluate_during_training(policy, processor, rows, vocabulary="shapes", objects=[["red circle"]])
+            evaluate_during_training(policy, processor, rows, vocabulary="data_recipes.shapes:SHAPES_VOCABULARY", objects=[["red circle"]])
     finally:
         policy.unload()

@@ -1,4 +1,5 @@
-"""Tests for vlmdpo.judge: a tiny open_clip judge trained on the CPU on solid-colour shapes.
+"""Tests for vlmdpo.judge (ClipJudge: scoring, saving, loading) and the shapes world's judge trainer
+(data_recipes.shapes.judge): a tiny open_clip judge trained on the CPU on solid-colour shapes.
 
 The judge is trained once per module (64 steps, ~10 s of one core) and shared by the tests.
 """
@@ -13,14 +14,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
-from vlmdpo.judge import (
-    HUB_CONFIG_NAME,
-    TINY_CLIP_CONFIG,
-    TINY_CLIP_NAME,
-    WEIGHTS_NAME,
-    ClipJudge,
-    train_clip_judge,
-)
+from data_recipes.shapes.judge import TINY_CLIP_CONFIG, TINY_CLIP_NAME, train_clip_judge
+from vlmdpo.judge import HUB_CONFIG_NAME, WEIGHTS_NAME, ClipJudge
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (230, 200, 20)}
 SHAPES = ("circle", "square")
@@ -197,7 +192,7 @@ def test_score_needs_one_caption_per_image(trained, held_out):
 
 
 def test_hard_negative_loss_worked_out_by_hand():
-    from vlmdpo.judge import clip_loss_with_hard_negatives
+    from data_recipes.shapes.judge import clip_loss_with_hard_negatives
 
     e1, e2 = torch.eye(2)
     # one image matching its caption (cos 1), its hard negative orthogonal (cos 0), scale 1:

@@ -9,6 +9,8 @@ from vlmdpo.collator import PreferenceCollator
 from vlmdpo.data import normalize_row
 from vlmdpo.logps import completion_logps, selective_log_softmax
 
+from helpers import LONGER, ONE_IMAGE, SHORT, rows_from
+
 
 def close(actual, expected, tol=1e-5):
     torch.testing.assert_close(actual, expected, rtol=tol, atol=tol)
@@ -35,25 +37,6 @@ def reference_logps(model, batch, field):
     per_token = predicted.gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
     per_token = per_token * batch[f"{field}_completion_mask"]
     return per_token.sum(1), per_token
-
-
-def rows_from(images, specs):
-    rows = []
-    for index, (names, prompt, chosen, rejected) in enumerate(specs):
-        raw = {"images": [images[n] for n in names], "prompt": prompt, "chosen": chosen, "rejected": rejected}
-        rows.append({**normalize_row(raw, index), "index": index})
-    return rows
-
-
-SHORT = ([], "is there a dog?", "no.", "yes.")
-ONE_IMAGE = (["square"], "describe the image.", "a large red circle.", "a small blue square.")
-LONGER = [  # longer prompts, more and larger images, longer responses
-    (["wide", "tall"], "what is in the picture? answer the question with yes or no, then describe the image.",
-     "yes. a large red circle, a small blue square and a green triangle.",
-     "no. the image shows a cat sitting on a table next to a cup of coffee."),
-    (["tall", "square", "tiny"], "describe the image. what is in the picture?",
-     "a man rides a bicycle down the street.", "a train at the station."),
-]
 
 
 @pytest.fixture

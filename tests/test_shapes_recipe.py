@@ -17,7 +17,6 @@ from data_recipes.shapes import (
     Scene,
     ShapeObject,
     applicable_hallucinations,
-    attribute_question,
     build_shapes_dataset,
     caption,
     caption_sft_rows,
@@ -227,20 +226,6 @@ def _image_bytes(split):
     return [images[0]["bytes"] for images in raw["images"]]
 
 
-def test_attribute_questions_read_both_attributes_of_the_same_objects():
-    scene = Scene((ShapeObject("red", "circle", "small", "top left"),
-                   ShapeObject("red", "square", "large", "top right"),
-                   ShapeObject("blue", "circle", "large", "bottom left")))
-    expected = {"what shape is the red object?": "A circle and a square.",
-                "what shape is the blue object?": "A circle.",
-                "what colour is the circle?": "Red and blue.",
-                "what colour is the square?": "Red."}
-    rng = random.Random(0)
-    asked = [attribute_question(scene, rng) for _ in range(60)]
-    assert {text for text, _ in asked} == set(expected)  # both kinds, about every object
-    assert all(answer == expected[text] for text, answer in asked)
-
-
 def test_swap_binding_swaps_colours_between_objects_that_differ_in_both():
     red_circle, blue_square = (ShapeObject("red", "circle", "small", "top left"),
                                ShapeObject("blue", "square", "large", "top right"))
@@ -342,7 +327,7 @@ def test_probe_rows_ask_every_pair_once_per_image(shapes_dataset):
 
 def test_yes_rate_by_kind_runs_a_real_model(shapes_dataset):
     from data_recipes.shapes.yes_no_probe import KINDS, yes_rate_by_kind
-    from vlmdpo.testing import build_tiny_vlm
+    from vlmdpo.tiny_models import build_tiny_vlm
 
     model, processor = build_tiny_vlm("llava", image_size=64, patch_size=16)
     rates = yes_rate_by_kind(model.eval(), processor, shapes_dataset["test"], max_images=2, progress=False)

@@ -227,7 +227,7 @@ def test_eval_during_training_is_logged_with_the_training_metrics(tiny_model_dir
 
     out = tmp_path / "run"
     train(load_config(None, overrides(tiny_model_dir, pairs_dir, out, max_steps=2, eval_steps=1,
-                                      eval_vocabulary="shapes", eval_max_new_tokens=8)
+                                      eval_vocabulary="data_recipes.shapes:SHAPES_VOCABULARY", eval_max_new_tokens=8)
                       + [f"data.eval={pairs_dir}", "data.eval_max_rows=4"]))
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in records if "eval/rewards/accuracies" in r]

@@ -35,13 +35,13 @@ def _merge(args) -> None:
 
 
 def _tiny_model(args) -> None:
-    from vlmdpo.testing import tiny_vlm
+    from vlmdpo.tiny_models import tiny_vlm
 
     print(tiny_vlm(args.family, path=args.out, image_size=args.image_size))
 
 
 def _demo(args) -> None:
-    from vlmdpo.demo import run_demo
+    from data_recipes.shapes.demo import run_demo  # the recipe, loaded only when asked for
 
     run_demo(args.out, quick=args.quick, overrides=args.overrides)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from omegaconf import OmegaConf
 
-from vlmdpo.losses import LOSSES, MPO
+from vlmdpo.losses import CHOSEN_ONLY, LOSSES, MPO, REFERENCE_FREE
 
 LOSS_PRESETS = {"dpo": "sigmoid", "mpo": "+".join(f"{name}:{weight}" for name, weight in MPO)}
 
@@ -25,7 +25,7 @@ LOSS_PRESETS = {"dpo": "sigmoid", "mpo": "+".join(f"{name}:{weight}" for name, w
 class ModelConfig:
     name_or_path: str = "tiny:llava"
     """Hub name or local folder of an ``AutoModelForImageTextToText`` model; ``tiny:<family>`` builds a
-    random-weight tiny model (``vlmdpo.testing``) for offline runs."""
+    random-weight tiny model (``vlmdpo.tiny_models``: llava, qwen2_vl) for offline runs."""
     dtype: str = "float32"
     """Weights dtype: float32, bfloat16 or float16."""
     finetune: str = "lora"
@@ -106,6 +106,17 @@ class LossConfig:
             pairs.append((name, float(weight) if weight else 1.0))
         return pairs
 
+    @property
+    def needs_reference(self) -> bool:
+        """False when every loss in the spec is reference-free (SFT, SimPO): the reference pass is skipped."""
+        return not {name for name, _ in self.weighted()} <= REFERENCE_FREE
+
+    @property
+    def responses(self) -> tuple[str, ...]:
+        """``("chosen",)`` when every loss reads only the chosen response (SFT), else both."""
+        names = {name for name, _ in self.weighted()}
+        return ("chosen",) if names <= CHOSEN_ONLY else ("chosen", "rejected")
+
     def __post_init__(self):
         self.weighted()
         if self.beta <= 0:
@@ -149,7 +160,7 @@ class TrainConfig:
     eval_steps: int = 0
     """Evaluate on ``data.eval`` every N steps and at the end (0: never)."""
     eval_vocabulary: str | None = None
-    """With an object vocabulary (coco, shapes or a json file) the evaluation also generates captions and
+    """With an object vocabulary (coco, a json file or ``package.module:NAME``) the evaluation also generates captions and
     scores CHAIR; the held-out rows then need an ``objects`` column."""
     eval_max_new_tokens: int = 32
     """Caption length limit of the in-training evaluation."""

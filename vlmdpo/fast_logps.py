@@ -15,17 +15,11 @@ import torch
 
 from vlmdpo.lm_head import head_logps
 from vlmdpo.logps import completion_logps, selective_log_softmax
-from vlmdpo.modeling import _part_of
+from vlmdpo.modeling import _part_of, hf_model
 from vlmdpo.packing import PackedPairs, pack_pairs
 from vlmdpo.tree_attention import LAYOUT_KWARG, SUPPORTED_ATTENTION, install_tree_attention, placeholder_mask
 
 FORWARD_PATHS = ("auto", "fast", "plain")
-
-
-def hf_model(model):
-    """The ``transformers`` model inside DDP / accelerate and ``peft`` wrappers."""
-    model = getattr(model, "module", model)
-    return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
 def shares_image_features(model) -> bool:
@@ -94,7 +88,7 @@ def packed_completion_logps(model, packed: PackedPairs, features: dict | None = 
     return out
 
 
-def fast_completion_logps(model, batch: dict, pad_token_id: int | None = None) -> dict[str, torch.Tensor]:
+def fast_completion_logps(model, batch: dict) -> dict[str, torch.Tensor]:
     """``completion_logps`` by the fast path, for one model (``pack_pairs`` + ``packed_completion_logps``)."""
     return packed_completion_logps(model, pack_pairs(model, batch), image_features(model, batch["vision_inputs"]))
 
@@ -125,7 +119,7 @@ def parity_problem(model, batch: dict, pad_token_id: int) -> str | None:
     model.eval()
     try:
         with torch.no_grad():
-            fast = fast_completion_logps(model, batch, pad_token_id)["per_token_logps"]
+            fast = fast_completion_logps(model, batch)["per_token_logps"]
             plain = completion_logps(model, batch, pad_token_id)["per_token_logps"]
     finally:
         model.train(was_training)

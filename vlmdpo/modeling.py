@@ -21,6 +21,22 @@ _PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector", "mm_projecto
 PART_CHOICES = ("language", "projector", "vision")
 
 
+def resolve_model_path(name_or_path: str) -> str:
+    """``tiny:<family>`` names a cached random-weight model built by ``vlmdpo.tiny_models``; anything else is
+    a hub name or a local folder and is returned as it is."""
+    if name_or_path.startswith("tiny:"):
+        from vlmdpo.tiny_models import tiny_vlm
+
+        return tiny_vlm(name_or_path.split(":", 1)[1])
+    return name_or_path
+
+
+def hf_model(model):
+    """The ``transformers`` model inside DDP / accelerate and ``peft`` wrappers."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
 def load_model_and_processor(name_or_path: str, dtype: str | torch.dtype = "float32",
                              attn_implementation: str | None = None, revision: str | None = None):
     """``AutoModelForImageTextToText`` and ``AutoProcessor`` from a hub name or a local folder."""

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from vlmdpo.logps import response_fields
+from vlmdpo.modeling import hf_model
 from vlmdpo.tree_attention import PairLayout
 
 
@@ -55,8 +56,6 @@ class PackedPairs:
 
 def _rope_index_fn(model):
     """The base model's ``get_rope_index`` (M-RoPE models), or ``None`` for 1-D positions."""
-    from vlmdpo.fast_logps import hf_model
-
     base = hf_model(model)
     body = getattr(base, "model", base)
     return getattr(body, "get_rope_index", None)
@@ -84,11 +83,10 @@ def prompt_positions(model, batch: dict, extra: int) -> torch.Tensor:
     return positions
 
 
-def pack_pairs(model, batch: dict, pad_token_id: int | None = None) -> PackedPairs:
+def pack_pairs(model, batch: dict) -> PackedPairs:
     """Pack ``batch`` (from ``PreferenceCollator``) for ``fast_logps.packed_completion_logps``.
 
-    ``model`` is asked only for positions (see ``prompt_positions``); ``pad_token_id`` is unused (nothing is
-    padded) and accepted for symmetry with ``completion_logps``.
+    ``model`` is asked only for positions (see ``prompt_positions``); nothing is padded.
     """
     fields = response_fields(batch)
     prompt_ids, prompt_mask = batch["prompt_input_ids"], batch["prompt_attention_mask"]

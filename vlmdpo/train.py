@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 from pathlib import Path
 
 import torch
@@ -17,20 +16,19 @@ from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
+from vlmdpo.checkpoints import latest_checkpoint, read_state, save_checkpoint
 from vlmdpo.collator import PreferenceCollator
 from vlmdpo.config import Config, save_config
 from vlmdpo.data import PreferenceDataset, load_preference_dataset
-from vlmdpo.fast_logps import choose_forward_path, packed_completion_logps, shared_image_features
-from vlmdpo.logps import completion_logps
-from vlmdpo.packing import pack_pairs, padding_stats
+from vlmdpo.fast_logps import choose_forward_path
+from vlmdpo.modeling import (
+    apply_lora, frozen_copy, load_model_and_processor, reference_mode, resolve_model_path,
+)
 from vlmdpo.reference_cache import (
     ReferenceLogps, cache_key, compute_reference_logps, default_cache_dir, load_or_compute, processor_fingerprint,
     weights_fingerprint,
 )
-from vlmdpo.losses import CHOSEN_ONLY, REFERENCE_FREE, combined_loss, rewards
-from vlmdpo.modeling import apply_lora, frozen_copy, load_model_and_processor, reference_mode
-
-STATE_FILE = "trainer_state.json"
+from vlmdpo.step import dpo_step, logps_function
 
 
 class EpochShuffleSampler(Sampler):
@@ -50,29 +48,6 @@ class EpochShuffleSampler(Sampler):
         return iter(torch.randperm(self.size, generator=generator).tolist())
 
 
-def resolve_model_path(name_or_path: str) -> str:
-    """``tiny:<family>`` names a cached random-weight model built by ``vlmdpo.testing``."""
-    if name_or_path.startswith("tiny:"):
-        from vlmdpo.testing import tiny_vlm
-
-        return tiny_vlm(name_or_path.split(":", 1)[1])
-    return name_or_path
-
-
-def _loss_names(config: Config) -> set[str]:
-    return {name for name, _ in config.loss.weighted()}
-
-
-def needs_reference(config: Config) -> bool:
-    """False when every loss component is reference-free (SFT, SimPO): the reference pass is skipped."""
-    return not _loss_names(config) <= REFERENCE_FREE
-
-
-def response_columns(config: Config) -> tuple[str, ...]:
-    """``("chosen",)`` when only chosen-only losses (SFT) are used, else ``("chosen", "rejected")``."""
-    return ("chosen",) if _loss_names(config) <= CHOSEN_ONLY else ("chosen", "rejected")
-
-
 def build_policy(config: Config):
     """Load the model and processor; return ``(policy, reference_or_None, processor)``."""
     model_cfg = config.model
@@ -82,7 +57,7 @@ def build_policy(config: Config):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if model_cfg.finetune == "full":
-        return model, frozen_copy(model) if needs_reference(config) else None, processor
+        return model, frozen_copy(model) if config.loss.needs_reference else None, processor
     model.requires_grad_(False)
     policy = apply_lora(model, r=model_cfg.lora_r, alpha=model_cfg.lora_alpha, dropout=model_cfg.lora_dropout,
                         parts=tuple(model_cfg.lora_parts), target_modules=model_cfg.lora_target_modules)
@@ -100,7 +75,7 @@ def build_dataset(config: Config, collator: PreferenceCollator, log=print) -> Pr
     image_root = data_cfg.image_root
     if image_root is None and Path(data_cfg.train).is_file():
         image_root = str(Path(data_cfg.train).parent)
-    responses = response_columns(config)
+    responses = config.loss.responses
     pairs = PreferenceDataset(dataset, image_root=image_root, responses=responses)
     if data_cfg.skip_long_prompts:
         keep = [i for i in range(len(pairs)) if collator.prompt_length(pairs[i]) <= data_cfg.max_prompt_length]
@@ -134,89 +109,6 @@ def evaluate(policy, reference, processor, rows: list[dict], config: Config) -> 
         policy, processor, rows, beta=config.loss.beta, reference=reference,
         batch_size=config.train.batch_size, max_response_length=config.data.max_response_length,
         vocabulary=config.train.eval_vocabulary, max_new_tokens=config.train.eval_max_new_tokens)
-
-
-def logps_function(policy, batch: dict, pad_token_id: int, forward_path: str = "plain"):
-    """``model -> response log-probs of batch`` by ``forward_path``; the fast path packs the batch and encodes
-    its images once, for every model it is then called with (policy and reference)."""
-    if forward_path == "fast":
-        packed, features = pack_pairs(policy, batch), shared_image_features(policy, batch)
-        return lambda model: packed_completion_logps(model, packed, features)
-    return lambda model: completion_logps(model, batch, pad_token_id)
-
-
-def policy_and_reference_logps(policy, reference, batch: dict, pad_token_id: int, forward_path: str = "plain",
-                               with_reference: bool = True, ref_logps: ReferenceLogps | None = None):
-    """Response log-probs of the policy and of the reference (``None`` when ``with_reference`` is off);
-    precomputed ``ref_logps`` replace the reference pass."""
-    logps = logps_function(policy, batch, pad_token_id, forward_path)
-    policy_out = logps(policy)
-    if not with_reference:
-        return policy_out, None
-    if ref_logps is not None:
-        return policy_out, ref_logps.lookup(batch["index"], policy_out["chosen_logps"].device)
-    with reference_mode(policy, reference) as ref_model:
-        return policy_out, logps(ref_model)
-
-
-def dpo_step(policy, reference, batch: dict, config: Config, pad_token_id: int, bco_delta: float = 0.0,
-             forward_path: str = "plain", ref_logps: ReferenceLogps | None = None):
-    """Loss and metrics for one micro-batch, with log-probs from ``forward_path`` (``"fast"`` or ``"plain"``)
-    and the reference's from ``ref_logps`` when they were precomputed.
-
-    Supervised batches (no rejected responses) and reference-free losses skip the passes they do not need;
-    the tensors they would have produced are zeros that no loss in the spec reads.
-    """
-    policy_out, ref_out = policy_and_reference_logps(policy, reference, batch, pad_token_id, forward_path,
-                                                     needs_reference(config), ref_logps)
-    zeros = torch.zeros_like(policy_out["chosen_logps"])
-    policy_out.setdefault("rejected_logps", zeros)
-    policy_out.setdefault("rejected_lengths", policy_out["chosen_lengths"])
-    ref_out = ref_out or {"chosen_logps": zeros, "rejected_logps": zeros}
-    ref_out.setdefault("rejected_logps", zeros)
-    loss_cfg = config.loss
-    loss, parts = combined_loss(
-        loss_cfg.weighted(), policy_out["chosen_logps"], policy_out["rejected_logps"],
-        ref_out["chosen_logps"], ref_out["rejected_logps"], beta=loss_cfg.beta,
-        label_smoothing=loss_cfg.label_smoothing, simpo_gamma=loss_cfg.simpo_gamma, bco_delta=bco_delta,
-        chosen_lengths=policy_out["chosen_lengths"], rejected_lengths=policy_out["rejected_lengths"])
-    chosen_rewards = rewards(policy_out["chosen_logps"], ref_out["chosen_logps"], loss_cfg.beta)
-    rejected_rewards = rewards(policy_out["rejected_logps"], ref_out["rejected_logps"], loss_cfg.beta)
-    metrics = {
-        "loss": loss.detach(),
-        "rewards/chosen": chosen_rewards.mean(),
-        "rewards/rejected": rejected_rewards.mean(),
-        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
-        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
-        "logps/chosen": policy_out["chosen_logps"].detach().mean(),
-        "logps/rejected": policy_out["rejected_logps"].detach().mean(),
-        **{f"loss/{name}": value for name, value in parts.items()},
-    }
-    # share of the forward's token positions that are padding (the packed fast path has none)
-    padding = 0.0 if forward_path == "fast" else padding_stats(batch)["padding_fraction"]
-    metrics["padding/fraction"] = torch.tensor(padding, device=loss.device)
-    if "rejected_input_ids" not in batch:  # supervised: there is no preference to report
-        metrics = {k: v for k, v in metrics.items() if not k.startswith("rewards/") and k != "logps/rejected"}
-    return loss, metrics
-
-
-def _latest_checkpoint(output_dir: Path) -> Path | None:
-    found = [p for p in output_dir.glob("checkpoint-*") if (p / STATE_FILE).exists()]
-    return max(found, key=lambda p: int(p.name.split("-")[1]), default=None)
-
-
-def save_checkpoint(accelerator, policy, processor, output_dir: Path, step: int, state: dict, limit: int):
-    """Resumable checkpoint: accelerate state (optimizer, scheduler, RNG) plus the adapter."""
-    path = output_dir / f"checkpoint-{step}"
-    accelerator.save_state(str(path))
-    if accelerator.is_main_process:
-        accelerator.unwrap_model(policy).save_pretrained(path / "adapter")
-        processor.save_pretrained(path / "adapter")
-        (path / STATE_FILE).write_text(json.dumps(state))
-        old = sorted(output_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-        for stale in old[:-limit] if limit > 0 else []:
-            shutil.rmtree(stale, ignore_errors=True)
-    accelerator.wait_for_everyone()
 
 
 def precomputed_reference_logps(policy, reference, processor, pairs: PreferenceDataset, collator, config: Config,
@@ -290,15 +182,15 @@ def train(config: Config) -> Path:
     forward_path = choose_forward_path(cfg.forward_path, [policy] + ([reference] if reference is not None else []),
                                        probe, tokenizer.pad_token_id, log)
     ref_logps = None
-    if cfg.precompute_ref_logps and needs_reference(config):
+    if cfg.precompute_ref_logps and config.loss.needs_reference:
         ref_logps = precomputed_reference_logps(policy, reference, processor, pairs, collator, config,
                                                 forward_path, accelerator, log)
 
     state = {"step": 0, "micro_batches": 0, "bco_delta": 0.0, "reward_count": 0}
-    checkpoint = _latest_checkpoint(output_dir) if cfg.resume else None
+    checkpoint = latest_checkpoint(output_dir) if cfg.resume else None
     if checkpoint is not None:
         accelerator.load_state(str(checkpoint))
-        state = json.loads((checkpoint / STATE_FILE).read_text())
+        state = read_state(checkpoint)
         log(f"resuming from {checkpoint} at step {state['step']}")
     if accelerator.is_main_process:
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -319,8 +211,9 @@ def train(config: Config) -> Path:
         epoch_loader.set_epoch(epoch)
         for batch in epoch_loader:
             with accelerator.accumulate(policy):
-                loss, metrics = dpo_step(policy, reference, batch, config, tokenizer.pad_token_id,
-                                         state["bco_delta"], forward_path, ref_logps)
+                loss, metrics = dpo_step(policy, reference, batch, config.loss, pad_token_id=tokenizer.pad_token_id,
+                                         forward_path=forward_path, bco_delta=state["bco_delta"],
+                                         ref_logps=ref_logps)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and cfg.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)

@@ -45,45 +45,23 @@ def open_clip_vision_state_dict(visual: torch.nn.Module) -> dict[str, torch.Tens
     return {key: value.detach().clone() for key, value in out.items()}
 
 
-QUESTION_FIRST_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: {% elif message['role'] == 'assistant' %}ASSISTANT: "
-    "{% else %}SYSTEM: {% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for block in message['content'] %}{% if block['type'] == 'text' %}{{ block['text'] }}\n{% endif %}"
-    "{% endfor %}"
-    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<image>{% endif %}{% endfor %}"
-    "{% endif %}"
-    "{% if message['role'] == 'assistant' %}</s>{% else %} {% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-"""The LLaVA-style template with a user turn's text rendered before its images. Causal attention lets a token
-see only what precedes it, so with the image after the question every image token can check itself against
-the asked colour and shape (the idea of InstructBLIP's instruction-aware Q-Former, arXiv:2305.06500); with the
-image first, the answer token alone has to find an object that matches both."""
-
-
-def build_base_vlm(judge, *, hidden_size: int = 128, num_layers: int = 3, tie_word_embeddings: bool = False,
-                   question_first: bool = False, seed: int = 0):
+def build_base_vlm(judge, *, hidden_size: int = 128, num_layers: int = 3, seed: int = 0):
     """A tiny LLaVA whose vision tower is the judge's image tower; returns ``(model, processor)``.
 
-    The judge's config fixes the image size, patch size, width and depth of the vision tower.
-    ``question_first`` gives the processor ``QUESTION_FIRST_CHAT_TEMPLATE``.
+    The judge's config fixes the image size, patch size, width and depth of the vision tower; ``seed`` the
+    random initial weights of the rest (drawn without touching the caller's global RNG).
     """
-    from vlmdpo.testing import build_tiny_vlm
+    from vlmdpo.tiny_models import build_tiny_vlm
 
     vision_cfg = judge.model_config["vision_cfg"]
     width = vision_cfg["width"]
     heads = width // vision_cfg.get("head_width", 64)
     if heads != 2 or vision_cfg.get("mlp_ratio", 4.0) != 4.0:
-        raise ValueError("build_base_vlm expects a judge ViT with 2 heads and mlp_ratio 4 (TINY_CLIP_CONFIG)")
+        raise ValueError("build_base_vlm expects a judge ViT with 2 heads and mlp_ratio 4 (data_recipes.shapes.judge.TINY_CLIP_CONFIG)")
     model, processor = build_tiny_vlm(
         "llava", image_size=vision_cfg["image_size"], patch_size=vision_cfg["patch_size"],
         hidden_size=hidden_size, num_layers=num_layers, vision_hidden_size=width,
-        vision_layers=vision_cfg["layers"], tie_word_embeddings=tie_word_embeddings, seed=seed)
-    if question_first:
-        processor.chat_template = QUESTION_FIRST_CHAT_TEMPLATE
+        vision_layers=vision_cfg["layers"], seed=seed)
     tower = model.model.vision_tower
     missing, unexpected = getattr(tower, "vision_model", tower).load_state_dict(
         open_clip_vision_state_dict(judge.model.visual), strict=False)

@@ -62,26 +62,6 @@ def yes_no_questions(
     return items
 
 
-def attribute_question(scene: Scene, rng: random.Random) -> tuple[str, str]:
-    """A question that finds objects by one attribute and asks for the other, with its true answer:
-    ("what shape is the red object?", "A circle.") or ("what colour is the square?", "Red and blue.").
-
-    Answering needs colour and shape read from the same object, the binding that a yes/no question about a
-    (colour, shape) pair can skip by checking only the colour. Every object with the asked attribute is
-    listed in reading order.
-    """
-    target = rng.choice(scene.objects)
-    if rng.random() < 0.5:
-        found = [o.shape for o in scene.objects if o.colour == target.colour]
-        text = f"what shape is the {target.colour} object?"
-        answer = " and ".join(f"a {shape}" for shape in found)
-    else:
-        found = [o.colour for o in scene.objects if o.shape == target.shape]
-        text = f"what colour is the {target.shape}?"
-        answer = " and ".join(found)
-    return text, answer[0].upper() + answer[1:] + "."
-
-
 def _absent_object(scene: Scene, rng: random.Random) -> ShapeObject:
     colour, shape = rng.choice(scene.absent_pairs())
     # The position only has to be valid; it never reaches the caption text.

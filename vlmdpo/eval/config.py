@@ -126,7 +126,8 @@ class EvalConfig:
     pope: PopeConfig = field(default_factory=PopeConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
     vocabulary: str = "coco"
-    """Object vocabulary for CHAIR and POPE: coco, shapes, or a json file ``{name: [forms]}``."""
+    """Object vocabulary for CHAIR and POPE: coco, a json file ``{name: [forms]}``, or ``package.module:NAME``
+    (e.g. ``data_recipes.shapes:SHAPES_VOCABULARY``); every ground-truth object must be in it."""
     metrics: list[str] = field(default_factory=lambda: ["preference", "chair", "pope", "length"])
     """Which evaluations to run: any of preference, chair, pope, clipscore, length."""
     beta: float = 0.1

@@ -34,7 +34,8 @@ def evaluate_during_training(
         rows: normalized preference rows (``PreferenceDataset`` items), with ``chosen`` and ``rejected``.
         beta: the training beta, so that rewards match the training metrics.
         reference: the frozen reference model for full fine-tuning; ``None`` disables the LoRA adapter.
-        vocabulary: an ``ObjectVocabulary`` or ``"coco"`` / ``"shapes"`` / a json path; enables CHAIR.
+        vocabulary: an ``ObjectVocabulary`` or a name ``load_vocabulary`` reads (coco, a json path,
+            ``package.module:NAME``); enables CHAIR.
         objects: ground-truth object names per row (default: each row's ``"objects"``); needed for CHAIR.
         prompt: fixed caption prompt for generation (default: each row's own prompt).
         max_new_tokens, generation_batch_size: caption generation settings.

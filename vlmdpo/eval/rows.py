@@ -7,6 +7,7 @@ the data has pairs, ``chosen`` and ``rejected``.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from vlmdpo.data import load_preference_dataset, normalize_row
@@ -14,17 +15,25 @@ from vlmdpo.eval.objects import ObjectVocabulary
 
 
 def load_vocabulary(choice: str) -> ObjectVocabulary:
-    """``coco`` (80 COCO objects), ``shapes`` (the shapes world's 24 coloured shapes) or a json file path."""
+    """An object vocabulary by name: ``coco`` (the 80 COCO objects with synonyms), a json file of
+    ``{canonical name: [surface forms]}``, or ``package.module:NAME`` naming such a dict (or an
+    ``ObjectVocabulary``) in importable code, e.g. ``data_recipes.shapes:SHAPES_VOCABULARY``."""
     if choice == "coco":
         return ObjectVocabulary.coco()
-    if choice == "shapes":
-        from data_recipes.shapes import SHAPES_VOCABULARY
-
-        return ObjectVocabulary.from_dict(SHAPES_VOCABULARY)
     if Path(choice).is_file():
         return ObjectVocabulary.from_json(choice)
-    raise ValueError(f"vocabulary {choice!r} is neither coco, shapes nor an existing json file "
-                     "of {canonical name: [surface forms]}")
+    if re.fullmatch(r"[\w.]+:\w+", choice):
+        import importlib
+
+        module_name, _, name = choice.partition(":")
+        try:
+            value = getattr(importlib.import_module(module_name), name)
+        except (ImportError, AttributeError) as error:
+            raise ValueError(f"vocabulary {choice!r}: cannot import {name} from {module_name} ({error})") from None
+        return value if isinstance(value, ObjectVocabulary) else ObjectVocabulary.from_dict(value)
+    raise ValueError(f"vocabulary {choice!r} is neither coco, an existing json file of "
+                     "{canonical name: [surface forms]}, nor package.module:NAME (e.g. "
+                     "data_recipes.shapes:SHAPES_VOCABULARY)")
 
 
 def eval_row(row: dict, index: int, *, images_column: str = "images", prompt_column: str | None = "prompt",

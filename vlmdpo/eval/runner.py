@@ -150,7 +150,7 @@ def _training_metrics(checkpoints: list[Checkpoint]) -> dict[str, Path]:
 
 def evaluate(config: EvalConfig, log=tqdm.write) -> dict[str, dict]:
     """Evaluate every checkpoint of ``config`` (skipping finished ones), write the report; return results."""
-    from vlmdpo.train import resolve_model_path
+    from vlmdpo.modeling import resolve_model_path
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,4 @@
-"""Tiny vision-language models built from real ``transformers`` classes, for tests and offline demos.
+"""Tiny vision-language models built from real ``transformers`` classes: what ``tiny:<family>`` model names load.
 
 Nothing here is downloaded: the tokenizer is a byte-level BPE trained locally with ``tokenizers``, the
 weights are random, and the result is written to a folder that ``AutoModelForImageTextToText`` and
@@ -188,10 +188,13 @@ def build_tiny_vlm(family: str = "llava", *, image_size: int = 32, patch_size: i
 
     if family not in FAMILIES:
         raise ValueError(f"unknown tiny VLM family {family!r}; choose one of {sorted(FAMILIES)}")
-    torch.manual_seed(seed)
     tokenizer = train_tokenizer()
-    model, processor = FAMILIES[family](tokenizer, image_size, patch_size, hidden_size, num_layers,
-                                        vision_hidden_size, vision_layers, tie_word_embeddings)
+    # transformers draws initial weights from the global RNG: seed a forked copy, so the caller's stream
+    # (and with it, say, peft's LoRA init afterwards) does not depend on whether a tiny model was built
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model, processor = FAMILIES[family](tokenizer, image_size, patch_size, hidden_size, num_layers,
+                                            vision_hidden_size, vision_layers, tie_word_embeddings)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.generation_config.eos_token_id = model.config.text_config.eos_token_id
     return model.eval(), processor

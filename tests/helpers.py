@@ -1,0 +1,43 @@
+"""Helpers shared by several test modules (rows in several shapes, a LoRA policy that differs from its
+reference). Random draws come from local generators, never from the global RNG."""
+
+import torch
+
+from vlmdpo.data import normalize_row
+from vlmdpo.modeling import apply_lora
+
+
+def rows_from(images, specs):
+    rows = []
+    for index, (names, prompt, chosen, rejected) in enumerate(specs):
+        raw = {"images": [images[n] for n in names], "prompt": prompt, "chosen": chosen, "rejected": rejected}
+        rows.append({**normalize_row(raw, index), "index": index})
+    return rows
+
+
+SHORT = ([], "is there a dog?", "no.", "yes.")
+ONE_IMAGE = (["square"], "describe the image.", "a large red circle.", "a small blue square.")
+LONGER = [  # longer prompts, more and larger images, longer responses
+    (["wide", "tall"], "what is in the picture? answer the question with yes or no, then describe the image.",
+     "yes. a large red circle, a small blue square and a green triangle.",
+     "no. the image shows a cat sitting on a table next to a cup of coffee."),
+    (["tall", "square", "tiny"], "describe the image. what is in the picture?",
+     "a man rides a bicycle down the street.", "a train at the station."),
+]
+
+
+def randomize_lora(policy, seed: int = 0, scale: float = 0.05):
+    """Overwrite every LoRA matrix (A and B) with draws from a local generator: peft draws ``lora_A`` from
+    the global RNG and starts ``lora_B`` at zero, so without this the adapter would do nothing and its
+    weights would depend on whatever ran before."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in sorted(policy.named_parameters()):
+            if "lora_A" in name or "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator) * scale)
+    return policy
+
+
+def lora_policy(model, parts=("language",), seed=0, r=4, alpha=8):
+    """A LoRA-wrapped ``model`` in train mode whose adapter moves it off the reference by a seeded amount."""
+    return randomize_lora(apply_lora(model, r=r, alpha=alpha, parts=parts), seed).train()

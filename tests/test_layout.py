@@ -1,0 +1,84 @@
+"""The library stands apart from the recipes: importing any ``vlmdpo`` module (but the demo hook, the CLI)
+loads no ``data_recipes`` module, and no two ``vlmdpo`` modules import each other, even lazily."""
+
+import ast
+import json
+import pkgutil
+import subprocess
+import sys
+from pathlib import Path
+
+import vlmdpo
+
+PACKAGE = Path(vlmdpo.__file__).parent
+ENTRY_POINTS = {"vlmdpo.cli"}  # ``vlmdpo demo`` imports the shapes recipe, lazily, from here
+
+
+def library_modules() -> list[str]:
+    names = [m.name for m in pkgutil.walk_packages([str(PACKAGE)], prefix="vlmdpo.")]
+    return sorted(set(names) - ENTRY_POINTS)
+
+
+def test_the_library_imports_no_recipe():
+    modules = library_modules()
+    assert {"vlmdpo.train", "vlmdpo.step", "vlmdpo.checkpoints", "vlmdpo.eval.runner"} <= set(modules)
+    script = ("import importlib, json, sys\n"
+              f"for name in {modules!r}: importlib.import_module(name)\n"
+              "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'data_recipes')))")
+    loaded = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
+    assert json.loads(loaded.stdout.splitlines()[-1]) == []
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def import_graph() -> dict[str, set[str]]:
+    """``module -> vlmdpo modules it imports``, top-level and inside functions alike."""
+    modules = {_module_name(path): path for path in PACKAGE.rglob("*.py")}
+    graph = {}
+    for name, path in modules.items():
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                candidates = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+            elif isinstance(node, ast.Import):
+                candidates = [alias.name for alias in node.names]
+            else:
+                continue
+            targets |= {c for c in candidates if c in modules and c != name}
+        graph[name] = targets
+    return graph
+
+
+def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
+    """One import circle as ``[a, b, ..., a]``, or ``None``. A package importing its own submodules (an
+    ``__init__`` re-exporting them) is not a circle unless a submodule imports the package back."""
+    state: dict[str, int] = {}
+
+    def visit(node, trail):
+        state[node] = 1
+        for target in sorted(graph[node]):
+            if state.get(target) == 1:
+                return trail[trail.index(target):] + [target]
+            if target not in state and (found := visit(target, trail + [target])):
+                return found
+        state[node] = 2
+        return None
+
+    for start in sorted(graph):
+        if start not in state and (found := visit(start, [start])):
+            return found
+    return None
+
+
+def test_find_cycle_finds_one():
+    assert find_cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
+    assert find_cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_no_import_circle_inside_the_library():
+    graph = import_graph()
+    assert "vlmdpo.step" in graph["vlmdpo.train"]  # the graph sees real imports
+    assert find_cycle(graph) is None, find_cycle(graph)
