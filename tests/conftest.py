@@ -68,3 +68,14 @@ def images():
         "tall": Image.new("RGB", (24, 48), (30, 30, 200)),
         "tiny": Image.new("RGB", (16, 16), (220, 220, 40)),
     }
+
+
+def pytest_addoption(parser):
+    parser.addoption("--reverse-order", action="store_true",
+                     help="run the collected tests in reverse order (with -p no:randomly), to catch tests that "
+                          "depend on what ran before them")
+
+
+def pytest_collection_modifyitems(config, items):
+    if config.getoption("--reverse-order"):
+        items.reverse()

@@ -60,18 +60,22 @@ def test_prompt_only_rows_for_generation():
     assert set(out) == {"images", "prompt"} and out["prompt"] == conversational_prompt(1, "describe it")
     with pytest.raises(DataError) as info:
         normalize_row({"images": [image]}, 3, responses=())
-    check_error(info.value, 3, "prompt", "missing", "add a 'prompt' column")
+    check_error(info.value, 3, "prompt", "has no 'prompt' column", "add a 'prompt' column")
 
 
 # --- bad rows -----------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("field", ["prompt", "chosen", "rejected"])
-def test_missing_field(field):
+def test_missing_column_and_missing_value_are_told_apart(field):
     bad = row()
     del bad[field]
     with pytest.raises(DataError) as info:
         normalize_row(bad, 7)
-    check_error(info.value, 7, field, "missing", f"add a {field!r} column")
+    check_error(info.value, 7, field, f"has no {field!r} column", f"add a {field!r} column")
+    assert "row 7 (counted from 0)" in str(info.value)
+    with pytest.raises(DataError) as info:
+        normalize_row({**row(), field: None}, 7)
+    check_error(info.value, 7, field, "the value is missing (null) in this row", "drop the row")
 
 
 def test_missing_image_file(tmp_path):

@@ -11,6 +11,8 @@ from vlmdpo.logps import completion_logps
 from vlmdpo.modeling import apply_lora, load_model_and_processor
 from vlmdpo.tiny_models import tiny_vlm
 
+from helpers import randomize_lora
+
 
 @pytest.fixture(scope="module")
 def rows():
@@ -22,13 +24,7 @@ def rows():
 def policy(family):
     """A LoRA policy whose adapter moved away from zero, so its rewards are not all 0."""
     model, processor = load_model_and_processor(tiny_vlm(family))
-    policy = apply_lora(model, r=4)
-    generator = torch.Generator().manual_seed(0)
-    with torch.no_grad():
-        for name, weight in policy.named_parameters():
-            if "lora_B" in name:
-                weight.copy_(torch.randn(weight.shape, generator=generator) * 0.05)
-    return policy, processor
+    return randomize_lora(apply_lora(model, r=4), seed=0), processor
 
 
 def test_fresh_adapter_has_zero_rewards(family, rows):

@@ -79,7 +79,6 @@ def test_clip_scores_match_the_judge(tmp_path, rows):
     config = tmp_path / "eval-suite-clip.json"
     config.write_text(json.dumps(TINY_CLIP_CONFIG))
     open_clip.add_model_config(config)
-    torch.manual_seed(0)
     judge = ClipJudge.from_pretrained("eval-suite-clip")
     captions = ["a red circle.", "a blue square.", "", "a green diamond."]
     numbers, scores = suite.clip_scores(judge, rows, captions)
@@ -119,7 +118,6 @@ def test_evaluate_during_training(llava, rows):
                 if "lora_B" in name:
                     weight.fill_(0.01)
         policy.train()
-        torch.manual_seed(5)
         state = torch.get_rng_state()
         metrics = evaluate_during_training(policy, processor, rows, beta=0.2, vocabulary="data_recipes.shapes:SHAPES_VOCABULARY",
                                            max_new_tokens=4, prompt="Describe the image.")
@@ -138,3 +136,17 @@ def test_evaluate_during_training(llava, rows):
             evaluate_during_training(policy, processor, rows, vocabulary="data_recipes.shapes:SHAPES_VOCABULARY", objects=[["red circle"]])
     finally:
         policy.unload()
+
+
+def test_objects_outside_the_vocabulary_fail_before_any_model_runs():
+    """``vocabulary=coco`` on rows with objects COCO does not name used to fail after generating captions."""
+    from PIL import Image
+
+    rows = [{"index": 0, "images": [Image.new("RGB", (8, 8))], "prompt": [], "objects": ["dog"]},
+            {"index": 1, "images": [Image.new("RGB", (8, 8))], "prompt": [], "objects": ["red circle", "dog"]}]
+    suite.check_rows(rows, ["chair"])  # without a vocabulary only the column is checked
+    with pytest.raises(ValueError, match=r"1 ground-truth object name\(s\).*'red circle' \(row 1\).*vocabulary="):
+        suite.check_rows(rows, ["chair"], ObjectVocabulary.coco())
+    with pytest.raises(ValueError, match="not in the object vocabulary"):
+        suite.evaluate_model(None, None, rows, metrics=["pope"], vocabulary=ObjectVocabulary.coco(), generation={})
+    suite.check_rows(rows[:1], ["chair", "pope"], ObjectVocabulary.coco())

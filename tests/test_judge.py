@@ -218,3 +218,13 @@ def test_training_with_hard_negatives_checks_them_and_saves_a_loadable_judge(tmp
     scores = judge.score(images[:8], captions[:8])
     assert not torch.allclose(scores, plain.score(images[:8], captions[:8]))  # the negatives took part
     torch.testing.assert_close(ClipJudge.load(tmp_path / "neg").score(images[:8], captions[:8]), scores)
+
+
+def test_training_a_judge_leaves_the_callers_rng_alone(tmp_path):
+    images = [Image.new("RGB", (64, 64), colour) for colour in COLOURS.values()]
+    state = torch.get_rng_state()
+    first = train_clip_judge(images, list(COLOURS), tmp_path / "a", epochs=1, batch_size=2, seed=1, progress=False)
+    assert torch.equal(torch.get_rng_state(), state)
+    torch.rand(3)
+    again = train_clip_judge(images, list(COLOURS), tmp_path / "b", epochs=1, batch_size=2, seed=1, progress=False)
+    torch.testing.assert_close(first.score(images, list(COLOURS)), again.score(images, list(COLOURS)))

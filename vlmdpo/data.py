@@ -23,7 +23,7 @@ class DataError(ValueError):
     """A preference row that cannot be used; the message names the row, the field and the fix."""
 
     def __init__(self, index: int | None, field: str, problem: str, fix: str):
-        where = f"row {index}" if index is not None else "a row"
+        where = f"row {index} (counted from 0)" if index is not None else "a row"
         super().__init__(f"{where}, field {field!r}: {problem}. Fix: {fix}")
         self.index, self.field = index, field
 
@@ -76,10 +76,6 @@ def _open_image(image, index: int, position: int, image_root: str | None) -> Ima
                     "give a PIL image, a file path, encoded bytes or a datasets Image feature")
 
 
-def _text_message(role: str, text: str) -> dict:
-    return {"role": role, "content": [{"type": "text", "text": text}]}
-
-
 def _as_messages(value, index: int, field: str, role: str, num_images: int = 0) -> list[dict]:
     if isinstance(value, str):
         content = [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": value}]
@@ -130,8 +126,12 @@ def normalize_row(row: dict, index: int, image_root: str | None = None,
     if tuple(responses) == ("chosen",) and row.get("chosen") is None and row.get("completion") is not None:
         row = {**row, "chosen": row["completion"]}
     for field in ("prompt", *responses):
+        if field not in row and not (field == "chosen" and "completion" in row):
+            raise DataError(index, field, f"the dataset has no {field!r} column (its columns: {sorted(row)})",
+                            f"add a {field!r} column, or rename the column that holds it")
         if row.get(field) is None:
-            raise DataError(index, field, "the field is missing", f"add a {field!r} column to the dataset")
+            raise DataError(index, field, "the value is missing (null) in this row",
+                            "give the row a value, or drop the row")
     images = row.get("images")
     if images is None and row.get("image") is not None:
         images = [row["image"]]

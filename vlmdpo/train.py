@@ -7,6 +7,7 @@ rows -> PreferenceCollator -> policy forward -> response log-probs -> reference 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from pathlib import Path
@@ -147,8 +148,38 @@ def _mixed_precision(choice: str) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
 
 
+def _progress_label(config: Config) -> str:
+    """``SFT`` for a supervised run (every loss reads only the chosen response), else the loss spec."""
+    return "SFT" if config.loss.responses == ("chosen",) else f"DPO ({config.loss.losses})"
+
+
+@contextlib.contextmanager
+def _callers_rng_kept():
+    """The run seeds Python's, NumPy's and torch's global RNGs from ``train.seed`` (and a resumed run restores
+    them from its checkpoint); the caller's streams are put back afterwards."""
+    import random
+
+    import numpy as np
+
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
+
+
 def train(config: Config) -> Path:
-    """Run DPO as configured; return the output folder (adapter + processor + metrics.jsonl)."""
+    """Run DPO as configured; return the output folder (adapter + processor + metrics.jsonl).
+
+    The run is seeded by ``train.seed`` alone; the caller's global RNG state is the same afterwards."""
+    with _callers_rng_kept():
+        return _train(config)
+
+
+def _train(config: Config) -> Path:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import get_scheduler
@@ -197,7 +228,7 @@ def train(config: Config) -> Path:
         save_config(config, str(output_dir / "config.yaml"))
     accelerator.init_trackers("vlmdpo", config={"beta": config.loss.beta, "lr": cfg.learning_rate})
     metrics_file = open(output_dir / "metrics.jsonl", "a") if accelerator.is_main_process else None
-    progress = tqdm(total=max_steps, initial=state["step"], desc="DPO", disable=not (
+    progress = tqdm(total=max_steps, initial=state["step"], desc=_progress_label(config), disable=not (
         cfg.progress and accelerator.is_main_process), dynamic_ncols=True)
 
     policy.train()

@@ -155,9 +155,6 @@ class EvalConfig:
         if not self.include_base and not self.checkpoints:
             raise ValueError("nothing to evaluate: give checkpoints=[...] or set include_base=true")
 
-    def needs_generation(self) -> bool:
-        return any(metric in self.metrics for metric in GENERATION_METRICS)
-
 
 def load_eval_config(path: str | None = None, overrides: list[str] | tuple = ()) -> EvalConfig:
     """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; validated."""

@@ -197,9 +197,9 @@ class _Session:
             images_column=data.images_column, prompt_column=data.prompt_column,
             objects_column=data.objects_column, chosen_column=data.chosen_column,
             rejected_column=data.rejected_column, default_prompt=config.generation.prompt)
-        check_rows(self.rows, config.metrics)
         needs_objects = "chair" in config.metrics or "pope" in config.metrics
         self.vocabulary = load_vocabulary(config.vocabulary) if needs_objects else None
+        check_rows(self.rows, config.metrics, self.vocabulary)
         self.judge = _load_judge(config, self.models.device) if "clipscore" in config.metrics else None
         reference_settings = {k: settings[k] for k in ("base", "base_files", "dtype", "data", "beta")}
         self.reference = ReferenceLogps(out / REFERENCE_FILE, settings_hash(reference_settings))

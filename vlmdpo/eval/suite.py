@@ -25,8 +25,9 @@ def _require_objects(rows: Sequence[dict], metric: str) -> list[list[str]]:
     return [row["objects"] for row in rows]
 
 
-def check_rows(rows: Sequence[dict], metrics: Sequence[str]) -> None:
-    """Raise now, before any model runs, if ``rows`` lack what one of the ``metrics`` needs."""
+def check_rows(rows: Sequence[dict], metrics: Sequence[str], vocabulary: ObjectVocabulary | None = None) -> None:
+    """Raise now, before any model runs, if ``rows`` lack what one of the ``metrics`` needs: pairs for the
+    preference fit, ground-truth objects for CHAIR and POPE, and (given ``vocabulary``) objects it knows."""
     if not rows:
         raise ValueError("there are no evaluation rows")
     if "preference" in metrics and not any("chosen" in row for row in rows):
@@ -35,6 +36,22 @@ def check_rows(rows: Sequence[dict], metrics: Sequence[str]) -> None:
     for metric in ("chair", "pope"):
         if metric in metrics:
             _require_objects(rows, metric)
+    if vocabulary is not None and ("chair" in metrics or "pope" in metrics):
+        _require_known_objects(rows, vocabulary)
+
+
+def _require_known_objects(rows: Sequence[dict], vocabulary: ObjectVocabulary) -> None:
+    unknown = {}
+    for row in rows:
+        for name in row["objects"]:
+            if name not in vocabulary:
+                unknown.setdefault(name, row["index"])
+    if unknown:
+        listed = ", ".join(f"{name!r} (row {index})" for name, index in list(unknown.items())[:5])
+        raise ValueError(f"{len(unknown)} ground-truth object name(s) are not in the object vocabulary: {listed}"
+                         f"{', ...' if len(unknown) > 5 else ''} (rows counted from 0). CHAIR and POPE can only "
+                         "score objects the vocabulary names: give vocabulary=<file.json> holding "
+                         '{"name": ["surface form", ...]} for your objects, or rename them to its names')
 
 
 def caption_metrics(responses: Sequence[str], rows: Sequence[dict], vocabulary: ObjectVocabulary):
@@ -117,7 +134,7 @@ def evaluate_model(model, processor, rows: Sequence[dict], *, metrics: Sequence[
         "length": {...}}`` for the metrics run; ``records``: ``{"generations": [...], "pope": [...]}``, one
         dict per row or question with its row id.
     """
-    check_rows(rows, metrics)
+    check_rows(rows, metrics, vocabulary)
     result: dict = {}
     records: dict[str, list] = {"generations": [], "pope": []}
     if "preference" in metrics:
