@@ -41,14 +41,14 @@ class StepProfile:
         import accelerate.optimizer
 
         import vlmdpo.fast_logps as fast_logps
-        import vlmdpo.train as train_module
+        import vlmdpo.step as step_module
 
         def model_label(suffix):
             def label():
                 return ("policy: " if self.model_calls % 2 == 0 else "reference: ") + suffix
             return label
 
-        original_packed = train_module.packed_completion_logps
+        original_packed = step_module.packed_completion_logps
 
         def packed(*args, **kwargs):  # count calls: policy first, then reference
             try:
@@ -56,10 +56,10 @@ class StepProfile:
             finally:
                 self.model_calls += 1
 
-        train_module.packed_completion_logps = packed
-        self._timed(train_module, "shared_image_features", "image features (once, shared)")
+        step_module.packed_completion_logps = packed
+        self._timed(step_module, "shared_image_features", "image features (once, shared)")
         self._timed(fast_logps, "head_logps", model_label("LM head + log-softmax"))
-        self._timed(train_module, "packed_completion_logps", model_label("decoder forward"))
+        self._timed(step_module, "packed_completion_logps", model_label("decoder forward"))
         self._timed(accelerate.Accelerator, "backward", "backward")
         self._timed(accelerate.optimizer.AcceleratedOptimizer, "step", "optimizer")
         self._start_operator_profile()

@@ -1,4 +1,5 @@
-"""Command line: ``vlmdpo train``, ``vlmdpo eval``, ``vlmdpo merge``, ``vlmdpo demo``, ``vlmdpo tiny-model``.
+"""Command line: ``vlmdpo train``, ``vlmdpo eval``, ``vlmdpo merge``, ``vlmdpo demo``, ``vlmdpo tiny-model``,
+``vlmdpo config``.
 
 ``vlmdpo train [CONFIG.yaml] [section.key=value ...]`` runs DPO; under ``accelerate launch -m vlmdpo.cli``
 the same command runs on several GPUs or machines.
@@ -46,40 +47,73 @@ def _demo(args) -> None:
     run_demo(args.out, quick=args.quick, overrides=args.overrides)
 
 
+def _config(args) -> None:
+    from vlmdpo.config_reference import config_reference
+
+    if args.which == "eval":
+        from vlmdpo.eval.config import EvalConfig as schema
+    elif args.which == "demo":
+        from data_recipes.shapes.demo import DemoConfig as schema  # the recipe, loaded only when asked for
+    else:
+        from vlmdpo.config import Config as schema
+    print(config_reference(schema))
+
+
+KEYS_HELP = {"train": "vlmdpo config", "eval": "vlmdpo config eval", "demo": "vlmdpo config demo"}
+
+
+def _subcommand(commands, name: str, help: str):
+    epilog = f"Every key, its default and what it does: {KEYS_HELP[name]}" if name in KEYS_HELP else None
+    return commands.add_parser(name, help=help, description=help, epilog=epilog,
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="vlmdpo", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="vlmdpo", description="DPO for vision-language models: LoRA, response-only log-probs.",
+        epilog="Config keys are documented by `vlmdpo config` (train), `vlmdpo config eval` and "
+               "`vlmdpo config demo`.", formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    train = commands.add_parser("train", help="DPO-train a LoRA adapter (or the full model)")
+    train = _subcommand(commands, "train", "DPO-train a LoRA adapter (or the full model)")
     train.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
                        help="an optional YAML config, then overrides such as train.learning_rate=1e-5")
     train.set_defaults(func=_train)
-    evaluate = commands.add_parser("eval", help="evaluate a base model and its adapters or merged checkpoints")
+    evaluate = _subcommand(commands, "eval", "evaluate a base model and its adapters or merged checkpoints")
     evaluate.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
                           help="an optional YAML eval config, then overrides such as 'checkpoints=[runs/*]'")
     evaluate.set_defaults(func=_eval)
-    merge = commands.add_parser("merge", help="merge an adapter into its base model")
+    merge = _subcommand(commands, "merge", "merge an adapter into its base model")
     merge.add_argument("adapter", help="folder with adapter_config.json (a train output_dir)")
     merge.add_argument("out", help="where to write the merged model")
     merge.add_argument("--base", default=None, help="base model (default: the one the adapter records)")
     merge.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     merge.set_defaults(func=_merge)
-    tiny = commands.add_parser("tiny-model", help="write a random-weight tiny VLM for offline experiments")
+    tiny = _subcommand(commands, "tiny-model", "write a random-weight tiny VLM for offline experiments")
     tiny.add_argument("family", choices=["llava", "qwen2_vl"])
     tiny.add_argument("out")
     tiny.add_argument("--image-size", type=int, default=32)
     tiny.set_defaults(func=_tiny_model)
-    demo = commands.add_parser("demo", help="the offline shapes-world demo: data, DPO, evaluation, report")
+    demo = _subcommand(commands, "demo", "the offline shapes-world demo: data, DPO, evaluation, report")
     demo.add_argument("--out", default="outputs/demo", help="report folder")
     demo.add_argument("--quick", action="store_true", help="a small, fast configuration (for tests)")
     demo.add_argument("overrides", nargs="*", metavar="key=value",
-                      help="demo settings (see vlmdpo.demo.DemoConfig), e.g. dpo_steps=300 beta=0.2")
+                      help="demo settings, e.g. align.steps=300 align.beta=0.2 seed=1")
     demo.set_defaults(func=_demo)
+    config = _subcommand(commands, "config", "print every config key with its default and what it does")
+    config.add_argument("which", nargs="?", default="train", choices=["train", "eval", "demo"])
+    config.set_defaults(func=_config)
     return parser
 
 
 def main(argv: list[str] | None = None) -> None:
+    from vlmdpo.config import ConfigError
+
     args = build_parser().parse_args(argv)
-    args.func(args)
+    try:
+        args.func(args)
+    except ConfigError as error:  # raised while reading the config, before any model loads
+        print(f"vlmdpo: {error}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

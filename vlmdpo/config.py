@@ -210,18 +210,57 @@ def mixed_precision_choice(value: str, name: str = "mixed_precision") -> str:
     return value
 
 
-def load_structured(schema, path: str | None = None, overrides: list[str] | tuple = ()):
-    """``schema`` (a dataclass or an instance) updated by the YAML file at ``path``, then by ``key=value``
-    overrides; returned as the dataclass, so its ``__post_init__`` validation runs."""
-    merged = OmegaConf.structured(schema)
-    if path:
-        merged = OmegaConf.merge(merged, OmegaConf.load(path))
+class ConfigError(ValueError):
+    """A config the run cannot start with: an unknown key, a value of the wrong type, a failed check."""
+
+
+def _check_keys(items: dict, schema, known: set[str], reference: str, prefix: str = "") -> None:
+    from vlmdpo.config_reference import unknown_key_message
+
+    for key, value in items.items():
+        name = f"{prefix}{key}"
+        if name in known:
+            continue
+        if isinstance(value, dict) and any(k.startswith(name + ".") for k in known):
+            _check_keys(value, schema, known, reference, name + ".")
+            continue
+        raise ConfigError(f"{unknown_key_message(name, schema)} (`{reference}` lists every key)")
+
+
+def load_structured(schema, path: str | None = None, overrides: list[str] | tuple = (),
+                    reference: str = "vlmdpo config"):
+    """``schema`` (a dataclass) updated by the YAML file at ``path``, then by ``key=value`` overrides;
+    returned as the dataclass, so its ``__post_init__`` validation runs.
+
+    Unknown keys (with the closest known one), values of the wrong type and failed checks raise
+    ``ConfigError`` with one line that names the key; ``reference`` is the command that lists the keys.
+    """
+    from omegaconf.errors import OmegaConfBaseException
+
+    from vlmdpo.config_reference import config_keys
+
+    known = {key for key, *_ in config_keys(schema)}
     bad = [item for item in overrides if "=" not in item]
     if bad:
-        raise ValueError(f"overrides must look like key=value or section.key=value, got {bad}")
-    if overrides:
-        merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
-    return OmegaConf.to_object(merged)
+        raise ConfigError(f"overrides must look like key=value or section.key=value, got {bad}")
+    try:
+        merged = OmegaConf.structured(schema)
+        if path:
+            loaded = OmegaConf.load(path)
+            _check_keys(OmegaConf.to_container(loaded), schema, known, reference)
+            merged = OmegaConf.merge(merged, loaded)
+        if overrides:
+            _check_keys({item.split("=", 1)[0]: None for item in overrides}, schema, known, reference)
+            merged = OmegaConf.merge(merged, OmegaConf.from_dotlist(list(overrides)))
+        return OmegaConf.to_object(merged)
+    except OmegaConfBaseException as error:
+        key = getattr(error, "full_key", None)
+        problem = str(error).splitlines()[0]
+        raise ConfigError(f"{key}: {problem}" if key else problem) from None
+    except ConfigError:
+        raise
+    except ValueError as error:  # a dataclass's __post_init__ check
+        raise ConfigError(str(error)) from None
 
 
 def load_config(path: str | None = None, overrides: list[str] | tuple = ()) -> Config:

@@ -208,7 +208,7 @@ def load_config(overrides: list[str] | tuple = (), quick: bool = False, out: str
     from vlmdpo.config import load_structured
 
     base = (QUICK if quick else []) + ([f"out={out}"] if out is not None else [])
-    return load_structured(DemoConfig, None, base + list(overrides))
+    return load_structured(DemoConfig, None, base + list(overrides), reference="vlmdpo config demo")
 
 
 def run_demo(out: str = "outputs/demo", quick: bool = False, overrides: list[str] | tuple = ()) -> dict:

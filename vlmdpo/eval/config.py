@@ -160,7 +160,7 @@ def load_eval_config(path: str | None = None, overrides: list[str] | tuple = ())
     """Defaults, then the YAML file at ``path``, then ``key=value`` overrides; validated."""
     from vlmdpo.config import load_structured
 
-    return load_structured(EvalConfig, path, overrides)
+    return load_structured(EvalConfig, path, overrides, reference="vlmdpo config eval")
 
 
 def save_eval_config(config: EvalConfig, path: str) -> None:
