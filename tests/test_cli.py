@@ -55,7 +55,7 @@ def test_config_prints_every_key_with_its_default_and_doc(capsys):
 
 
 def test_every_config_field_has_a_docstring():
-    from data_recipes.shapes.demo import DemoConfig
+    from data_recipes.shapes.settings import DemoConfig
 
     for schema in (Config, EvalConfig, DemoConfig):
         for key, _, _, doc in config_keys(schema):

@@ -53,7 +53,7 @@ def _config(args) -> None:
     if args.which == "eval":
         from vlmdpo.eval.config import EvalConfig as schema
     elif args.which == "demo":
-        from data_recipes.shapes.demo import DemoConfig as schema  # the recipe, loaded only when asked for
+        from data_recipes.shapes.settings import DemoConfig as schema  # the recipe, loaded only when asked for
     else:
         from vlmdpo.config import Config as schema
     print(config_reference(schema))

@@ -6,7 +6,7 @@ import json
 import statistics
 from pathlib import Path
 
-from data_recipes.shapes.demo import DemoConfig, config_table
+from data_recipes.shapes.settings import DemoConfig, config_table
 
 
 def headline(result: dict) -> dict[str, float]:

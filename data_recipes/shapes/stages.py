@@ -13,7 +13,7 @@ from pathlib import Path
 
 import datasets
 
-from data_recipes.shapes.demo import DemoConfig
+from data_recipes.shapes.settings import DemoConfig
 from data_recipes.shapes.question_rows import base_sft_rows, yes_no_pairs
 from vlmdpo.data import response_text
 
