@@ -95,7 +95,7 @@ def test_unreadable_image_bytes():
     good = png_bytes(Image.new("RGB", (8, 8), "red"))
     with pytest.raises(DataError) as info:
         normalize_row(row(images=[good, b"definitely not a png"]), 5)
-    check_error(info.value, 5, "images[1]", "cannot be read")
+    check_error(info.value, 5, "images[1]", "not an image")
 
 
 def test_truncated_image_file(tmp_path):
@@ -103,7 +103,7 @@ def test_truncated_image_file(tmp_path):
     path.write_bytes(png_bytes(Image.new("RGB", (64, 64), "red"))[:60])
     with pytest.raises(DataError) as info:
         normalize_row(row(images=[str(path)]), 1)
-    check_error(info.value, 1, "images[0]", "cannot be read")
+    check_error(info.value, 1, "images[0]", "cannot be decoded")
 
 
 def test_unsupported_image_value():

@@ -48,6 +48,19 @@ class PreferenceCollator:
         self.max_response_length = max_response_length
         added = [token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special]
         self._special_tokens = sorted(set(added) | set(self.tokenizer.all_special_tokens), key=len, reverse=True)
+        # the processor expands these into image features: typed into a row's text they would be doubled
+        self._image_tokens = [token for token in (getattr(processor, name, None) for name in (
+            "image_token", "boi_token", "video_token")) if isinstance(token, str) and token]
+
+    def _check_no_image_tokens(self, row: dict, field: str) -> None:
+        for message in row[field]:
+            for block in message["content"]:
+                found = [token for token in self._image_tokens if token in block.get("text", "")]
+                if found:
+                    raise DataError(row.get("index"), field, f"the text holds the model's image token {found[0]!r}, "
+                                    "which the processor expands only for real images", "remove it from the text: "
+                                    "images are placed by {'type': 'image'} blocks (or <image> in a plain-string "
+                                    "prompt)", kind="placeholder_mismatch")
 
     def _chat(self, messages: list[dict], add_generation_prompt: bool) -> str:
         return self.processor.apply_chat_template(
@@ -55,6 +68,8 @@ class PreferenceCollator:
 
     def encode_prompts(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """Run the processor on the prompts and images of ``rows`` (left padding)."""
+        for row in rows:
+            self._check_no_image_tokens(row, "prompt")
         texts = [self._chat(row["prompt"], add_generation_prompt=True) for row in rows]
         images = [image for row in rows for image in row["images"]]
         kwargs = {"images": images} if images else {}
@@ -64,20 +79,42 @@ class PreferenceCollator:
         """Number of prompt tokens of one row, image tokens included."""
         return int(self.encode_prompts([row])["attention_mask"].sum())
 
-    def encode_response(self, row: dict, field: str) -> tuple[list[int], list[int]]:
-        """Token ids of ``row[field]`` as the chat template renders it after the prompt, and its mask."""
+    def measure(self, row: dict) -> dict[str, int]:
+        """Token counts of one row, as training will see it: ``prompt`` (image tokens included) and each
+        response before truncation. Raises ``DataError`` where the collator would, including a prompt over
+        ``max_prompt_length``."""
+        counts = {"prompt": self.prompt_length(row)}
+        self._check_prompt_length(row, counts["prompt"])
+        for field in ("chosen", "rejected"):
+            if field in row:
+                counts[field] = sum(self.encode_response(row, field, truncate=False)[1])
+        return counts
+
+    def _check_prompt_length(self, row: dict, length: int) -> None:
+        if self.max_prompt_length is not None and length > self.max_prompt_length:
+            raise DataError(row.get("index"), "prompt", f"the prompt is {length} tokens with its image tokens, "
+                            f"more than max_prompt_length={self.max_prompt_length}", "raise max_prompt_length, "
+                            "shrink the images, set data.skip_long_prompts, or data.on_bad_row=skip",
+                            kind="prompt_too_long")
+
+    def encode_response(self, row: dict, field: str, truncate: bool = True) -> tuple[list[int], list[int]]:
+        """Token ids of ``row[field]`` as the chat template renders it after the prompt, and its mask
+        (cut to ``max_response_length`` response tokens when ``truncate``)."""
+        self._check_no_image_tokens(row, field)
         prompt_text = self._chat(row["prompt"], add_generation_prompt=True)
         full_text = self._chat(row["prompt"] + row[field], add_generation_prompt=False)
         if not full_text.startswith(prompt_text):
             raise DataError(row.get("index"), field, "the chat template renders the prompt differently when "
                             "a response follows it, so the response cannot be located",
-                            "use a chat template whose generation prompt is a prefix of the full conversation")
+                            "use a chat template whose generation prompt is a prefix of the full conversation",
+                            kind="chat_template")
         suffix = full_text[len(prompt_text):]
         text = response_text(row[field])
         start = suffix.find(text)
         if start < 0:
             raise DataError(row.get("index"), field, "the chat template changed the response text",
-                            "check the template, or give responses already in the form it renders")
+                            "check the template, or give responses already in the form it renders",
+                            kind="chat_template")
         end = start + len(text)
         tail = suffix[end:]
         # the turn ends with the first special token after the response; templates that put none get EOS
@@ -99,7 +136,7 @@ class PreferenceCollator:
         encoded = self.tokenizer(suffix, add_special_tokens=False, return_offsets_mapping=True)
         ids = encoded["input_ids"]
         mask = [int(a < end and (leading_separator or b > start)) for a, b in encoded["offset_mapping"]]
-        if self.max_response_length is not None:
+        if truncate and self.max_response_length is not None:
             keep = _truncate_at(mask, self.max_response_length)
             ids, mask = ids[:keep], mask[:keep]
         return ids, mask
@@ -107,12 +144,8 @@ class PreferenceCollator:
     def __call__(self, rows: list[dict]) -> dict:
         prompts = self.encode_prompts(rows)
         lengths = prompts["attention_mask"].sum(dim=1)
-        if self.max_prompt_length is not None:
-            for row, length in zip(rows, lengths.tolist()):
-                if length > self.max_prompt_length:
-                    raise DataError(row.get("index"), "prompt", f"the prompt is {length} tokens with its image "
-                                    f"tokens, more than max_prompt_length={self.max_prompt_length}",
-                                    "raise max_prompt_length, shrink the images, or set skip_long_prompts")
+        for row, length in zip(rows, lengths.tolist()):
+            self._check_prompt_length(row, length)
         batch_size, prompt_len = prompts["input_ids"].shape
         batch = {
             "prompt_input_ids": prompts["input_ids"],

@@ -70,7 +70,24 @@ class DataConfig:
     max_response_length: int | None = 256
     """Responses are truncated to this many tokens."""
     skip_long_prompts: bool = False
-    """Drop rows whose prompt exceeds ``max_prompt_length`` (with a warning that counts them)."""
+    """Skip rows whose prompt exceeds ``max_prompt_length`` (counted in the log, listed in
+    ``skipped_rows.jsonl``), whatever ``on_bad_row`` says."""
+    validate: str = "full"
+    """Check rows before training as ``vlmdpo validate`` does (images decoded, chat template applied, token counts
+    against ``max_prompt_length`` and the model's position limit): ``full`` (every row), ``sample``
+    (``validate_sample`` rows drawn with ``train.seed``) or ``off`` (rows are checked only when read)."""
+    validate_sample: int = 1000
+    """Rows checked by ``validate=sample``."""
+    validate_workers: int = 0
+    """Processes for the check (0: one per CPU core, at most 8, for 512 rows or more; else 1)."""
+    on_bad_row: str = "error"
+    """``error``: the first bad row stops the run before training, naming the row, field, problem and fix.
+    ``skip``: bad rows are left out, counted in the log and listed in ``output_dir/skipped_rows.jsonl``
+    (needs ``validate=full``, so every row has been checked)."""
+    allow_outside_images: bool = False
+    """Open image paths that lead outside the dataset's folder (``../x.png``, absolute paths)."""
+    max_image_pixels: int | None = 40_000_000
+    """Refuse images with more pixels than this, checked before they are decoded (null: no limit)."""
     eval: str = ""
     """Held-out pairs evaluated every ``train.eval_steps`` (same formats as ``train``); empty for none."""
     eval_split: str = "test"
@@ -81,7 +98,21 @@ class DataConfig:
     def __post_init__(self):
         if self.skip_long_prompts and self.max_prompt_length is None:
             raise ValueError("data.skip_long_prompts needs data.max_prompt_length")
-
+        if self.validate not in ("full", "sample", "off"):
+            raise ValueError(f"data.validate must be full, sample or off, got {self.validate!r}")
+        if self.on_bad_row not in ("error", "skip"):
+            raise ValueError(f"data.on_bad_row must be error or skip, got {self.on_bad_row!r}")
+        if self.skip_long_prompts and self.validate != "full":
+            raise ValueError("data.skip_long_prompts needs data.validate=full (over-long rows are found by the check)")
+        if self.on_bad_row == "skip" and self.validate != "full":
+            raise ValueError("data.on_bad_row=skip needs data.validate=full: rows are skipped only after every "
+                             "row has been checked, so none is dropped unseen mid-run")
+        for name in ("max_rows", "max_prompt_length", "max_response_length", "max_image_pixels"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"data.{name} must be >= 1 (or null), got {value}")
+        if self.validate_sample < 1 or self.validate_workers < 0:
+            raise ValueError("data.validate_sample must be >= 1 and data.validate_workers >= 0")
 
 @dataclass
 class LossConfig:
@@ -140,7 +171,7 @@ class TrainConfig:
     num_epochs: float = 1.0
     """Passes over the data (ignored when ``max_steps`` is set)."""
     max_steps: int | None = None
-    """Optimizer steps to run."""
+    """Optimizer steps to run (null: ``num_epochs`` passes over the data)."""
     warmup_ratio: float = 0.1
     """Fraction of steps with a linear warmup."""
     lr_scheduler: str = "cosine"
@@ -156,7 +187,13 @@ class TrainConfig:
     save_total_limit: int = 2
     """Keep at most this many checkpoints."""
     resume: bool = True
-    """Continue from the newest checkpoint in ``output_dir`` if there is one."""
+    """Continue from the newest checkpoint in ``output_dir`` that loads (damaged ones are skipped, and named).
+    A checkpoint of different data or training settings is refused unless ``resume_with_changes``."""
+    resume_with_changes: bool = False
+    """Resume even if the data or the training settings differ from the checkpoint's (the log lists them)."""
+    on_nonfinite: str = "error"
+    """A non-finite loss or gradient: ``error`` stops the run naming the step, the batch's rows and the last
+    good checkpoint; ``skip`` skips that optimizer step (counted as ``nonfinite_skipped`` in the metrics)."""
     eval_steps: int = 0
     """Evaluate on ``data.eval`` every N steps and at the end (0: never)."""
     eval_vocabulary: str | None = None
@@ -186,6 +223,16 @@ class TrainConfig:
     def __post_init__(self):
         if self.batch_size < 1 or self.gradient_accumulation_steps < 1:
             raise ValueError("train.batch_size and train.gradient_accumulation_steps must be >= 1")
+        if self.max_steps is not None and self.max_steps < 1:
+            raise ValueError(f"train.max_steps must be >= 1, or null to train num_epochs, got {self.max_steps}")
+        if self.num_epochs <= 0:
+            raise ValueError(f"train.num_epochs must be > 0, got {self.num_epochs}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"train.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if self.logging_steps < 1 or self.save_steps < 0 or self.save_total_limit < 0:
+            raise ValueError("train.logging_steps must be >= 1, train.save_steps and train.save_total_limit >= 0")
+        if self.on_nonfinite not in ("error", "skip"):
+            raise ValueError(f"train.on_nonfinite must be error or skip, got {self.on_nonfinite!r}")
         if self.eval_steps < 0:
             raise ValueError("train.eval_steps must be >= 0")
         self.mixed_precision = mixed_precision_choice(self.mixed_precision, "train.mixed_precision")

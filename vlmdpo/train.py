@@ -8,8 +8,9 @@ rows -> PreferenceCollator -> policy forward -> response log-probs -> reference 
 from __future__ import annotations
 
 import contextlib
-import json
+import hashlib
 import math
+import shutil
 from pathlib import Path
 
 import torch
@@ -17,10 +18,13 @@ from accelerate.utils import send_to_device
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
-from vlmdpo.checkpoints import latest_checkpoint, read_state, save_checkpoint
+from vlmdpo.checkpoints import (
+    latest_checkpoint, remove_partial_checkpoints, resume, save_checkpoint, step_checkpoints,
+)
 from vlmdpo.collator import PreferenceCollator
 from vlmdpo.config import Config, save_config
-from vlmdpo.data import PreferenceDataset, load_preference_dataset
+from vlmdpo.data import PreferenceDataset
+from vlmdpo.metrics_log import MetricsLog
 from vlmdpo.fast_logps import choose_forward_path
 from vlmdpo.modeling import (
     apply_lora, frozen_copy, load_model_and_processor, reference_mode, resolve_model_path,
@@ -29,7 +33,12 @@ from vlmdpo.reference_cache import (
     ReferenceLogps, cache_key, compute_reference_logps, default_cache_dir, load_or_compute, processor_fingerprint,
     weights_fingerprint,
 )
+from vlmdpo.run_data import check_paths, checked_pairs, data_fingerprint, load_eval_rows, load_pairs, run_record
 from vlmdpo.step import dpo_step, logps_function
+
+
+class NonFiniteError(RuntimeError):
+    """A non-finite loss or gradient stopped the run (``train.on_nonfinite=error``)."""
 
 
 class EpochShuffleSampler(Sampler):
@@ -65,43 +74,6 @@ def build_policy(config: Config):
     return policy, None, processor
 
 
-def build_dataset(config: Config, collator: PreferenceCollator, log=print) -> PreferenceDataset:
-    """Load the training pairs; drop over-long prompts only if the user asked to."""
-    data_cfg = config.data
-    if not data_cfg.train:
-        raise ValueError("data.train is empty: give a dataset path or hub name, e.g. data.train=pairs.jsonl")
-    dataset = load_preference_dataset(data_cfg.train, split=data_cfg.train_split)
-    if data_cfg.max_rows is not None:
-        dataset = dataset.select(range(min(data_cfg.max_rows, len(dataset))))
-    image_root = data_cfg.image_root
-    if image_root is None and Path(data_cfg.train).is_file():
-        image_root = str(Path(data_cfg.train).parent)
-    responses = config.loss.responses
-    pairs = PreferenceDataset(dataset, image_root=image_root, responses=responses)
-    if data_cfg.skip_long_prompts:
-        keep = [i for i in range(len(pairs)) if collator.prompt_length(pairs[i]) <= data_cfg.max_prompt_length]
-        if len(keep) < len(pairs):
-            log(f"warning: skipped {len(pairs) - len(keep)} of {len(pairs)} rows whose prompt is longer than "
-                f"max_prompt_length={data_cfg.max_prompt_length}")
-            pairs = PreferenceDataset(dataset.select(keep), image_root=image_root, responses=responses)
-    return pairs
-
-
-def load_eval_rows(config: Config) -> list[dict] | None:
-    """Held-out pairs for the in-training evaluation, or ``None`` when it is off."""
-    if not (config.data.eval and config.train.eval_steps):
-        return None
-    dataset = load_preference_dataset(config.data.eval, split=config.data.eval_split)
-    if config.data.eval_max_rows is not None:
-        dataset = dataset.select(range(min(config.data.eval_max_rows, len(dataset))))
-    pairs = PreferenceDataset(dataset)
-    rows = [pairs[i] for i in range(len(pairs))]
-    if "objects" in dataset.column_names:
-        for row, objects in zip(rows, dataset["objects"]):
-            row["objects"] = objects
-    return rows
-
-
 def evaluate(policy, reference, processor, rows: list[dict], config: Config) -> dict[str, float]:
     """Preference fit (and CHAIR with a vocabulary) on held-out rows, named ``eval/...``."""
     from vlmdpo.eval.during_training import evaluate_during_training
@@ -118,6 +90,7 @@ def precomputed_reference_logps(policy, reference, processor, pairs: PreferenceD
     settings = {"max_prompt_length": config.data.max_prompt_length, "dtype": config.model.dtype,
                 "max_response_length": config.data.max_response_length, "responses": pairs.responses,
                 "image_root": pairs.image_root,
+                "rows": None if pairs.indices is None else hashlib.sha256(str(pairs.indices).encode()).hexdigest(),
                 "mixed_precision": _mixed_precision(config.train.mixed_precision)}
     ref_model = reference if reference is not None else accelerator.unwrap_model(policy)
     key = cache_key(pairs.dataset._fingerprint, weights_fingerprint(ref_model), processor_fingerprint(processor),
@@ -181,31 +154,49 @@ def train(config: Config) -> Path:
 
 def _train(config: Config) -> Path:
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedDataParallelKwargs, set_seed
     from transformers import get_scheduler
 
+    check_paths(config)
     cfg = config.train
     output_dir = Path(cfg.output_dir)
+    # parts a batch may leave unused (the vision tower on text-only rows) must not stall DDP's gradient sync
+    only_language = config.model.finetune == "lora" and not config.model.lora_target_modules and set(
+        config.model.lora_parts) == {"language"}
     accelerator = Accelerator(gradient_accumulation_steps=cfg.gradient_accumulation_steps,
                               mixed_precision=_mixed_precision(cfg.mixed_precision),
-                              log_with=cfg.report_to or None, project_dir=str(output_dir))
+                              log_with=cfg.report_to or None, project_dir=str(output_dir),
+                              kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=not only_language)])
     log = tqdm.write if accelerator.is_main_process else (lambda *_: None)
     set_seed(cfg.seed)
     policy, reference, processor = build_policy(config)
     tokenizer = getattr(processor, "tokenizer", processor)
     collator = PreferenceCollator(processor, config.data.max_prompt_length, config.data.max_response_length)
-    pairs = build_dataset(config, collator, log)
+    pairs = load_pairs(config)
+    fingerprint = data_fingerprint(pairs, config)
+    run = run_record(config, fingerprint, accelerator.num_processes)
+    if accelerator.is_main_process:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _start_folder(output_dir, cfg.resume, log)
+    accelerator.wait_for_everyone()
+    pairs = checked_pairs(pairs, collator, policy.config, config, fingerprint, accelerator, log)
     eval_rows = load_eval_rows(config)
+
     sampler = EpochShuffleSampler(len(pairs), cfg.seed)
+    # the loader draws its workers' base seed from its own generator, not the global RNG: a resumed run
+    # restores the global RNG (dropout's) from the checkpoint, and a new iterator must not move it
     loader = DataLoader(pairs, batch_size=cfg.batch_size, sampler=sampler, collate_fn=collator,
-                        num_workers=cfg.num_workers)
+                        num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
     steps_per_epoch = max(1, math.ceil(len(loader) / accelerator.num_processes / cfg.gradient_accumulation_steps))
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * steps_per_epoch))
     trainable = [p for p in policy.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * max_steps),
                               num_training_steps=max_steps)
-    policy, optimizer, loader, scheduler = accelerator.prepare(policy, optimizer, loader, scheduler)
+    # the scheduler is stepped here once per optimizer step; accelerate's wrapper would step it once per
+    # process (N times too fast with N processes), so it is only registered for checkpointing
+    policy, optimizer, loader = accelerator.prepare(policy, optimizer, loader)
+    accelerator.register_for_checkpointing(scheduler)
     if reference is not None:
         reference = reference.to(accelerator.device)
     probe = None if cfg.forward_path == "plain" else send_to_device(  # two pairs to check the fast path on
@@ -217,22 +208,27 @@ def _train(config: Config) -> Path:
         ref_logps = precomputed_reference_logps(policy, reference, processor, pairs, collator, config,
                                                 forward_path, accelerator, log)
 
-    state = {"step": 0, "micro_batches": 0, "bco_delta": 0.0, "reward_count": 0}
-    checkpoint = latest_checkpoint(output_dir) if cfg.resume else None
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        state = read_state(checkpoint)
+    state = {"step": 0, "micro_batches": 0, "bco_delta": 0.0, "reward_count": 0, "nonfinite_skipped": 0}
+    resumed = resume(accelerator, output_dir, run, cfg.resume_with_changes, log) if cfg.resume else None
+    if resumed is not None:
+        checkpoint, saved_state = resumed
+        state.update(saved_state)
         log(f"resuming from {checkpoint} at step {state['step']}")
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
         save_config(config, str(output_dir / "config.yaml"))
     accelerator.init_trackers("vlmdpo", config={"beta": config.loss.beta, "lr": cfg.learning_rate})
-    metrics_file = open(output_dir / "metrics.jsonl", "a") if accelerator.is_main_process else None
+    metrics_log = (MetricsLog(output_dir / "metrics.jsonl", state["step"] if resumed else None)
+                   if accelerator.is_main_process else None)
     progress = tqdm(total=max_steps, initial=state["step"], desc=_progress_label(config), disable=not (
         cfg.progress and accelerator.is_main_process), dynamic_ncols=True)
 
+    def save(step):
+        save_checkpoint(accelerator, policy, processor, output_dir, step, state, cfg.save_total_limit, run)
+
     policy.train()
     sums: dict[str, float] = {}
+    window_rows: list[int] = []  # the rows of the optimizer step being accumulated
+    nonfinite_loss = torch.zeros((), device=accelerator.device)
     micro_per_epoch = len(loader)
     while state["step"] < max_steps:
         epoch, done = divmod(state["micro_batches"], micro_per_epoch)
@@ -241,21 +237,35 @@ def _train(config: Config) -> Path:
         # resumed process: name the epoch on the loader itself
         epoch_loader.set_epoch(epoch)
         for batch in epoch_loader:
+            window_rows += batch["index"]
             with accelerator.accumulate(policy):
                 loss, metrics = dpo_step(policy, reference, batch, config.loss, pad_token_id=tokenizer.pad_token_id,
                                          forward_path=forward_path, bco_delta=state["bco_delta"],
                                          ref_logps=ref_logps)
+                nonfinite_loss += ~torch.isfinite(loss.detach())
                 accelerator.backward(loss)
-                if accelerator.sync_gradients and cfg.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(trainable, cfg.max_grad_norm)
-                optimizer.step()
-                scheduler.step()
-                optimizer.zero_grad()
+                if accelerator.sync_gradients:
+                    grad_norm = accelerator.clip_grad_norm_(
+                        trainable, cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf"))
+                    problem = _nonfinite_problem(accelerator, nonfinite_loss, grad_norm)
+                    if problem and cfg.on_nonfinite == "error":
+                        _stop_on_nonfinite(accelerator, problem, state["step"] + 1, window_rows, output_dir)
+                    if problem:
+                        state["nonfinite_skipped"] += 1
+                        log(f"warning: step {state['step'] + 1}: {problem}; the step is skipped "
+                            "(train.on_nonfinite=skip)")
+                    else:
+                        optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad()
+                    nonfinite_loss.zero_()
+                    window_rows = []
             state["micro_batches"] += 1
             if "rewards/chosen" in metrics:  # running mean of all rewards: BCO's shift (arXiv:2404.04656)
                 mean_reward = float((metrics["rewards/chosen"] + metrics["rewards/rejected"]) / 2)
-                state["reward_count"] += 1
-                state["bco_delta"] += (mean_reward - state["bco_delta"]) / state["reward_count"]
+                if math.isfinite(mean_reward):
+                    state["reward_count"] += 1
+                    state["bco_delta"] += (mean_reward - state["bco_delta"]) / state["reward_count"]
             for name, value in metrics.items():
                 sums[name] = sums.get(name, 0.0) + float(accelerator.reduce(value.detach(), "mean"))
             sums["_count"] = sums.get("_count", 0) + 1
@@ -263,40 +273,73 @@ def _train(config: Config) -> Path:
                 continue
             state["step"] += 1
             progress.update(1)
-            is_eval_step = eval_rows is not None and (state["step"] % cfg.eval_steps == 0
-                                                      or state["step"] == max_steps)
-            if is_eval_step:  # main process only; the others wait at the barrier below
-                if accelerator.is_main_process:
+            if eval_rows is not None and (state["step"] % cfg.eval_steps == 0 or state["step"] == max_steps):
+                if accelerator.is_main_process:  # the other processes wait at the barrier below
                     eval_record = evaluate(policy, reference, processor, eval_rows, config)
                     eval_record["step"] = state["step"]
                     accelerator.log(eval_record, step=state["step"])
-                    if metrics_file:
-                        metrics_file.write(json.dumps(eval_record) + "\n")
+                    metrics_log.write(eval_record)
                 accelerator.wait_for_everyone()
             if state["step"] % cfg.logging_steps == 0 or state["step"] == max_steps:
                 count = sums.pop("_count")
                 record = {name: value / count for name, value in sums.items()}
                 record.update(step=state["step"], epoch=state["micro_batches"] / micro_per_epoch,
                               learning_rate=scheduler.get_last_lr()[0])
+                if state["nonfinite_skipped"]:
+                    record["nonfinite_skipped"] = state["nonfinite_skipped"]
                 progress.set_postfix({k.split("/")[-1]: f"{record[k]:.3f}" for k in ("loss", "rewards/accuracies")
                                       if k in record})
                 accelerator.log(record, step=state["step"])
-                if metrics_file:
-                    metrics_file.write(json.dumps(record) + "\n")
-                    metrics_file.flush()
+                if metrics_log:
+                    metrics_log.write(record)
                 sums = {}
             if cfg.save_steps and state["step"] % cfg.save_steps == 0 and state["step"] < max_steps:
-                save_checkpoint(accelerator, policy, processor, output_dir, state["step"], state,
-                                cfg.save_total_limit)
+                save(state["step"])
             if state["step"] >= max_steps:
                 break
     progress.close()
-    if metrics_file:
-        metrics_file.close()
+    if metrics_log:
+        metrics_log.close()
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         accelerator.unwrap_model(policy).save_pretrained(output_dir)
         processor.save_pretrained(output_dir)
-    save_checkpoint(accelerator, policy, processor, output_dir, state["step"], state, cfg.save_total_limit)
+    save(state["step"])
     accelerator.end_training()
     return output_dir
+
+
+def _start_folder(output_dir: Path, resuming: bool, log) -> None:
+    """Clear what a killed save left; with ``train.resume=false`` also the earlier run's checkpoints."""
+    for path in remove_partial_checkpoints(output_dir):
+        log(f"removed {path}, an unfinished checkpoint of a run that was stopped while saving")
+    if not resuming:
+        old = step_checkpoints(output_dir)
+        if old:
+            log(f"train.resume=false: starting over in {output_dir}; removing its {len(old)} earlier checkpoint(s)")
+        for path in old:
+            shutil.rmtree(path)
+
+
+def _nonfinite_problem(accelerator, nonfinite_loss: torch.Tensor, grad_norm) -> str | None:
+    """What is not finite in this optimizer step on any process (all processes get the same answer)."""
+    grad_norm = torch.as_tensor(grad_norm, dtype=torch.float32, device=accelerator.device)
+    flags = torch.stack([nonfinite_loss.float().clamp(max=1), (~torch.isfinite(grad_norm)).float()])
+    flags = accelerator.reduce(flags, "sum")
+    if flags[0] > 0:
+        return "the loss is not finite"
+    if flags[1] > 0:
+        return f"the gradient norm is not finite ({float(grad_norm)})"
+    return None
+
+
+def _stop_on_nonfinite(accelerator, problem: str, step: int, rows: list[int], output_dir: Path) -> None:
+    from accelerate.utils import gather_object
+
+    rows = sorted(gather_object(list(rows))) if accelerator.num_processes > 1 else sorted(rows)
+    last = latest_checkpoint(output_dir)
+    where = (f"the last good checkpoint is {last} (a rerun resumes from it)" if last is not None
+             else "no checkpoint was saved before it")
+    raise NonFiniteError(f"step {step}: {problem}, on the batch of rows {rows}; the run stopped, {where}. Lower "
+                         "train.learning_rate or raise loss.beta, check those rows, or set train.on_nonfinite=skip "
+                         "to skip such steps")
