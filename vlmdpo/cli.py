@@ -1,4 +1,4 @@
-"""Command line: ``vlmdpo train``, ``vlmdpo eval``, ``vlmdpo merge``, ``vlmdpo demo``, ``vlmdpo tiny-model``,
+"""Command line: ``vlmdpo train``, ``vlmdpo validate``, ``vlmdpo eval``, ``vlmdpo merge``, ``vlmdpo demo``, ``vlmdpo tiny-model``,
 ``vlmdpo config``.
 
 ``vlmdpo train [CONFIG.yaml] [section.key=value ...]`` runs DPO; under ``accelerate launch -m vlmdpo.cli``
@@ -19,6 +19,20 @@ def _train(args) -> None:
     path = items.pop(0) if items and "=" not in items[0] else None
     output = train(load_config(path, items))
     print(f"adapter and metrics written to {output}")
+
+
+def _validate(args) -> None:
+    from vlmdpo.config import load_config
+    from vlmdpo.validate import validate_config
+
+    items = list(args.items)
+    path = items.pop(0) if items and "=" not in items[0] else None
+    report, written = validate_config(load_config(path, items), out=args.out)
+    print(report.summary())
+    if written is not None:
+        print(f"bad rows listed in {written}")
+    if report.bad:
+        raise SystemExit(1)
 
 
 def _eval(args) -> None:
@@ -59,7 +73,7 @@ def _config(args) -> None:
     print(config_reference(schema))
 
 
-KEYS_HELP = {"train": "vlmdpo config", "eval": "vlmdpo config eval", "demo": "vlmdpo config demo"}
+KEYS_HELP = {"train": "vlmdpo config", "validate": "vlmdpo config", "eval": "vlmdpo config eval", "demo": "vlmdpo config demo"}
 
 
 def _subcommand(commands, name: str, help: str):
@@ -78,6 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
                        help="an optional YAML config, then overrides such as train.learning_rate=1e-5")
     train.set_defaults(func=_train)
+    validate = _subcommand(commands, "validate", "check every training row as training will read it, before training")
+    validate.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
+                          help="the training config (and overrides) whose data.train to check")
+    validate.add_argument("--out", default=None, help="where to list the bad rows (default: "
+                          "<train.output_dir>/bad_rows.jsonl)")
+    validate.set_defaults(func=_validate)
     evaluate = _subcommand(commands, "eval", "evaluate a base model and its adapters or merged checkpoints")
     evaluate.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
                           help="an optional YAML eval config, then overrides such as 'checkpoints=[runs/*]'")
@@ -106,12 +126,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from vlmdpo.checkpoints import ResumeError
     from vlmdpo.config import ConfigError
+    from vlmdpo.data import DataError
+    from vlmdpo.validate import BadRowsError
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ConfigError as error:  # raised while reading the config, before any model loads
+    except (ConfigError, DataError, BadRowsError, ResumeError) as error:  # the user can act on these
         print(f"vlmdpo: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

@@ -40,18 +40,25 @@ def hf_model(model):
 def load_model_and_processor(name_or_path: str, dtype: str | torch.dtype = "float32",
                              attn_implementation: str | None = None, revision: str | None = None):
     """``AutoModelForImageTextToText`` and ``AutoProcessor`` from a hub name or a local folder."""
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
 
     dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
     kwargs = {"dtype": dtype, "revision": revision}
     if attn_implementation:
         kwargs["attn_implementation"] = attn_implementation
     model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+    return model, load_processor(name_or_path, revision)
+
+
+def load_processor(name_or_path: str, revision: str | None = None):
+    """The model's ``AutoProcessor``, with the EOS token as pad token where it has none."""
+    from transformers import AutoProcessor
+
     processor = AutoProcessor.from_pretrained(name_or_path, revision=revision)
     tokenizer = getattr(processor, "tokenizer", processor)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return model, processor
+    return processor
 
 
 def _part_of(name: str) -> str | None:

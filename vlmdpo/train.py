@@ -256,6 +256,7 @@ def _train(config: Config) -> Path:
                             "(train.on_nonfinite=skip)")
                     else:
                         optimizer.step()
+                    step_learning_rate = scheduler.get_last_lr()[0]  # the rate this step used
                     scheduler.step()
                     optimizer.zero_grad()
                     nonfinite_loss.zero_()
@@ -284,7 +285,7 @@ def _train(config: Config) -> Path:
                 count = sums.pop("_count")
                 record = {name: value / count for name, value in sums.items()}
                 record.update(step=state["step"], epoch=state["micro_batches"] / micro_per_epoch,
-                              learning_rate=scheduler.get_last_lr()[0])
+                              learning_rate=step_learning_rate)
                 if state["nonfinite_skipped"]:
                     record["nonfinite_skipped"] = state["nonfinite_skipped"]
                 progress.set_postfix({k.split("/")[-1]: f"{record[k]:.3f}" for k in ("loss", "rewards/accuracies")
