@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import math
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -257,7 +258,9 @@ def _train(config: Config) -> Path:
                     else:
                         optimizer.step()
                     step_learning_rate = scheduler.get_last_lr()[0]  # the rate this step used
-                    scheduler.step()
+                    with warnings.catch_warnings():  # a skipped step still advances the schedule
+                        warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+                        scheduler.step()
                     optimizer.zero_grad()
                     nonfinite_loss.zero_()
                     window_rows = []
