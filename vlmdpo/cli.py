@@ -23,11 +23,11 @@ def _train(args) -> None:
 
 def _validate(args) -> None:
     from vlmdpo.config import load_config
-    from vlmdpo.validate import validate_config
+    from vlmdpo.run_data import validate_training_data
 
     items = list(args.items)
     path = items.pop(0) if items and "=" not in items[0] else None
-    report, written = validate_config(load_config(path, items), out=args.out)
+    report, written = validate_training_data(load_config(path, items), out=args.out)
     print(report.summary())
     if written is not None:
         print(f"bad rows listed in {written}")

@@ -53,15 +53,33 @@ def load_preference_dataset(source: str, split: str = "train", **load_kwargs) ->
     suffix = path.suffix.lower()
     builders = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
     if suffix in builders:  # a plain data file has one split, which datasets calls "train"
+        is_json = suffix in (".json", ".jsonl") and path.is_file()
         try:
-            return datasets.load_dataset(builders[suffix], data_files=str(source), split="train", **load_kwargs)
+            loaded = datasets.load_dataset(builders[suffix], data_files=str(source), split="train", **load_kwargs)
         except Exception:
-            if suffix in (".json", ".jsonl") and path.is_file():
+            if is_json:
                 _raise_bad_json_line(path)  # datasets' error names neither the line nor the problem
             raise
+        if is_json and not _is_utf8(path):  # pyarrow loads bad bytes; reading that row would crash mid-run
+            _raise_bad_json_line(path)
+        return loaded
     if path.is_dir():
         return datasets.load_dataset("imagefolder", data_dir=str(path), split=split, **load_kwargs)
     return datasets.load_dataset(source, split=split, **load_kwargs)
+
+
+def _is_utf8(path: Path) -> bool:
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with path.open("rb") as file:
+            while chunk := file.read(1 << 24):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _raise_bad_json_line(path: Path) -> None:
@@ -70,8 +88,7 @@ def _raise_bad_json_line(path: Path) -> None:
     import json
 
     lines = path.read_bytes().splitlines()
-    if len(lines) > 1 and lines[0].lstrip()[:1] == b"[":
-        return
+    one_document = lines[0].lstrip()[:1] == b"[" if lines else False
     for number, raw in enumerate(lines, start=1):
         where = f"{path}, line {number} (counted from 1)"
         try:
@@ -80,7 +97,7 @@ def _raise_bad_json_line(path: Path) -> None:
             raise DataError(None, "(line)", f"byte {err.start} is not UTF-8 ({raw[err.start:err.start + 4]!r})",
                             "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8), or drop the line",
                             kind="bad_encoding", where=where) from None
-        if not text.strip():
+        if one_document or not text.strip():
             continue
         try:
             value = json.loads(text)

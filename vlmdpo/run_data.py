@@ -129,6 +129,28 @@ def _main_process_check(pairs, collator, model_config, config: Config, fingerpri
     return report.bad
 
 
+def validate_training_data(config: Config, out: str | Path | None = None) -> tuple[ValidationReport, Path | None]:
+    """``vlmdpo validate``: check ``config.data.train`` with the config's processor and model limits (only
+    the processor and the model's config are loaded, not its weights). Bad rows are listed in ``out``
+    (default ``<train.output_dir>/bad_rows.jsonl``); returns the report and that path (``None`` if none)."""
+    from transformers import AutoConfig
+
+    from vlmdpo.collator import PreferenceCollator
+    from vlmdpo.modeling import load_processor, resolve_model_path
+
+    check_paths(config)
+    name = resolve_model_path(config.model.name_or_path)
+    processor = load_processor(name)
+    collator = PreferenceCollator(processor, config.data.max_prompt_length, config.data.max_response_length)
+    pairs = load_pairs(config)
+    sample = config.data.validate_sample if config.data.validate == "sample" else None
+    report = validate_rows(pairs, collator, limit=position_limit(AutoConfig.from_pretrained(name)), sample=sample,
+                           seed=config.train.seed, workers=config.data.validate_workers, progress=config.train.progress)
+    if not report.bad:
+        return report, None
+    return report, report.write_bad_rows(out or Path(config.train.output_dir) / "bad_rows.jsonl")
+
+
 def load_eval_rows(config: Config) -> list[dict] | None:
     """Held-out pairs for the in-training evaluation (all read now, so a bad one fails before training), or
     ``None`` when it is off."""
