@@ -1,5 +1,6 @@
 """Two processes under a real ``accelerate launch`` (gloo on the CPU) train exactly as one process with
-twice the gradient accumulation: same learning-rate schedule (cosine with warmup), same losses, same adapter,
+twice the gradient accumulation: same learning-rate schedule (cosine with warmup), same losses, same held-out
+evaluation, same adapter,
 on a dataset that mixes text-only and image rows with LoRA on the vision tower too (a process whose row has
 no image leaves the vision LoRA without a gradient, which plain DDP refuses)."""
 
@@ -48,7 +49,8 @@ def train_command(model_dir, data, output_dir, accumulation):
             "model.lora_parts=[language,projector,vision]", f"train.output_dir={output_dir}",
             f"train.max_steps={STEPS}", "train.batch_size=1", f"train.gradient_accumulation_steps={accumulation}",
             "train.learning_rate=5e-3", "train.lr_scheduler=cosine", "train.warmup_ratio=0.2",
-            "train.mixed_precision=no", "train.progress=false", "train.save_steps=3", "train.seed=3"]
+            "train.mixed_precision=no", "train.progress=false", "train.save_steps=3", "train.seed=3",
+            f"data.eval={data}", "data.eval_max_rows=4", "train.eval_steps=3"]
 
 
 def run(command, **kwargs):
@@ -58,8 +60,9 @@ def run(command, **kwargs):
     return done
 
 
-def metrics(output_dir):
-    return [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+def metrics(output_dir, evaluation=False):
+    records = [json.loads(line) for line in (output_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in records if any(key.startswith("eval/") for key in r) == evaluation]
 
 
 @pytest.mark.parametrize("family", ["llava"], indirect=True)
@@ -81,6 +84,12 @@ def test_two_processes_equal_one_process_with_doubled_accumulation(family, tiny_
         assert ours["learning_rate"] == pytest.approx(theirs["learning_rate"], rel=1e-12), ours["step"]
         for key in ("loss", "rewards/margins", "logps/chosen", "logps/rejected"):
             assert ours[key] == pytest.approx(theirs[key], abs=1e-5), (ours["step"], key)
+    # the held-out evaluation (main process only, the others wait) sees the same adapter
+    single_eval, double_eval = metrics(one, evaluation=True), metrics(two, evaluation=True)
+    assert [r["step"] for r in single_eval] == [r["step"] for r in double_eval] == [3, 6]
+    for ours, theirs in zip(double_eval, single_eval):
+        for key in ("eval/rewards/margins", "eval/logps/chosen", "eval/logps/rejected"):
+            assert ours[key] == pytest.approx(theirs[key], abs=1e-5), (ours["step"], key)
     # the schedule is the one sized for STEPS steps: warmup to the peak, then cosine down, never back up
     rates = [r["learning_rate"] for r in single]
     assert rates[0] < rates[1] and rates[1:] == sorted(rates[1:], reverse=True) and rates[-1] > 0
@@ -97,3 +106,19 @@ def test_two_processes_equal_one_process_with_doubled_accumulation(family, tiny_
     assert sorted(p.name for p in two.glob("checkpoint-*")) == ["checkpoint-3", "checkpoint-6"]
     assert {p.name for p in (two / "checkpoint-3").glob("random_states_*")} == {
         "random_states_0.pkl", "random_states_1.pkl"}
+
+
+@pytest.mark.parametrize("name, kind", [("ddp", "MULTI_GPU"), ("fsdp", "FSDP"), ("deepspeed_zero2", "DEEPSPEED"),
+                                        ("deepspeed_zero3", "DEEPSPEED")])
+def test_shipped_accelerate_configs_are_valid(name, kind):
+    """The example launch configs in docs/accelerate load as accelerate configs of the stated kind (running
+    them needs GPUs: ``ACCELERATE_USE_CPU`` turns every one into plain CPU DDP)."""
+    from pathlib import Path
+
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    path = Path(__file__).parents[1] / "docs" / "accelerate" / f"{name}.yaml"
+    config = load_config_from_file(str(path))
+    assert config.distributed_type.name == kind and config.num_processes > 1
+    if kind == "DEEPSPEED":
+        assert config.deepspeed_config["zero_stage"] == int(name[-1])

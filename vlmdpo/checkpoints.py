@@ -78,9 +78,9 @@ def save_checkpoint(accelerator, policy, processor, output_dir: Path, step: int,
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
-    accelerator.wait_for_everyone()
+    weights = accelerator.get_state_dict(policy)  # every process: FSDP and ZeRO-3 gather their shards here
     if accelerator.is_main_process:
-        accelerator.unwrap_model(policy).save_pretrained(partial / "adapter")
+        accelerator.unwrap_model(policy).save_pretrained(partial / "adapter", state_dict=weights)
         processor.save_pretrained(partial / "adapter")
         if run is not None:
             (partial / RUN_FILE).write_text(json.dumps(run, indent=1))

@@ -305,8 +305,9 @@ def _train(config: Config) -> Path:
     if metrics_log:
         metrics_log.close()
     accelerator.wait_for_everyone()
+    weights = accelerator.get_state_dict(policy)  # every process: FSDP and ZeRO-3 gather their shards here
     if accelerator.is_main_process:
-        accelerator.unwrap_model(policy).save_pretrained(output_dir)
+        accelerator.unwrap_model(policy).save_pretrained(output_dir, state_dict=weights)
         processor.save_pretrained(output_dir)
     save(state["step"])
     accelerator.end_training()
@@ -327,7 +328,9 @@ def _start_folder(output_dir: Path, resuming: bool, log) -> None:
 
 def _nonfinite_problem(accelerator, nonfinite_loss: torch.Tensor, grad_norm) -> str | None:
     """What is not finite in this optimizer step on any process (all processes get the same answer)."""
-    grad_norm = torch.as_tensor(grad_norm, dtype=torch.float32, device=accelerator.device)
+    # DeepSpeed clips inside its own step, and accelerate then returns no norm: only the loss is checked
+    grad_norm = torch.as_tensor(0.0 if grad_norm is None else grad_norm, dtype=torch.float32,
+                                device=accelerator.device)
     flags = torch.stack([nonfinite_loss.float().clamp(max=1), (~torch.isfinite(grad_norm)).float()])
     flags = accelerator.reduce(flags, "sum")
     if flags[0] > 0:
