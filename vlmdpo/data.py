@@ -30,10 +30,11 @@ class DataError(ValueError):
     ``kind`` is a short name for the problem (``missing_image``, ``empty_response``...), used to count bad
     rows by kind; ``problem`` and ``fix`` are the two halves of the message."""
 
-    def __init__(self, index: int | None, field: str, problem: str, fix: str, kind: str = "invalid_row",
+    def __init__(self, index: int | None, field: str | None, problem: str, fix: str, kind: str = "invalid_row",
                  where: str | None = None):
         where = where or (f"row {index} (counted from 0)" if index is not None else "a row")
-        super().__init__(f"{where}, field {field!r}: {problem}. Fix: {fix}")
+        where += f", field {field!r}" if field else ""
+        super().__init__(f"{where}: {problem}. Fix: {fix}")
         self.index, self.field, self.problem, self.fix, self.kind = index, field, problem, fix, kind
 
 
@@ -94,7 +95,7 @@ def _raise_bad_json_line(path: Path) -> None:
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as err:
-            raise DataError(None, "(line)", f"byte {err.start} is not UTF-8 ({raw[err.start:err.start + 4]!r})",
+            raise DataError(None, None, f"byte {err.start} is not UTF-8 ({raw[err.start:err.start + 4]!r})",
                             "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8), or drop the line",
                             kind="bad_encoding", where=where) from None
         if one_document or not text.strip():
@@ -102,10 +103,10 @@ def _raise_bad_json_line(path: Path) -> None:
         try:
             value = json.loads(text)
         except json.JSONDecodeError as err:
-            raise DataError(None, "(line)", f"the line is not JSON ({err.msg} at column {err.colno})",
+            raise DataError(None, None, f"the line is not JSON ({err.msg} at column {err.colno})",
                             "write one JSON object per line, or drop the line", kind="bad_json", where=where) from None
         if not isinstance(value, dict):
-            raise DataError(None, "(line)", f"the line is a JSON {type(value).__name__}, not an object",
+            raise DataError(None, None, f"the line is a JSON {type(value).__name__}, not an object",
                             "write one JSON object per line (a row)", kind="bad_json", where=where)
 
 
