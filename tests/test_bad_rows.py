@@ -226,3 +226,32 @@ def test_paths_are_checked_before_the_model_loads(tmp_path, monkeypatch):
     for overrides, words in cases:
         with pytest.raises(ConfigError, match=words):
             train_module.train(load_config(None, overrides))
+
+
+@pytest.mark.parametrize("family", ["llava"], indirect=True)
+def test_worker_processes_and_samples_find_the_same_rows(family, corpora, tiny_model_and_processor, tiny_model_dir,
+                                                         tmp_path):
+    path, corpus = corpora["plain"]
+    pairs = load_pairs(config_for(tiny_model_dir, path, tmp_path))
+    collator = PreferenceCollator(tiny_model_and_processor[1], max_response_length=64)
+    alone = validate_rows(pairs, collator, limit=1024, workers=1, progress=False)
+    shared = validate_rows(pairs, collator, limit=1024, workers=2, progress=False)
+    assert shared.bad == alone.bad and dict(shared.lengths) == dict(alone.lengths)
+    sample = validate_rows(pairs, collator, limit=1024, sample=6, seed=4, progress=False)
+    assert sample.checked == 6 and sample.total == len(corpus)
+    assert sample.bad == [entry for entry in alone.bad if entry["row"] in {e["row"] for e in sample.bad}]
+    assert validate_rows(pairs, collator, limit=1024, sample=6, seed=4, progress=False).bad == sample.bad
+
+
+@pytest.mark.parametrize("family", ["llava"], indirect=True)
+def test_skip_long_prompts_skips_and_lists_only_the_long_ones(family, tiny_model_dir, tmp_path, capsys):
+    rows = [{"images": [], "prompt": "is it red?" if i % 3 else "is it red? " * 40, "chosen": "yes.",
+             "rejected": "no."} for i in range(6)]
+    path = tmp_path / "pairs.jsonl"
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    out = tmp_path / "run"
+    train_module.train(config_for(tiny_model_dir, path, out, "data.max_prompt_length=40", "data.skip_long_prompts=true",
+                                  "train.max_steps=1"))
+    skipped = [json.loads(line) for line in (out / "skipped_rows.jsonl").read_text().splitlines()]
+    assert [(e["row"], e["kind"]) for e in skipped] == [(0, "prompt_too_long"), (3, "prompt_too_long")]
+    assert "skipped 2 of 6 rows (prompt_too_long: 2)" in capsys.readouterr().out

@@ -79,6 +79,7 @@ def test_sigkill_mid_epoch_with_dropout_resumes_exactly(family, tiny_model_dir, 
     log = resumed.stdout.read()
     assert resumed.wait(timeout=600) == 0, log[-3000:]
     assert f"resuming from {out / f'checkpoint-{newest}'} at step {newest}" in log
+    assert "rows checked before" in log  # the data check of the first start is reused
     records = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records] == list(range(1, steps + 1))  # each step once
     assert_same_steps(records, expected)
