@@ -129,12 +129,13 @@ def main(argv: list[str] | None = None) -> None:
     from vlmdpo.checkpoints import ResumeError
     from vlmdpo.config import ConfigError
     from vlmdpo.data import DataError
+    from vlmdpo.formats import FormatError
     from vlmdpo.validate import BadRowsError
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, DataError, BadRowsError, ResumeError) as error:  # the user can act on these
+    except (ConfigError, DataError, FormatError, BadRowsError, ResumeError) as error:  # the user can act on these
         print(f"vlmdpo: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

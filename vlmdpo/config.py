@@ -13,6 +13,7 @@ and any field can be overridden on the command line as ``train.learning_rate=1e-
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -61,6 +62,14 @@ class DataConfig:
     """Training pairs: a save_to_disk folder, json/jsonl/parquet file, imagefolder or hub dataset name."""
     train_split: str = "train"
     """Split of ``train`` to use."""
+    format: str = "auto"
+    """Layout of the rows: ``auto`` (recognised by the columns, and logged), ``trl`` (``images``, ``prompt``,
+    ``chosen``, ``rejected``), a reader's name (``vlmdpo data formats`` lists them: rlaif_v, rlhf_v, vlfeedback,
+    llamafactory, swift, ...) or ``package.module:NAME``."""
+    format_options: dict[str, Any] = field(default_factory=dict)
+    """Options of the reader, e.g. ``{aspect: Helpfulness, margin: 2}`` for vlfeedback."""
+    columns: dict[str, str] = field(default_factory=dict)
+    """Columns renamed before the format is chosen, source name -> expected name, e.g. ``{question: prompt}``."""
     image_root: str | None = None
     """Folder that relative image paths in the data are resolved against."""
     max_rows: int | None = None
@@ -262,11 +271,13 @@ class ConfigError(ValueError):
 
 
 def _check_keys(items: dict, schema, known: set[str], reference: str, prefix: str = "") -> None:
-    from vlmdpo.config_reference import unknown_key_message
+    from vlmdpo.config_reference import config_keys, unknown_key_message
+
+    free_form = {key for key, kind, *_ in config_keys(schema) if str(kind).startswith("dict")}  # any keys inside
 
     for key, value in items.items():
         name = f"{prefix}{key}"
-        if name in known:
+        if name in known or any(name.startswith(f"{free}.") for free in free_form):
             continue
         if isinstance(value, dict) and any(k.startswith(name + ".") for k in known):
             _check_keys(value, schema, known, reference, name + ".")

@@ -128,6 +128,12 @@ def _placeholder_blocks(text: str, num_images: int, index: int, field: str) -> l
         raise DataError(index, field, f"the text holds {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholder(s) but the "
                         f"row has {num_images} image(s)", f"give one {IMAGE_PLACEHOLDER} per image, or none (the "
                         "images then come before the text)", kind="placeholder_mismatch")
+    return split_placeholders(text)
+
+
+def split_placeholders(text: str) -> list[dict]:
+    """Content blocks of ``text``: each ``<image>`` becomes an image block in its place."""
+    pieces = text.split(IMAGE_PLACEHOLDER)
     blocks = [{"type": "text", "text": pieces[0]}] if pieces[0] else []
     for piece in pieces[1:]:
         blocks.append({"type": "image"})
@@ -145,35 +151,43 @@ def _as_messages(value, index: int, field: str, role: str, num_images: int = 0,
     if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m for m in value):
         raise DataError(index, field, f"expected a string or a list of {{'role', 'content'}} messages, "
                         f"got {type(value).__name__}", "use TRL's conversational or plain format", kind="bad_format")
-    messages = []
-    for message in value:
-        if message["role"] not in roles:
-            raise DataError(index, field, f"a message has role {message['role']!r}", f"use one of {list(roles)} "
-                            f"in the {field}", kind="bad_role")
-        content = message.get("content")
-        if isinstance(content, str):
-            content = [{"type": "text", "text": content}]
-        if not isinstance(content, list):
-            raise DataError(index, field, "a message has no 'content' list", "give each message a content",
-                            kind="bad_format")
-        # datasets stores blocks with every key of the union schema; keep only what each type needs
-        blocks = []
-        for block in content:
-            if block.get("type") == "image":
-                blocks.append({"type": "image"})
-            elif block.get("type") == "text":
-                text = block.get("text") or ""
-                if IMAGE_PLACEHOLDER in text:
-                    raise DataError(index, field, f"a text block holds a literal {IMAGE_PLACEHOLDER}, in a message "
-                                    "that marks its images with {'type': 'image'} blocks",
-                                    f"remove {IMAGE_PLACEHOLDER} from the text (the image blocks place the images)",
-                                    kind="placeholder_mismatch")
-                blocks.append({"type": "text", "text": text})
-            else:
-                raise DataError(index, field, f"unknown content block type {block.get('type')!r}",
-                                "use blocks of type 'image' or 'text'", kind="bad_format")
-        messages.append({"role": message["role"], "content": blocks})
+    messages = [_message(message, index, field, roles) for message in value]
+    string_contents = all(isinstance(message.get("content"), str) for message in value)
+    if role == "user" and num_images and string_contents and not count_image_blocks(messages):
+        # TRL's string-content messages without placeholders: the images go before the first user text
+        first_user = next((m for m in messages if m["role"] == "user"), None)
+        if first_user is not None:
+            first_user["content"] = [{"type": "image"} for _ in range(num_images)] + first_user["content"]
     return messages
+
+
+def _message(message: dict, index: int, field: str, roles: tuple[str, ...]) -> dict:
+    if message["role"] not in roles:
+        raise DataError(index, field, f"a message has role {message['role']!r}", f"use one of {list(roles)} "
+                        f"in the {field}", kind="bad_role")
+    content = message.get("content")
+    if isinstance(content, str):  # a string content may carry <image> placeholders (TRL, LLaVA, ms-swift)
+        return {"role": message["role"], "content": split_placeholders(content)}
+    if not isinstance(content, list):
+        raise DataError(index, field, "a message has no 'content' list", "give each message a content",
+                        kind="bad_format")
+    # datasets stores blocks with every key of the union schema; keep only what each type needs
+    blocks = []
+    for block in content:
+        if block.get("type") == "image":
+            blocks.append({"type": "image"})
+        elif block.get("type") == "text":
+            text = block.get("text") or ""
+            if IMAGE_PLACEHOLDER in text:
+                raise DataError(index, field, f"a text block holds a literal {IMAGE_PLACEHOLDER}, in a message "
+                                "that marks its images with {'type': 'image'} blocks",
+                                f"remove {IMAGE_PLACEHOLDER} from the text (the image blocks place the images)",
+                                kind="placeholder_mismatch")
+            blocks.append({"type": "text", "text": text})
+        else:
+            raise DataError(index, field, f"unknown content block type {block.get('type')!r}",
+                            "use blocks of type 'image' or 'text'", kind="bad_format")
+    return {"role": message["role"], "content": blocks}
 
 
 def response_text(messages: list[dict]) -> str:

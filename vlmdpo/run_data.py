@@ -9,6 +9,7 @@ from pathlib import Path
 
 from vlmdpo.config import Config, ConfigError, DataConfig
 from vlmdpo.data import PreferenceDataset, load_preference_dataset
+from vlmdpo.formats import apply_format
 from vlmdpo.validate import ValidationReport, position_limit, validate_rows
 
 VALIDATION_FILE, BAD_ROWS_FILE, SKIPPED_ROWS_FILE = "validation.json", "bad_rows.jsonl", "skipped_rows.jsonl"
@@ -47,10 +48,12 @@ def image_root_of(data: DataConfig) -> str | None:
     return str(path) if path.is_dir() else None
 
 
-def load_pairs(config: Config) -> PreferenceDataset:
-    """The training pairs, read lazily (``data.max_rows`` applied)."""
+def load_pairs(config: Config, log=print) -> PreferenceDataset:
+    """The training pairs in the package's row layout (``data.format``), read lazily (``data.max_rows``
+    applied)."""
     data = config.data
-    dataset = load_preference_dataset(data.train, split=data.train_split)
+    dataset = apply_format(load_preference_dataset(data.train, split=data.train_split), data.format,
+                           data.format_options, data.columns, log)
     if data.max_rows is not None:
         dataset = dataset.select(range(min(data.max_rows, len(dataset))))
     return PreferenceDataset(dataset, image_root=image_root_of(data), responses=config.loss.responses,
@@ -62,7 +65,7 @@ def data_fingerprint(pairs: PreferenceDataset, config: Config) -> str:
     they are tokenized: equal fingerprints, equal training data."""
     data = config.data
     settings = {key: getattr(data, key) for key in (
-        "train", "train_split", "max_rows", "max_prompt_length", "max_response_length", "skip_long_prompts",
+        "train", "train_split", "format", "format_options", "columns", "max_rows", "max_prompt_length", "max_response_length", "skip_long_prompts",
         "on_bad_row", "allow_outside_images", "max_image_pixels")}
     settings["train"] = None  # the path may move; the rows' fingerprint is what counts
     payload = {"dataset": pairs.dataset._fingerprint, "rows": len(pairs.dataset), "image_root": pairs.image_root,

@@ -169,11 +169,11 @@ def _train(config: Config) -> Path:
                               log_with=cfg.report_to or None, project_dir=str(output_dir),
                               kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=not only_language)])
     log = tqdm.write if accelerator.is_main_process else (lambda *_: None)
+    pairs = load_pairs(config, log)  # before the model: a dataset of an unknown layout stops the run here
     set_seed(cfg.seed)
     policy, reference, processor = build_policy(config)
     tokenizer = getattr(processor, "tokenizer", processor)
     collator = PreferenceCollator(processor, config.data.max_prompt_length, config.data.max_response_length)
-    pairs = load_pairs(config)
     fingerprint = data_fingerprint(pairs, config)
     run = run_record(config, fingerprint, accelerator.num_processes)
     if accelerator.is_main_process:
