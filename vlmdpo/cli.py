@@ -1,4 +1,4 @@
-"""Command line: ``vlmdpo train``, ``vlmdpo validate``, ``vlmdpo eval``, ``vlmdpo merge``, ``vlmdpo demo``, ``vlmdpo tiny-model``,
+"""Command line: ``vlmdpo train``, ``vlmdpo validate``, ``vlmdpo data``, ``vlmdpo eval``, ``vlmdpo merge``, ``vlmdpo demo``, ``vlmdpo tiny-model``,
 ``vlmdpo config``.
 
 ``vlmdpo train [CONFIG.yaml] [section.key=value ...]`` runs DPO; under ``accelerate launch -m vlmdpo.cli``
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def _train(args) -> None:
@@ -33,6 +34,40 @@ def _validate(args) -> None:
         print(f"bad rows listed in {written}")
     if report.bad:
         raise SystemExit(1)
+
+
+def _pairs(items: list[str], what: str) -> dict:
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise SystemExit(f"vlmdpo: {what} must look like key=value, got {bad}")
+    return dict(item.split("=", 1) for item in items)
+
+
+def _data(args) -> None:
+    from vlmdpo import dataset_tools
+    from vlmdpo.formats import known_formats
+
+    if args.action == "formats":
+        for name, row_format in sorted(known_formats().items()):
+            options = f"; options {row_format.options}" if row_format.options else ""
+            print(f"{name:22} {row_format.description} (needs {', '.join(sorted(row_format.required))}{options})")
+        return
+    if args.source is None:
+        raise SystemExit(f"vlmdpo: data {args.action} needs SOURCE")
+    common = {"split": args.split, "format": args.format, "options": _pairs(args.option, "--option"),
+              "columns": _pairs(args.column, "--column"), "image_root": args.image_root}
+    if args.action == "inspect":
+        plot = args.plot or f"{Path(args.source).stem or 'data'}_lengths.png"
+        report = dataset_tools.inspect_dataset(args.source, sample=args.sample, plot=plot, **common)
+        print(report.summary())
+        print(f"length histogram: {plot}")
+    else:
+        if args.out is None:
+            raise SystemExit("vlmdpo: data convert needs OUT (a .jsonl file or a folder)")
+        out, skipped = dataset_tools.convert_dataset(args.source, args.out, skip_bad=args.skip_bad, **common)
+        print(f"wrote {out}" + (f"; skipped {len(skipped)} bad rows" if skipped else ""))
+        for entry in skipped:
+            print(f"  {entry['message']}")
 
 
 def _eval(args) -> None:
@@ -98,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--out", default=None, help="where to list the bad rows (default: "
                           "<train.output_dir>/bad_rows.jsonl)")
     validate.set_defaults(func=_validate)
+    data = _subcommand(commands, "data", "look at a dataset in any known layout, or convert it to the package's")
+    data.add_argument("action", choices=["inspect", "convert", "formats"])
+    data.add_argument("source", nargs="?", help="a data file, save_to_disk folder or hub name")
+    data.add_argument("out", nargs="?", help="convert: a .jsonl file (images beside it) or a save_to_disk folder")
+    data.add_argument("--format", default="auto", help="a format name (vlmdpo data formats) or auto")
+    data.add_argument("--option", action="append", default=[], metavar="KEY=VALUE", help="a reader option")
+    data.add_argument("--column", action="append", default=[], metavar="SOURCE=TARGET", help="rename a column")
+    data.add_argument("--split", default="train")
+    data.add_argument("--image-root", default=None, help="folder image paths are relative to")
+    data.add_argument("--sample", type=int, default=2000, help="inspect: rows read, spread over the dataset")
+    data.add_argument("--plot", default=None, help="inspect: where to write the length histogram PNG")
+    data.add_argument("--skip-bad", action="store_true", help="convert: leave bad rows out (and list them)")
+    data.set_defaults(func=_data)
     evaluate = _subcommand(commands, "eval", "evaluate a base model and its adapters or merged checkpoints")
     evaluate.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
                           help="an optional YAML eval config, then overrides such as 'checkpoints=[runs/*]'")

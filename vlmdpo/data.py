@@ -201,7 +201,7 @@ def count_image_blocks(messages: list[dict]) -> int:
 
 def normalize_row(row: dict, index: int, image_root: str | None = None,
                   responses: Sequence[str] = RESPONSE_FIELDS, *, allow_outside_images: bool = False,
-                  max_image_pixels: int | None = DEFAULT_MAX_PIXELS) -> dict:
+                  max_image_pixels: int | None = DEFAULT_MAX_PIXELS, decode_images: bool = True) -> dict:
     """Validate one preference row and return it as ``{images, prompt, chosen, rejected}``.
 
     Images are decoded to RGB PIL images (``vlmdpo.images.load_image``; with an ``image_root``, paths must lie
@@ -211,6 +211,7 @@ def normalize_row(row: dict, index: int, image_root: str | None = None,
     whose two responses are the same text, or image placeholders that do not match the number of images.
     ``responses=("chosen",)`` reads supervised rows, where a ``completion`` column may stand for ``chosen``;
     ``responses=()`` reads prompt-only rows (for generation), returning ``{images, prompt}``.
+    ``decode_images=False`` checks the text only and returns the image values as given (for inspecting).
     """
     if tuple(responses) == ("chosen",) and row.get("chosen") is None and row.get("completion") is not None:
         row = {**row, "chosen": row["completion"]}
@@ -227,8 +228,11 @@ def normalize_row(row: dict, index: int, image_root: str | None = None,
     images = [] if images is None else images
     if not isinstance(images, Sequence) or isinstance(images, (str, bytes)):
         images = [images]
-    images = [_open_image(image, index, i, image_root, allow_outside_images, max_image_pixels)
-              for i, image in enumerate(images)]
+    if decode_images:
+        images = [_open_image(image, index, i, image_root, allow_outside_images, max_image_pixels)
+                  for i, image in enumerate(images)]
+    else:
+        images = list(images)
 
     prompt = _as_messages(row["prompt"], index, "prompt", "user", num_images=len(images))
     num_blocks = count_image_blocks(prompt)

@@ -116,3 +116,24 @@ def to_rgb(image: Image.Image) -> Image.Image:
         background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
     return image if image.mode == "RGB" else image.convert("RGB")
+
+
+def image_size(value, image_root: str | None = None, *, allow_outside: bool = False) -> tuple[int, int]:
+    """``(width, height)`` of an image value, reading only its header (``ImageError`` when it cannot)."""
+    if isinstance(value, dict):
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, Image.Image):
+        return value.size
+    source = io.BytesIO(value) if isinstance(value, (bytes, bytearray)) else (
+        resolve_image_path(value, image_root, allow_outside) if isinstance(value, (str, os.PathLike)) else None)
+    if source is None:
+        raise ImageError("bad_image_value", f"unsupported image value of type {type(value).__name__}",
+                         "give a PIL image, a file path, encoded bytes or a datasets Image feature")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(source) as image:
+                return image.size
+    except Exception as err:
+        raise ImageError("not_an_image", f"the image header cannot be read ({type(err).__name__})",
+                         "replace it with a PNG/JPEG/WebP image, or drop the row") from err
