@@ -267,3 +267,35 @@ def test_a_bad_row_in_a_reader_is_named(tmp_path):
     with pytest.raises(DataError) as info:
         rows[2]
     assert info.value.index == 2 and info.value.field == "text" and "not a JSON object" in str(info.value)
+
+
+@pytest.mark.parametrize("out_name", ["converted.jsonl", "converted"])
+@pytest.mark.parametrize("name", ["vlfeedback", "llamafactory", "rlhf_v"])
+def test_convert_writes_the_same_rows_in_the_package_layout(name, out_name, tmp_path, capsys):
+    from vlmdpo.cli import main
+
+    writer, _, options, count = FIXTURES[name]
+    path = writer(tmp_path / "data")
+    original = load_pairs(load_config(None, [f"data.train={path}", *options_overrides(options)]), log=lambda *_: None)
+    out = tmp_path / "out" / out_name
+    main(["data", "convert", str(path), str(out), *[f"--option={k}={v}" for k, v in options.items()]])
+    assert f"wrote {out}" in capsys.readouterr().out
+    logged = []
+    converted = load_pairs(load_config(None, [f"data.train={out}"]), log=logged.append)
+    assert logged[0].startswith("data format: trl") and len(converted) == len(original) == count
+    for i in range(count):
+        ours, theirs = converted[i], original[i]
+        for key in ("prompt", "chosen", "rejected"):
+            assert ours[key] == theirs[key]
+        assert [np.asarray(im).tolist() for im in ours["images"]] == [np.asarray(im).tolist() for im in theirs["images"]]
+
+
+def test_inspect_reports_layout_lengths_sizes_and_plots(tmp_path, capsys):
+    from vlmdpo.cli import main
+
+    path = llava_rlhf(tmp_path)
+    main(["data", "inspect", str(path), "--plot", str(tmp_path / "lengths.png")])
+    out = capsys.readouterr().out
+    assert f"{path}: format llava_rlhf, 4 rows (sampled 4)" in out
+    assert "chosen words: p50 5" in out and "image sizes: width 24-24-24" in out and "images per row: 1: 4" in out
+    assert (tmp_path / "lengths.png").stat().st_size > 5_000

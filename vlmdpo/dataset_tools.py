@@ -127,9 +127,11 @@ def _plot_lengths(report: Inspection, path: Path) -> None:
 
     figure, axis = plt.subplots(figsize=(7, 4))
     values = report.words["chosen"] + report.words["rejected"]
-    bins = np.histogram_bin_edges(values, bins=min(40, max(5, len(set(values)))))
-    axis.hist(report.words["chosen"], bins=bins, alpha=0.6, label="chosen")
-    axis.hist(report.words["rejected"], bins=bins, alpha=0.6, label="rejected")
+    low, high = min(values), max(values)
+    # one bin per word count while that stays readable, else 40 equal bins
+    bins = np.arange(low, high + 2) - 0.5 if high - low <= 60 else np.linspace(low, high, 41)
+    for part in ("chosen", "rejected"):
+        axis.hist(report.words[part], bins=bins, histtype="step", linewidth=2, label=part)
     axis.set_xlabel("response length (words)")
     axis.set_ylabel(f"rows (of {report.sampled} sampled)")
     axis.set_title(f"{Path(report.source).name}: response lengths ({report.format})")
