@@ -291,8 +291,8 @@ def _train(config: Config) -> Path:
                               learning_rate=step_learning_rate)
                 if state["nonfinite_skipped"]:
                     record["nonfinite_skipped"] = state["nonfinite_skipped"]
-                progress.set_postfix({k.split("/")[-1]: f"{record[k]:.3f}" for k in ("loss", "rewards/accuracies")
-                                      if k in record})
+                progress.set_postfix({k.split("/")[-1]: f"{record[k]:.3f}" for k in (
+                    "loss", "rewards/margins", "rewards/accuracies") if record.get(k) is not None})
                 accelerator.log(record, step=state["step"])
                 if metrics_log:
                     metrics_log.write(record)

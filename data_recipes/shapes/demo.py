@@ -57,14 +57,19 @@ def cache_root(config: DemoConfig) -> Path:
     return Path(root) / "shapes-demo"
 
 
+def stage_folders(config: DemoConfig) -> dict[str, Path]:
+    """``{stage: folder}`` of the cached stages (data, judge, base, pairs) for ``config``."""
+    keys, root = stage_keys(config), cache_root(config)
+    return {stage: root / f"{stage}-{keys[stage]}" for stage in CACHED_STAGES}
+
+
 def run_demo(out: str = "outputs/demo", quick: bool = False, overrides: list[str] | tuple = ()) -> dict:
     """Run every stage (reusing cached ones) and write the report; return ``metrics.json``'s content."""
     from data_recipes.shapes.demo_report import write_demo_report
     from data_recipes.shapes.stages import align, build_data, build_pairs, evaluate_all, train_base, train_judge
 
     config = load_config(overrides, quick=quick, out=out)
-    keys, root = stage_keys(config), cache_root(config)
-    cache = {stage: root / f"{stage}-{keys[stage]}" for stage in CACHED_STAGES}
+    cache = stage_folders(config)
     timings: dict[str, float] = {}
 
     def timed(name, fn, *args):
@@ -88,4 +93,4 @@ def run_demo(out: str = "outputs/demo", quick: bool = False, overrides: list[str
     return metrics
 
 
-__all__ = ["DemoConfig", "QUICK", "config_table", "load_config", "run_demo", "stage_keys"]
+__all__ = ["DemoConfig", "QUICK", "config_table", "load_config", "run_demo", "stage_folders", "stage_keys"]
