@@ -71,8 +71,10 @@ class PreferenceCollator:
         for row in rows:
             self._check_no_image_tokens(row, "prompt")
         texts = [self._chat(row["prompt"], add_generation_prompt=True) for row in rows]
-        images = [image for row in rows for image in row["images"]]
-        kwargs = {"images": images} if images else {}
+        # images per row ([[a], [], [b, c]]): processors that count images per prompt (Idefics3, SmolVLM,
+        # Gemma 3, Mllama) need it, and those that take a flat list flatten it themselves
+        images = [list(row["images"]) for row in rows]
+        kwargs = {"images": images} if any(images) else {}
         return self.processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
 
     def prompt_length(self, row: dict) -> int:

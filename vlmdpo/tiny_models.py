@@ -4,12 +4,14 @@ Nothing here is downloaded: the tokenizer is a byte-level BPE trained locally wi
 weights are random, and the result is written to a folder that ``AutoModelForImageTextToText`` and
 ``AutoProcessor`` load with ``from_pretrained`` exactly as they would load a hub checkpoint.
 
-Two families cover the cases that differ most:
+Families (``FAMILIES``), chosen for the cases that differ most:
 
 - ``"llava"``: LLaVA-1.5 layout (CLIP vision tower, MLP projector, Llama), a fixed number of image tokens
   per image and 1-D positions.
 - ``"qwen2_vl"``: Qwen2-VL layout, a dynamic number of image tokens from ``image_grid_thw`` and 3-D
   (M-RoPE) positions.
+- ``"smolvlm"``, ``"gemma3"`` (``vlmdpo.tiny_families``): images passed per row; Gemma 3's ``token_type_ids`` and
+  sliding-window layer.
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ import os
 from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+from vlmdpo.tiny_families import BUILDERS, FAMILY_TOKENS
 
 LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -60,10 +64,13 @@ a person holding an umbrella in the rain. a plate of food with a fork and a knif
 """
 
 
-def train_tokenizer(vocab_size: int = 600):
+def train_tokenizer(vocab_size: int = 600, extra_tokens: tuple[str, ...] | list[str] = (),
+                    named_tokens: dict[str, str] | None = None):
     """A byte-level BPE tokenizer trained on a small built-in corpus, wrapped as a fast HF tokenizer.
 
     Byte-level BPE never produces unknown tokens, so any caption round-trips through encode/decode.
+    ``extra_tokens`` are further special tokens (a family's template tokens); ``named_tokens`` become tokenizer
+    attributes a processor reads (Gemma 3's ``boi_token``...).
     """
     from transformers import PreTrainedTokenizerFast
 
@@ -71,9 +78,10 @@ def train_tokenizer(vocab_size: int = 600):
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
     tokenizer.post_processor = processors.ByteLevel(trim_offsets=True)
+    special = SPECIAL_TOKENS + [token for token in extra_tokens if token not in SPECIAL_TOKENS]
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=SPECIAL_TOKENS,
+        special_tokens=special,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
@@ -84,8 +92,8 @@ def train_tokenizer(vocab_size: int = 600):
         eos_token="</s>",
         unk_token="<unk>",
         pad_token="<pad>",
-        extra_special_tokens={},
-        additional_special_tokens=SPECIAL_TOKENS[4:],
+        extra_special_tokens=dict(named_tokens or {}),
+        additional_special_tokens=special[4:],
     )
 
 
@@ -167,7 +175,7 @@ def _qwen2_vl(tokenizer, image_size: int, patch_size: int, hidden_size: int, num
     return model, processor
 
 
-FAMILIES = {"llava": _llava, "qwen2_vl": _qwen2_vl}
+FAMILIES = {"llava": _llava, "qwen2_vl": _qwen2_vl, **BUILDERS}
 
 
 def build_tiny_vlm(family: str = "llava", *, image_size: int = 32, patch_size: int = 8,
@@ -176,7 +184,7 @@ def build_tiny_vlm(family: str = "llava", *, image_size: int = 32, patch_size: i
     """Return ``(model, processor)``: a random-weight VLM of a real ``transformers`` class.
 
     Args:
-        family: one of ``FAMILIES`` (``"llava"``, ``"qwen2_vl"``).
+        family: one of ``FAMILIES`` (``"llava"``, ``"qwen2_vl"``, ``"smolvlm"``, ``"gemma3"``).
         image_size: side of the square images the processor produces.
         patch_size: vision patch size; LLaVA gets ``(image_size / patch_size) ** 2`` image tokens per image,
             Qwen2-VL a quarter of that (2x2 patch merging).
@@ -188,7 +196,8 @@ def build_tiny_vlm(family: str = "llava", *, image_size: int = 32, patch_size: i
 
     if family not in FAMILIES:
         raise ValueError(f"unknown tiny VLM family {family!r}; choose one of {sorted(FAMILIES)}")
-    tokenizer = train_tokenizer()
+    extra, named = FAMILY_TOKENS.get(family, ((), {}))
+    tokenizer = train_tokenizer(extra_tokens=extra, named_tokens=named)
     # transformers draws initial weights from the global RNG: seed a forked copy, so the caller's stream
     # (and with it, say, peft's LoRA init afterwards) does not depend on whether a tiny model was built
     with torch.random.fork_rng(devices=[]):

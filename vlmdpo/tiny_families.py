@@ -1,0 +1,94 @@
+"""Tiny builders of more VLM families for ``vlmdpo.tiny_models``: the real ``transformers`` model and processor
+classes, random weights, a chat template shaped like the real model's.
+
+Each entry of ``FAMILY_TOKENS`` lists the special tokens the family's processor and template need (and the named
+ones its processor reads from the tokenizer, such as Gemma 3's ``boi_token``); ``BUILDERS`` maps the family to
+``builder(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
+tie_word_embeddings) -> (model, processor)``.
+"""
+
+from __future__ import annotations
+
+SMOLVLM_CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}:"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<image>"
+    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+)
+
+GEMMA3_CHAT_TEMPLATE = (
+    "<s>{% for message in messages %}<start_of_turn>"
+    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<start_of_image>"
+    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+)
+
+FAMILY_TOKENS = {
+    "smolvlm": (["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"], {}),
+    "gemma3": (["<start_of_image>", "<end_of_image>", "<image_soft_token>", "<start_of_turn>", "<end_of_turn>"],
+               {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}),
+}
+
+
+def _text_config(tokenizer, hidden_size: int, num_layers: int, eos: str, tie_word_embeddings: bool, **extra) -> dict:
+    return dict(vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
+                num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
+                max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id, bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.convert_tokens_to_ids(eos), tie_word_embeddings=tie_word_embeddings, **extra)
+
+
+def _vision_config(image_size: int, patch_size: int, vision_hidden_size: int, vision_layers: int) -> dict:
+    return dict(hidden_size=vision_hidden_size, intermediate_size=vision_hidden_size * 2,
+                num_hidden_layers=vision_layers, num_attention_heads=2, image_size=image_size, patch_size=patch_size)
+
+
+def smolvlm(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
+            tie_word_embeddings=False):
+    """SmolVLM (Idefics3 layout): SigLIP tower, pixel-shuffle connector, Llama; images passed per row, no
+    splitting, ``image_seq_len`` tokens per image between ``<fake_token_around_image><global-img>``."""
+    from transformers import (
+        SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor,
+    )
+
+    scale_factor = 2
+    config = SmolVLMConfig(
+        vision_config=_vision_config(image_size, patch_size, vision_hidden_size, vision_layers),
+        text_config=_text_config(tokenizer, hidden_size, num_layers, "<end_of_utterance>", tie_word_embeddings),
+        scale_factor=scale_factor, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=tie_word_embeddings)
+    model = SmolVLMForConditionalGeneration(config)
+    image_processor = SmolVLMImageProcessor(do_image_splitting=False, size={"longest_edge": image_size},
+                                            max_image_size={"longest_edge": image_size})
+    processor = SmolVLMProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, video_processor=SmolVLMVideoProcessor(),
+        image_seq_len=(image_size // patch_size) ** 2 // scale_factor ** 2, chat_template=SMOLVLM_CHAT_TEMPLATE)
+    return model, processor
+
+
+def gemma3(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
+           tie_word_embeddings=False):
+    """Gemma 3: SigLIP tower, average-pooled projector, Gemma 3 text model with a sliding-window layer and
+    bidirectional attention among each image's tokens (``token_type_ids``)."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
+
+    tokens_per_image = 4
+    token = tokenizer.convert_tokens_to_ids
+    config = Gemma3Config(
+        vision_config=_vision_config(image_size, patch_size, vision_hidden_size, vision_layers),
+        text_config=_text_config(tokenizer, hidden_size, num_layers, "<end_of_turn>", tie_word_embeddings,
+                                 head_dim=hidden_size // 4, sliding_window=512,
+                                 layer_types=["sliding_attention", "full_attention"][:num_layers]),
+        mm_tokens_per_image=tokens_per_image, image_token_index=token("<image_soft_token>"),
+        boi_token_index=token("<start_of_image>"), eoi_token_index=token("<end_of_image>"),
+        tie_word_embeddings=tie_word_embeddings)
+    model = Gemma3ForConditionalGeneration(config)
+    processor = Gemma3Processor(image_processor=Gemma3ImageProcessor(size={"height": image_size, "width": image_size}),
+                                tokenizer=tokenizer, image_seq_length=tokens_per_image,
+                                chat_template=GEMMA3_CHAT_TEMPLATE)
+    return model, processor
+
+
+BUILDERS = {"smolvlm": smolvlm, "gemma3": gemma3}
