@@ -17,6 +17,9 @@ from vlmdpo.data import DataError, response_text
 
 # Processor outputs with one value per prompt token (the rest are per image: pixel_values, image_grid_thw...).
 _TEXT_KEYS = ("input_ids", "attention_mask")
+# Processor outputs that are not model inputs here: a processor's own training labels (PaliGemma's, with a
+# suffix) would reach the forward and clash with the loss computed from the completion mask.
+_NOT_MODEL_INPUTS = ("labels",)
 
 
 class PreferenceCollator:
@@ -24,8 +27,8 @@ class PreferenceCollator:
 
     Returns a dict with:
         ``prompt_input_ids``, ``prompt_attention_mask``: (B, P), left-padded.
-        ``prompt_token_types``: dict of other per-token processor outputs, (B, P) each
-            (``token_type_ids``, ``mm_token_type_ids``, ...).
+        ``prompt_token_types``: dict of other per-token processor outputs, (B, P) or (B, P, ...) each
+            (``token_type_ids``, ``mm_token_type_ids``, Mllama's ``cross_attention_mask``...).
         ``vision_inputs``: dict of per-image processor outputs (``pixel_values``, ``image_grid_thw``,
             ``image_sizes``, ``pixel_attention_mask``, ...), rows in the order of the prompts' images.
         ``chosen_input_ids``, ``chosen_attention_mask``, ``chosen_completion_mask``: (B, Cc), right-padded;
@@ -157,9 +160,9 @@ class PreferenceCollator:
             "index": [row.get("index") for row in rows],
         }
         for key, value in prompts.items():
-            if key in _TEXT_KEYS or not isinstance(value, torch.Tensor):
+            if key in _TEXT_KEYS or key in _NOT_MODEL_INPUTS or not isinstance(value, torch.Tensor):
                 continue
-            is_per_token = (value.dim() == 2 and tuple(value.shape) == (batch_size, prompt_len)
+            is_per_token = (value.dim() >= 2 and tuple(value.shape[:2]) == (batch_size, prompt_len)
                             and not value.is_floating_point())
             batch["prompt_token_types" if is_per_token else "vision_inputs"][key] = value
         for field in ("chosen", "rejected"):

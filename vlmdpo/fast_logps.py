@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from vlmdpo.lm_head import head_logps
-from vlmdpo.logps import completion_logps, selective_log_softmax
+from vlmdpo.logps import cast_floating, completion_logps, model_dtype, selective_log_softmax
 from vlmdpo.modeling import _part_of, hf_model
 from vlmdpo.packing import PackedPairs, pack_pairs
 from vlmdpo.tree_attention import LAYOUT_KWARG, SUPPORTED_ATTENTION, install_tree_attention, placeholder_mask
@@ -36,7 +36,8 @@ def image_features(model, vision_inputs: dict) -> dict | None:
         return None
     if any("video" in key for key in vision_inputs):
         return None
-    return {"image": hf_model(model).get_image_features(**vision_inputs, return_dict=True)}
+    base = hf_model(model)
+    return {"image": base.get_image_features(**cast_floating(vision_inputs, model_dtype(base)), return_dict=True)}
 
 
 def shared_image_features(model, batch: dict) -> dict | None:
@@ -59,6 +60,12 @@ def _model_inputs(packed: PackedPairs, features: dict | None) -> dict:
     return inputs
 
 
+def _cast_inputs(model, inputs: dict) -> dict:
+    """Processor outputs in the model's dtype (the placeholder attention mask stays as the tree attention made it)."""
+    cast = cast_floating({k: v for k, v in inputs.items() if k != "attention_mask"}, model_dtype(hf_model(model)))
+    return {**inputs, **cast}
+
+
 def packed_completion_logps(model, packed: PackedPairs, features: dict | None = None) -> dict[str, torch.Tensor]:
     """Summed response log-probs of a packed batch; the same keys and values as ``completion_logps``.
 
@@ -69,7 +76,7 @@ def packed_completion_logps(model, packed: PackedPairs, features: dict | None = 
     install_tree_attention(base)
     if features is None:  # this model's own image features (with gradients if its vision side trains)
         features = image_features(model, packed.vision_inputs)
-    inputs = _model_inputs(packed, features)
+    inputs = _cast_inputs(model, _model_inputs(packed, features))
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         # DDP synchronizes gradients only through its own forward: let the model apply its head
         logits = model(**inputs, logits_to_keep=packed.score_index).logits[0]
@@ -100,6 +107,8 @@ def fast_path_problem(model, batch: dict) -> str | None:
     attention = config._attn_implementation or "eager"
     if attention not in SUPPORTED_ATTENTION and not attention.startswith("vlmdpo_tree_"):
         return f"the language model uses {attention!r} attention (packed pairs need sdpa or eager)"
+    if any(value.dim() > 2 for value in batch["prompt_token_types"].values()):
+        return "a per-token input holds more than one value per token (Mllama's cross-attention mask)"
     if "token_type_ids" in batch["prompt_token_types"]:
         return "token_type_ids give image tokens bidirectional attention (PaliGemma, Gemma 3 style)"
     if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):

@@ -31,6 +31,30 @@ def _pad_to(tensor: torch.Tensor, length: int, value: int) -> torch.Tensor:
     return F.pad(tensor, (0, length - tensor.shape[1]), value=value)
 
 
+def cast_floating(inputs: dict, dtype: torch.dtype) -> dict:
+    """``inputs`` with floating-point tensors in ``dtype`` (the model's): processors emit float32 or bfloat16
+    whatever the model's weights are (Llama 4's emits bfloat16), and a float32 vision tower fed bfloat16 raises."""
+    return {key: value.to(dtype) if isinstance(value, torch.Tensor) and value.is_floating_point() else value
+            for key, value in inputs.items()}
+
+
+def model_dtype(model) -> torch.dtype:
+    """The dtype of the model's floating-point weights."""
+    return next(p.dtype for p in model.parameters() if p.is_floating_point())
+
+
+def extend_per_token(value: torch.Tensor, copies: int, length: int) -> torch.Tensor:
+    """A per-token prompt input repeated for ``copies`` responses and continued over ``length`` response tokens:
+    a (B, P) type id with 0 (text), a (B, P, ...) one (Mllama's cross-attention mask) with the last prompt
+    position's values, so response tokens see the images the end of the prompt sees."""
+    repeated = value.repeat(copies, *([1] * (value.dim() - 1)))
+    if value.dim() == 2:
+        tail = torch.zeros(repeated.shape[0], length, dtype=value.dtype, device=value.device)
+    else:
+        tail = repeated[:, -1:].expand(-1, length, *repeated.shape[2:])
+    return torch.cat([repeated, tail], dim=1)
+
+
 def response_fields(batch: dict) -> tuple[str, ...]:
     """``("chosen", "rejected")`` for preference batches, ``("chosen",)`` for supervised ones."""
     return tuple(f for f in ("chosen", "rejected") if f"{f}_input_ids" in batch)
@@ -41,7 +65,8 @@ def concatenated_inputs(batch: dict, pad_token_id: int) -> dict:
 
     Returns ``model_inputs`` (kwargs for the model's forward), ``completion_ids`` (2B, C) and
     ``completion_mask`` (2B, C). Per-image inputs are repeated in the same order; per-token prompt inputs
-    (``token_type_ids``, ``mm_token_type_ids``) are extended with 0 (text) over the responses.
+    (``token_type_ids``, ``mm_token_type_ids``, ``cross_attention_mask``) continue over the responses as
+    ``extend_per_token`` says.
     A supervised batch (no ``rejected``) gives B sequences instead of 2B.
     """
     fields = response_fields(batch)
@@ -57,7 +82,7 @@ def concatenated_inputs(batch: dict, pad_token_id: int) -> dict:
                                     dim=1),
     }
     for key, value in batch["prompt_token_types"].items():
-        model_inputs[key] = torch.cat([value.repeat(copies, 1), torch.zeros_like(completion_ids)], dim=1)
+        model_inputs[key] = extend_per_token(value, copies, length)
     for key, value in batch["vision_inputs"].items():
         model_inputs[key] = torch.cat([value] * copies)
     return {"model_inputs": model_inputs, "completion_ids": completion_ids, "completion_mask": completion_mask}
@@ -74,7 +99,8 @@ def completion_logps(model, batch: dict, pad_token_id: int) -> dict[str, torch.T
     completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
     length = completion_ids.shape[1]
     # logits at position t predict token t + 1: the last C + 1 positions cover all C response tokens
-    logits = model(**inputs["model_inputs"], logits_to_keep=length + 1, use_cache=False).logits[:, :-1]
+    model_inputs = cast_floating(inputs["model_inputs"], model_dtype(model))
+    logits = model(**model_inputs, logits_to_keep=length + 1, use_cache=False).logits[:, :-1]
     selected = completion_mask.bool()
     per_token_logps = torch.zeros(completion_ids.shape, dtype=torch.float32, device=logits.device)
     per_token_logps[selected] = selective_log_softmax(logits[selected], completion_ids[selected])

@@ -62,7 +62,7 @@ def load_processor(name_or_path: str, revision: str | None = None):
 
 
 def _part_of(name: str) -> str | None:
-    """Which part of a VLM the module called ``name`` belongs to (projector wins over vision)."""
+    """Which part of a VLM the module called ``name`` belongs to, by name (projector wins over vision)."""
     pieces = name.split(".")
     if any(p in _PROJECTOR_NAMES for p in pieces):
         return "projector"
@@ -73,13 +73,49 @@ def _part_of(name: str) -> str | None:
     return None
 
 
+def _language_prefixes(model: nn.Module) -> set[str]:
+    """Names of the language model's module in ``model``, found by identity through ``get_decoder()`` (which
+    every transformers VLM defines), so its attribute name does not matter."""
+    get_decoder = getattr(model, "get_decoder", None)
+    try:
+        decoder = get_decoder() if callable(get_decoder) else None
+    except (AttributeError, NotImplementedError, TypeError):
+        decoder = None
+    return {name for name, module in model.named_modules() if decoder is not None and module is decoder and name}
+
+
+def _expert_counts(model: nn.Module) -> set[int]:
+    """Numbers of experts named in the model's configs (a mixture-of-experts router maps hidden -> experts)."""
+    config = getattr(model, "config", None)
+    configs = [config] + [getattr(config, name, None) for name in ("text_config", "vision_config")] if config else []
+    return {value for c in configs if c is not None for key in ("num_experts", "num_local_experts", "n_routed_experts")
+            if isinstance(value := getattr(c, key, None), int) and value > 1}
+
+
+def is_router(name: str, module: nn.Linear, expert_counts: set[int]) -> bool:
+    """A mixture-of-experts router or gate: a linear layer onto the experts (or a ``*Router`` subclass of
+    ``nn.Linear``, as in Llama 4). Never a LoRA target: adapting it changes which experts run."""
+    return "router" in type(module).__name__.lower() or module.out_features in expert_counts
+
+
 def linear_module_names(model: nn.Module, parts: tuple[str, ...] = ("language",)) -> list[str]:
-    """Full names of the ``nn.Linear`` layers in the given parts of the model (never the LM head)."""
+    """Full names of the ``nn.Linear`` layers in the given parts of the model: never the LM head, never a
+    mixture-of-experts router."""
     unknown = set(parts) - set(PART_CHOICES)
     if unknown:
         raise ValueError(f"unknown model parts {sorted(unknown)}; choose from {PART_CHOICES}")
+    language = _language_prefixes(model)
+    experts = _expert_counts(model)
+
+    def part(name: str) -> str | None:
+        by_name = _part_of(name)
+        if by_name in ("projector", "vision"):
+            return by_name
+        inside = any(name.startswith(prefix + ".") for prefix in language)
+        return "language" if inside or (by_name == "language" and not language) else None
+
     names = [name for name, module in model.named_modules()
-             if isinstance(module, nn.Linear) and _part_of(name) in parts]
+             if isinstance(module, nn.Linear) and part(name) in parts and not is_router(name, module, experts)]
     if not names:
         raise ValueError(f"found no linear layers in parts {parts} of {type(model).__name__}; "
                          "pass lora target_modules explicitly")

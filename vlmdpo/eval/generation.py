@@ -12,6 +12,8 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
+from vlmdpo.logps import cast_floating, model_dtype
+
 from vlmdpo.collator import PreferenceCollator
 
 
@@ -88,7 +90,7 @@ def generate_responses(
     collator = PreferenceCollator(processor)
     tokenizer = collator.tokenizer
     inner = _unwrap(model)
-    device = next(inner.parameters()).device
+    device, dtype = next(inner.parameters()).device, model_dtype(inner)
     settings = dict(max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences, use_cache=True,
                     pad_token_id=tokenizer.pad_token_id, **_sampling_kwargs(do_sample, temperature, top_p))
     responses: list[str] = []
@@ -97,7 +99,7 @@ def generate_responses(
         torch.manual_seed(seed)
         for start in tqdm(range(0, len(rows), batch_size), desc="generate", disable=not progress,
                           leave=False, dynamic_ncols=True):
-            inputs = collator.encode_prompts(rows[start: start + batch_size]).to(device)
+            inputs = cast_floating(dict(collator.encode_prompts(rows[start: start + batch_size]).to(device)), dtype)
             output = inner.generate(**inputs, **settings)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
             texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
