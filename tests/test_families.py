@@ -22,9 +22,10 @@ from vlmdpo.logps import completion_logps
 from vlmdpo.modeling import apply_lora, load_model_and_processor
 from vlmdpo.tiny_models import tiny_vlm
 
-FAMILY_MATRIX = ["llava", "qwen2_vl", "smolvlm", "gemma3"]
+FAMILY_MATRIX = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "internvl", "gemma3"]
 EXPECTED_FAST_PATH = {  # family -> None (served exactly) or the start of the stated reason
-    "llava": None, "qwen2_vl": None, "smolvlm": None,
+    "llava": None, "llava_next": None, "qwen2_vl": None, "qwen2_5_vl": None, "idefics3": None, "smolvlm": None,
+    "internvl": None,
     "gemma3": "token_type_ids give image tokens bidirectional attention",
 }
 
@@ -87,7 +88,9 @@ def test_causality_later_tokens_do_not_move_earlier_logps(built):
     changed = {**batch, "chosen_input_ids": batch["chosen_input_ids"].clone()}
     for i in range(len(matrix_rows())):
         last = int(batch["chosen_completion_mask"][i].nonzero().max())
-        changed["chosen_input_ids"][i, last] = (changed["chosen_input_ids"][i, last] + 7) % len(processor.tokenizer)
+        plain_words = processor.tokenizer(" red green", add_special_tokens=False)["input_ids"]  # never an image token
+        original = int(changed["chosen_input_ids"][i, last])
+        changed["chosen_input_ids"][i, last] = next(t for t in plain_words if t != original)
         after = completion_logps(model, changed, pad)["per_token_logps"]
         torch.testing.assert_close(after[i, :last], before[i, :last], rtol=0, atol=1e-6, msg=family)
 

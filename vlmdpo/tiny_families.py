@@ -26,7 +26,19 @@ GEMMA3_CHAT_TEMPLATE = (
     "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
 )
 
+CHATML_IMAGE_CHAT_TEMPLATE = (  # Qwen-style turns with an image placeholder the processor expands
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for block in message['content'] %}{% if block['type'] == 'image' %}IMAGE_PLACEHOLDER"
+    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
 FAMILY_TOKENS = {
+    "idefics3": (["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"], {}),
+    "internvl": (["<img>", "</img>", "<IMG_CONTEXT>"],
+                 {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
+                  "video_token": "<|video_pad|>"}),
     "smolvlm": (["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"], {}),
     "gemma3": (["<start_of_image>", "<end_of_image>", "<image_soft_token>", "<start_of_turn>", "<end_of_turn>"],
                {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}),
@@ -91,4 +103,108 @@ def gemma3(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hi
     return model, processor
 
 
-BUILDERS = {"smolvlm": smolvlm, "gemma3": gemma3}
+def idefics3(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
+             tie_word_embeddings=False):
+    """Idefics3: as SmolVLM (its successor), with Idefics3's own classes."""
+    from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
+
+    scale_factor = 2
+    config = Idefics3Config(
+        vision_config=_vision_config(image_size, patch_size, vision_hidden_size, vision_layers),
+        text_config=_text_config(tokenizer, hidden_size, num_layers, "<end_of_utterance>", tie_word_embeddings),
+        scale_factor=scale_factor, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=tie_word_embeddings)
+    model = Idefics3ForConditionalGeneration(config)
+    image_processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": image_size},
+                                             max_image_size={"longest_edge": image_size})
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
+                                  image_seq_len=(image_size // patch_size) ** 2 // scale_factor ** 2,
+                                  chat_template=SMOLVLM_CHAT_TEMPLATE)
+    return model, processor
+
+
+def qwen2_5_vl(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
+               tie_word_embeddings=False):
+    """Qwen2.5-VL: windowed-attention vision tower, dynamic image tokens, 3-D (M-RoPE) positions."""
+    from transformers import (
+        Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLImageProcessor,
+        Qwen2VLVideoProcessor,
+    )
+
+    head_dim = hidden_size // 4
+    third = head_dim // 2 // 3
+    token = tokenizer.convert_tokens_to_ids
+    config = Qwen2_5_VLConfig(
+        text_config=_text_config(tokenizer, hidden_size, num_layers, "<|im_end|>", tie_word_embeddings, rope_parameters={
+            "rope_type": "default", "rope_theta": 10000.0, "mrope_section": [head_dim // 2 - 2 * third, third, third]}),
+        vision_config=dict(depth=vision_layers, hidden_size=vision_hidden_size, intermediate_size=vision_hidden_size * 2,
+                           num_heads=2, out_hidden_size=hidden_size, patch_size=patch_size, spatial_merge_size=2,
+                           temporal_patch_size=2, window_size=patch_size * 4, fullatt_block_indexes=[vision_layers - 1]),
+        image_token_id=token("<|image_pad|>"), video_token_id=token("<|video_pad|>"),
+        vision_start_token_id=token("<|vision_start|>"), vision_end_token_id=token("<|vision_end|>"),
+        tie_word_embeddings=tie_word_embeddings)
+    model = Qwen2_5_VLForConditionalGeneration(config)
+    image_processor = Qwen2VLImageProcessor(patch_size=patch_size, merge_size=2, temporal_patch_size=2,
+                                            min_pixels=(patch_size * 2) ** 2, max_pixels=4 * image_size * image_size)
+    processor = Qwen2_5_VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer,
+        video_processor=Qwen2VLVideoProcessor(patch_size=patch_size, merge_size=2, temporal_patch_size=2),
+        chat_template=CHATML_IMAGE_CHAT_TEMPLATE.replace("IMAGE_PLACEHOLDER", "<|vision_start|><|image_pad|><|vision_end|>"))
+    return model, processor
+
+
+def llava_next(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
+               tie_word_embeddings=False):
+    """LLaVA-NeXT: any-resolution tiles (``image_sizes``), a base image plus tiles per image, newline tokens."""
+    from transformers import (
+        CLIPVisionConfig, LlamaConfig, LlavaNextConfig, LlavaNextForConditionalGeneration, LlavaNextImageProcessor,
+        LlavaNextProcessor,
+    )
+
+    from vlmdpo.tiny_models import LLAVA_CHAT_TEMPLATE
+
+    pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
+    vision = CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=vision_hidden_size,
+                              intermediate_size=vision_hidden_size * 2, num_hidden_layers=vision_layers,
+                              num_attention_heads=2, projection_dim=vision_hidden_size)
+    text = LlamaConfig(**_text_config(tokenizer, hidden_size, num_layers, "</s>", tie_word_embeddings))
+    config = LlavaNextConfig(vision_config=vision, text_config=text, image_grid_pinpoints=pinpoints,
+                             image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+                             vision_feature_select_strategy="default", vision_feature_layer=-1,
+                             tie_word_embeddings=tie_word_embeddings)
+    model = LlavaNextForConditionalGeneration(config)
+    image_processor = LlavaNextImageProcessor(size={"shortest_edge": image_size}, image_grid_pinpoints=pinpoints,
+                                              crop_size={"height": image_size, "width": image_size})
+    processor = LlavaNextProcessor(image_processor=image_processor, tokenizer=tokenizer, patch_size=patch_size,
+                                   vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                                   chat_template=LLAVA_CHAT_TEMPLATE)
+    return model, processor
+
+
+def internvl(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
+             tie_word_embeddings=False):
+    """InternVL 3: InternViT tower, pixel-shuffle MLP projector, Qwen2 language model, ``<img>...</img>``."""
+    from transformers import (
+        GotOcr2ImageProcessor, InternVLConfig, InternVLForConditionalGeneration, InternVLProcessor,
+        InternVLVideoProcessor,
+    )
+
+    config = InternVLConfig(
+        vision_config=dict(hidden_size=vision_hidden_size, intermediate_size=vision_hidden_size * 2,
+                           num_hidden_layers=vision_layers, num_attention_heads=2, image_size=[image_size, image_size],
+                           patch_size=[patch_size, patch_size]),
+        text_config=dict(model_type="qwen2", **_text_config(tokenizer, hidden_size, num_layers, "<|im_end|>",
+                                                            tie_word_embeddings)),
+        image_token_id=tokenizer.convert_tokens_to_ids("<IMG_CONTEXT>"), downsample_ratio=0.5,
+        tie_word_embeddings=tie_word_embeddings)
+    model = InternVLForConditionalGeneration(config)
+    tokens = (image_size // patch_size) ** 2 // 4
+    processor = InternVLProcessor(
+        image_processor=GotOcr2ImageProcessor(size={"height": image_size, "width": image_size}, crop_to_patches=False),
+        tokenizer=tokenizer, video_processor=InternVLVideoProcessor(), image_seq_length=tokens,
+        chat_template=CHATML_IMAGE_CHAT_TEMPLATE.replace("IMAGE_PLACEHOLDER", "<IMG_CONTEXT>"))
+    return model, processor
+
+
+BUILDERS = {"smolvlm": smolvlm, "gemma3": gemma3, "idefics3": idefics3, "qwen2_5_vl": qwen2_5_vl,
+            "llava_next": llava_next, "internvl": internvl}
