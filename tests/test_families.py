@@ -22,12 +22,10 @@ from vlmdpo.logps import completion_logps
 from vlmdpo.modeling import apply_lora, load_model_and_processor
 from vlmdpo.tiny_models import tiny_vlm
 
-FAMILY_MATRIX = ["llava", "llava_next", "qwen2_vl", "qwen2_5_vl", "idefics3", "smolvlm", "internvl", "gemma3"]
-EXPECTED_FAST_PATH = {  # family -> None (served exactly) or the start of the stated reason
-    "llava": None, "llava_next": None, "qwen2_vl": None, "qwen2_5_vl": None, "idefics3": None, "smolvlm": None,
-    "internvl": None,
-    "gemma3": "token_type_ids give image tokens bidirectional attention",
-}
+from vlmdpo.support import TESTED_FAMILIES, support_matrix_markdown
+
+FAMILY_MATRIX = list(TESTED_FAMILIES)
+EXPECTED_FAST_PATH = {family: reason for family, (_, reason) in TESTED_FAMILIES.items()}
 
 
 def user(text, images=0, system=None):
@@ -164,3 +162,16 @@ def test_lora_training_steps_change_only_lora_and_generation_is_batch_invariant(
     alone = [generate_responses(policy, processor, [row], max_new_tokens=6, batch_size=1, progress=False)[0]
              for row in rows]
     assert together == alone, family
+
+
+def test_the_classes_are_the_ones_claimed(built):
+    family, model, _ = built
+    assert type(model).__name__ == TESTED_FAMILIES[family][0]
+
+
+def test_the_readme_support_matrix_is_rendered_from_the_tested_families():
+    from pathlib import Path
+
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    assert support_matrix_markdown() in readme, "regenerate with python -c 'from vlmdpo.support import *; " \
+        "print(support_matrix_markdown())'"

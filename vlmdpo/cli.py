@@ -157,7 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     merge.set_defaults(func=_merge)
     tiny = _subcommand(commands, "tiny-model", "write a random-weight tiny VLM for offline experiments")
-    tiny.add_argument("family", choices=["llava", "qwen2_vl", "smolvlm", "gemma3"])
+    from vlmdpo.tiny_models import FAMILIES
+
+    tiny.add_argument("family", choices=sorted(FAMILIES))
     tiny.add_argument("out")
     tiny.add_argument("--image-size", type=int, default=32)
     tiny.set_defaults(func=_tiny_model)

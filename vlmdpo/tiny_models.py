@@ -10,8 +10,8 @@ Families (``FAMILIES``), chosen for the cases that differ most:
   per image and 1-D positions.
 - ``"qwen2_vl"``: Qwen2-VL layout, a dynamic number of image tokens from ``image_grid_thw`` and 3-D
   (M-RoPE) positions.
-- ``"smolvlm"``, ``"gemma3"`` (``vlmdpo.tiny_families``): images passed per row; Gemma 3's ``token_type_ids`` and
-  sliding-window layer.
+- ``vlmdpo.tiny_families``: ``llava_next`` (any-resolution tiles), ``qwen2_5_vl``, ``idefics3`` and ``smolvlm``
+  (images per row), ``internvl``, ``gemma3`` (``token_type_ids``, a sliding-window layer).
 """
 
 from __future__ import annotations
@@ -21,32 +21,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from vlmdpo.tiny_families import BUILDERS, FAMILY_TOKENS
-
-LLAVA_CHAT_TEMPLATE = (
-    "{% for message in messages %}"
-    "{% if message['role'] == 'user' %}USER: {% elif message['role'] == 'assistant' %}ASSISTANT: "
-    "{% else %}SYSTEM: {% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for block in message['content'] %}"
-    "{% if block['type'] == 'image' %}<image>\n"
-    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{% if message['role'] == 'assistant' %}</s>{% else %} {% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
-)
-
-CHATML_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for block in message['content'] %}"
-    "{% if block['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+from vlmdpo.tiny_families import BUILDERS, CHATML_CHAT_TEMPLATE, FAMILY_TOKENS, LLAVA_CHAT_TEMPLATE
 
 SPECIAL_TOKENS = [
     "<pad>", "<s>", "</s>", "<unk>", "<image>",
@@ -184,7 +159,7 @@ def build_tiny_vlm(family: str = "llava", *, image_size: int = 32, patch_size: i
     """Return ``(model, processor)``: a random-weight VLM of a real ``transformers`` class.
 
     Args:
-        family: one of ``FAMILIES`` (``"llava"``, ``"qwen2_vl"``, ``"smolvlm"``, ``"gemma3"``).
+        family: one of ``FAMILIES`` (``vlmdpo.support.TESTED_FAMILIES`` lists what each is tested for).
         image_size: side of the square images the processor produces.
         patch_size: vision patch size; LLaVA gets ``(image_size / patch_size) ** 2`` image tokens per image,
             Qwen2-VL a quarter of that (2x2 patch merging).
