@@ -40,3 +40,13 @@ def test_a_mixture_of_experts_router_is_never_a_target():
 
     assert is_router("feed_forward.router", Llama4LikeRouter(32, 16), set())
     assert not is_router("mlp.gate_proj", nn.Linear(32, 64), {4})
+
+
+@pytest.mark.parametrize("config_class", ["Llama4Config", "Gemma3nConfig", "Phi4MultimodalConfig"])
+def test_families_with_a_broken_forward_are_refused_before_their_weights_load(config_class, tmp_path):
+    import transformers
+
+    config = getattr(transformers, config_class)()
+    config.save_pretrained(tmp_path)  # a config and no weights: the refusal must come first
+    with pytest.raises(ValueError, match=f"is a {config.model_type} model, which vlmdpo refuses: .*batch"):
+        load_model_and_processor(str(tmp_path))
