@@ -18,6 +18,8 @@ TESTED_FAMILIES: dict[str, tuple[str, str | None]] = {
     "idefics3": ("Idefics3ForConditionalGeneration", None),
     "smolvlm": ("SmolVLMForConditionalGeneration", None),
     "internvl": ("InternVLForConditionalGeneration", None),
+    "qwen3_vl": ("Qwen3VLForConditionalGeneration", None),
+    "mistral3": ("Mistral3ForConditionalGeneration", None),
     "gemma3": ("Gemma3ForConditionalGeneration", "token_type_ids give image tokens bidirectional attention"),
 }
 

@@ -60,6 +60,7 @@ CHATML_IMAGE_CHAT_TEMPLATE = (  # Qwen-style turns with an image placeholder the
 )
 
 FAMILY_TOKENS = {
+    "mistral3": (["[IMG]", "[IMG_BREAK]", "[IMG_END]"], {}),
     "idefics3": (["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"], {}),
     "internvl": (["<img>", "</img>", "<IMG_CONTEXT>"],
                  {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
@@ -229,5 +230,59 @@ def internvl(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_
     return model, processor
 
 
+def qwen3_vl(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
+             tie_word_embeddings=False):
+    """Qwen3-VL: learned vision positions, DeepStack features added into early language layers, interleaved
+    M-RoPE."""
+    from transformers import (
+        Qwen2VLImageProcessor, Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor,
+    )
+
+    head_dim = hidden_size // 4
+    third = head_dim // 2 // 3
+    token = tokenizer.convert_tokens_to_ids
+    config = Qwen3VLConfig(
+        text_config=_text_config(tokenizer, hidden_size, num_layers, "<|im_end|>", tie_word_embeddings, head_dim=head_dim,
+                                 rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_interleaved": True,
+                                                  "mrope_section": [head_dim // 2 - 2 * third, third, third]}),
+        vision_config=dict(depth=vision_layers, hidden_size=vision_hidden_size, intermediate_size=vision_hidden_size * 2,
+                           num_heads=2, out_hidden_size=hidden_size, patch_size=patch_size, spatial_merge_size=2,
+                           temporal_patch_size=2, num_position_embeddings=(image_size // patch_size) ** 2 * 4,
+                           deepstack_visual_indexes=[0]),
+        image_token_id=token("<|image_pad|>"), video_token_id=token("<|video_pad|>"),
+        vision_start_token_id=token("<|vision_start|>"), vision_end_token_id=token("<|vision_end|>"),
+        tie_word_embeddings=tie_word_embeddings)
+    model = Qwen3VLForConditionalGeneration(config)
+    image_processor = Qwen2VLImageProcessor(patch_size=patch_size, merge_size=2, temporal_patch_size=2,
+                                            min_pixels=(patch_size * 2) ** 2, max_pixels=4 * image_size * image_size)
+    processor = Qwen3VLProcessor(
+        image_processor=image_processor, tokenizer=tokenizer,
+        video_processor=Qwen3VLVideoProcessor(patch_size=patch_size, merge_size=2, temporal_patch_size=2),
+        chat_template=CHATML_IMAGE_CHAT_TEMPLATE.replace("IMAGE_PLACEHOLDER", "<|vision_start|><|image_pad|><|vision_end|>"))
+    return model, processor
+
+
+def mistral3(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
+             tie_word_embeddings=False):
+    """Mistral 3 (Pixtral vision): variable image sizes, a break token per patch row, patch merging."""
+    from transformers import Mistral3Config, Mistral3ForConditionalGeneration, PixtralImageProcessor, PixtralProcessor
+
+    config = Mistral3Config(
+        vision_config=dict(model_type="pixtral", hidden_size=vision_hidden_size, intermediate_size=vision_hidden_size * 2,
+                           num_hidden_layers=vision_layers, num_attention_heads=2, image_size=image_size,
+                           patch_size=patch_size, head_dim=vision_hidden_size // 2),
+        text_config=dict(model_type="mistral", **_text_config(tokenizer, hidden_size, num_layers, "</s>",
+                                                              tie_word_embeddings, head_dim=hidden_size // 4)),
+        image_token_index=tokenizer.convert_tokens_to_ids("[IMG]"), spatial_merge_size=2, vision_feature_layer=-1,
+        tie_word_embeddings=tie_word_embeddings)
+    model = Mistral3ForConditionalGeneration(config)
+    processor = PixtralProcessor(
+        image_processor=PixtralImageProcessor(size={"longest_edge": image_size}, patch_size=patch_size),
+        tokenizer=tokenizer, patch_size=patch_size, spatial_merge_size=2, image_token="[IMG]",
+        image_break_token="[IMG_BREAK]", image_end_token="[IMG_END]",
+        chat_template=LLAVA_CHAT_TEMPLATE.replace("<image>\n", "[IMG]"))
+    return model, processor
+
+
 BUILDERS = {"smolvlm": smolvlm, "gemma3": gemma3, "idefics3": idefics3, "qwen2_5_vl": qwen2_5_vl,
-            "llava_next": llava_next, "internvl": internvl}
+            "llava_next": llava_next, "internvl": internvl, "qwen3_vl": qwen3_vl, "mistral3": mistral3}
