@@ -13,6 +13,7 @@ from __future__ import annotations
 TESTED_FAMILIES: dict[str, tuple[str, str | None]] = {
     "llava": ("LlavaForConditionalGeneration", None),
     "llava_next": ("LlavaNextForConditionalGeneration", None),
+    "llava_onevision": ("LlavaOnevisionForConditionalGeneration", None),
     "qwen2_vl": ("Qwen2VLForConditionalGeneration", None),
     "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", None),
     "idefics3": ("Idefics3ForConditionalGeneration", None),

@@ -60,6 +60,7 @@ CHATML_IMAGE_CHAT_TEMPLATE = (  # Qwen-style turns with an image placeholder the
 )
 
 FAMILY_TOKENS = {
+    "llava_onevision": (["<video>"], {}),
     "mistral3": (["[IMG]", "[IMG_BREAK]", "[IMG_END]"], {}),
     "idefics3": (["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"], {}),
     "internvl": (["<img>", "</img>", "<IMG_CONTEXT>"],
@@ -284,5 +285,33 @@ def mistral3(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_
     return model, processor
 
 
+def llava_onevision(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
+                    tie_word_embeddings=False):
+    """LLaVA-OneVision: SigLIP tower, any-resolution tiles with ``image_sizes``, Qwen2 language model."""
+    from transformers import (
+        LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, LlavaOnevisionImageProcessor,
+        LlavaOnevisionProcessor, LlavaOnevisionVideoProcessor,
+    )
+
+    pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
+    config = LlavaOnevisionConfig(
+        vision_config=dict(model_type="siglip_vision_model", **_vision_config(image_size, patch_size, vision_hidden_size,
+                                                                              vision_layers)),
+        text_config=dict(model_type="qwen2", **_text_config(tokenizer, hidden_size, num_layers, "<|im_end|>",
+                                                            tie_word_embeddings)),
+        image_grid_pinpoints=pinpoints, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"), vision_feature_select_strategy="full",
+        vision_feature_layer=-1, vision_aspect_ratio="anyres_max_9", tie_word_embeddings=tie_word_embeddings)
+    model = LlavaOnevisionForConditionalGeneration(config)
+    processor = LlavaOnevisionProcessor(
+        image_processor=LlavaOnevisionImageProcessor(size={"height": image_size, "width": image_size},
+                                                     image_grid_pinpoints=pinpoints),
+        tokenizer=tokenizer, video_processor=LlavaOnevisionVideoProcessor(), num_image_tokens=(image_size // patch_size) ** 2,
+        vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
+        chat_template=CHATML_IMAGE_CHAT_TEMPLATE.replace("IMAGE_PLACEHOLDER", "<image>"))
+    return model, processor
+
+
 BUILDERS = {"smolvlm": smolvlm, "gemma3": gemma3, "idefics3": idefics3, "qwen2_5_vl": qwen2_5_vl,
-            "llava_next": llava_next, "internvl": internvl, "qwen3_vl": qwen3_vl, "mistral3": mistral3}
+            "llava_next": llava_next, "internvl": internvl, "qwen3_vl": qwen3_vl, "mistral3": mistral3,
+            "llava_onevision": llava_onevision}

@@ -10,7 +10,7 @@ Families (``FAMILIES``), chosen for the cases that differ most:
   per image and 1-D positions.
 - ``"qwen2_vl"``: Qwen2-VL layout, a dynamic number of image tokens from ``image_grid_thw`` and 3-D
   (M-RoPE) positions.
-- ``vlmdpo.tiny_families``: ``llava_next`` (any-resolution tiles), ``qwen2_5_vl``, ``idefics3`` and ``smolvlm``
+- ``vlmdpo.tiny_families``: ``llava_next`` and ``llava_onevision`` (any-resolution tiles), ``qwen2_5_vl``, ``idefics3`` and ``smolvlm``
   (images per row), ``internvl``, ``qwen3_vl`` (DeepStack), ``mistral3`` (Pixtral), ``gemma3`` (``token_type_ids``,
   a sliding-window layer).
 """
