@@ -96,3 +96,28 @@ def test_extend_per_token_rules():
     assert extend_per_token(types, 2, 2).tolist() == [[0, 1, 1, 0, 0], [1, 0, 0, 0, 0]] * 2
     mask = torch.tensor([[[1, 0], [0, 1]]])  # (1, 2, 2)
     assert extend_per_token(mask, 1, 3)[0].tolist() == [[1, 0], [0, 1], [0, 1], [0, 1], [0, 1]]
+
+
+def test_causality_probe_catches_responses_that_attend_both_ways(vlmdpo_cache, images, monkeypatch):
+    """Gemma 3 gives tokens of type 1 bidirectional attention (its images). Continued with 0 over the responses
+    (the rule) they are scored causally; continued with 1, as a wrong rule would, they are not, and the probe
+    that every training run makes says so."""
+    import vlmdpo.logps as logps
+    from vlmdpo.modeling import load_model_and_processor
+    from vlmdpo.probes import causality_problem
+    from vlmdpo.tiny_models import tiny_vlm
+
+    model, processor = load_model_and_processor(tiny_vlm("gemma3"))
+    batch = PreferenceCollator(processor)(rows_from(images, [ONE_IMAGE, SHORT]))
+    pad = processor.tokenizer.pad_token_id
+    assert causality_problem(model, batch, pad) is None
+    rule = logps.extend_per_token
+
+    def as_images(value, copies, length):
+        out = rule(value, copies, length)
+        out[:, value.shape[1]:] = 1
+        return out
+
+    monkeypatch.setattr(logps, "extend_per_token", as_images)
+    problem = causality_problem(model, batch, pad)
+    assert problem is not None and problem.startswith("changing the last token of a response moved")

@@ -26,6 +26,7 @@ from vlmdpo.collator import PreferenceCollator
 from vlmdpo.config import Config, save_config
 from vlmdpo.data import PreferenceDataset
 from vlmdpo.metrics_log import MetricsLog
+from vlmdpo.probes import causality_problem
 from vlmdpo.fast_logps import choose_forward_path
 from vlmdpo.modeling import (
     apply_lora, frozen_copy, load_model_and_processor, reference_mode, resolve_model_path,
@@ -200,8 +201,11 @@ def _train(config: Config) -> Path:
     accelerator.register_for_checkpointing(scheduler)
     if reference is not None:
         reference = reference.to(accelerator.device)
-    probe = None if cfg.forward_path == "plain" else send_to_device(  # two pairs to check the fast path on
-        collator([pairs[i] for i in range(min(2, len(pairs)))]), accelerator.device)
+    # two pairs to check the model on: causal scoring of responses, and the fast path against the plain one
+    probe = send_to_device(collator([pairs[i] for i in range(min(2, len(pairs)))]), accelerator.device)
+    problem = causality_problem(policy, probe, tokenizer.pad_token_id)
+    if problem is not None:
+        raise ValueError(f"{config.model.name_or_path}: {problem}")
     forward_path = choose_forward_path(cfg.forward_path, [policy] + ([reference] if reference is not None else []),
                                        probe, tokenizer.pad_token_id, log)
     ref_logps = None
