@@ -94,6 +94,7 @@ def test_cast_floating():
 def test_extend_per_token_rules():
     types = torch.tensor([[0, 1, 1], [1, 0, 0]])
     assert extend_per_token(types, 2, 2).tolist() == [[0, 1, 1, 0, 0], [1, 0, 0, 0, 0]] * 2
+    assert extend_per_token(types, 1, 2, fill=1).tolist() == [[0, 1, 1, 1, 1], [1, 0, 0, 1, 1]]
     mask = torch.tensor([[[1, 0], [0, 1]]])  # (1, 2, 2)
     assert extend_per_token(mask, 1, 3)[0].tolist() == [[1, 0], [0, 1], [0, 1], [0, 1], [0, 1]]
 
@@ -113,8 +114,8 @@ def test_causality_probe_catches_responses_that_attend_both_ways(vlmdpo_cache, i
     assert causality_problem(model, batch, pad) is None
     rule = logps.extend_per_token
 
-    def as_images(value, copies, length):
-        out = rule(value, copies, length)
+    def as_images(value, copies, length, fill=0):
+        out = rule(value, copies, length, fill)
         out[:, value.shape[1]:] = 1
         return out
 

@@ -34,6 +34,8 @@ class PreferenceCollator:
         ``chosen_input_ids``, ``chosen_attention_mask``, ``chosen_completion_mask``: (B, Cc), right-padded;
             the same three for ``rejected``.
         ``index``: list of the rows' dataset indices.
+        ``response_token_types``: ``{key: value}`` for per-token outputs whose response tokens are not 0
+            (PaliGemma's ``token_type_ids``: 1, the suffix), asked of the processor once.
 
     Args:
         processor: the model's ``AutoProcessor`` (with a chat template).
@@ -51,6 +53,7 @@ class PreferenceCollator:
         self.max_response_length = max_response_length
         added = [token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special]
         self._special_tokens = sorted(set(added) | set(self.tokenizer.all_special_tokens), key=len, reverse=True)
+        self.response_token_types = _response_token_types(processor, self.tokenizer)
         # the processor expands these into image features: typed into a row's text they would be doubled
         self._image_tokens = [token for token in (getattr(processor, name, None) for name in (
             "image_token", "boi_token", "video_token")) if isinstance(token, str) and token]
@@ -158,6 +161,7 @@ class PreferenceCollator:
             "prompt_token_types": {},
             "vision_inputs": {},
             "index": [row.get("index") for row in rows],
+            "response_token_types": dict(self.response_token_types),
         }
         for key, value in prompts.items():
             if key in _TEXT_KEYS or key in _NOT_MODEL_INPUTS or not isinstance(value, torch.Tensor):
@@ -175,6 +179,23 @@ class PreferenceCollator:
             batch[f"{field}_attention_mask"] = mask
             batch[f"{field}_completion_mask"] = completion_mask
         return batch
+
+
+def _response_token_types(processor, tokenizer) -> dict[str, int]:
+    """The value each per-token processor output gives response tokens, asked of the processor itself: one that
+    takes a ``suffix`` (PaliGemma's) marks it, and that mark (1: causal suffix, not bidirectional prefix) is
+    what responses get. Processors without one give responses the default, 0 (text)."""
+    from PIL import Image
+
+    try:
+        out = processor(text=[" x"], images=[[Image.new("RGB", (32, 32))]], suffix=[" y"], return_tensors="pt")
+    except Exception:  # no suffix argument, or a processor that wants placeholders: the default holds
+        return {}
+    length = out["input_ids"].shape[1]
+    return {key: int(value[0, -1]) for key, value in out.items()
+            if key not in _TEXT_KEYS and key not in _NOT_MODEL_INPUTS and isinstance(value, torch.Tensor)
+            and value.dim() == 2 and value.shape[1] == length and not value.is_floating_point()
+            and int(value[0, -1]) != 0}
 
 
 def _truncate_at(mask: list[int], max_tokens: int) -> int:

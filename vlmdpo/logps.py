@@ -43,13 +43,14 @@ def model_dtype(model) -> torch.dtype:
     return next(p.dtype for p in model.parameters() if p.is_floating_point())
 
 
-def extend_per_token(value: torch.Tensor, copies: int, length: int) -> torch.Tensor:
+def extend_per_token(value: torch.Tensor, copies: int, length: int, fill: int = 0) -> torch.Tensor:
     """A per-token prompt input repeated for ``copies`` responses and continued over ``length`` response tokens:
-    a (B, P) type id with 0 (text), a (B, P, ...) one (Mllama's cross-attention mask) with the last prompt
+    a (B, P) type id with ``fill`` (0, text; PaliGemma's suffix value for its ``token_type_ids``, see the
+    collator's ``response_token_types``), a (B, P, ...) one (Mllama's cross-attention mask) with the last prompt
     position's values, so response tokens see the images the end of the prompt sees."""
     repeated = value.repeat(copies, *([1] * (value.dim() - 1)))
     if value.dim() == 2:
-        tail = torch.zeros(repeated.shape[0], length, dtype=value.dtype, device=value.device)
+        tail = torch.full((repeated.shape[0], length), fill, dtype=value.dtype, device=value.device)
     else:
         tail = repeated[:, -1:].expand(-1, length, *repeated.shape[2:])
     return torch.cat([repeated, tail], dim=1)
@@ -81,8 +82,9 @@ def concatenated_inputs(batch: dict, pad_token_id: int) -> dict:
         "attention_mask": torch.cat([batch["prompt_attention_mask"].repeat(copies, 1), completion_attention],
                                     dim=1),
     }
+    fills = batch.get("response_token_types", {})
     for key, value in batch["prompt_token_types"].items():
-        model_inputs[key] = extend_per_token(value, copies, length)
+        model_inputs[key] = extend_per_token(value, copies, length, fills.get(key, 0))
     for key, value in batch["vision_inputs"].items():
         model_inputs[key] = torch.cat([value] * copies)
     return {"model_inputs": model_inputs, "completion_ids": completion_ids, "completion_mask": completion_mask}

@@ -22,7 +22,12 @@ TESTED_FAMILIES: dict[str, tuple[str, str | None]] = {
     "qwen3_vl": ("Qwen3VLForConditionalGeneration", None),
     "mistral3": ("Mistral3ForConditionalGeneration", None),
     "gemma3": ("Gemma3ForConditionalGeneration", "token_type_ids give image tokens bidirectional attention"),
+    "paligemma": ("PaliGemmaForConditionalGeneration", "token_type_ids give image tokens bidirectional attention"),
 }
+
+
+# families whose processor refuses a batch without any image (a text-only row trains only beside image rows)
+NEEDS_AN_IMAGE_PER_BATCH = {"paligemma"}
 
 
 def support_matrix_markdown() -> str:
@@ -30,5 +35,8 @@ def support_matrix_markdown() -> str:
     lines = ["| family (`tiny:<name>`) | transformers class | masks, causal, batch-invariant, LoRA steps, batched "
              "generation | fast path |", "|---|---|---|---|"]
     for family, (cls, reason) in TESTED_FAMILIES.items():
-        lines.append(f"| `{family}` | `{cls}` | tested | {'exact (tested)' if reason is None else 'plain path: ' + reason} |")
+        tested = "tested" + (" (text-only rows only beside image rows: its processor needs an image per batch)"
+                             if family in NEEDS_AN_IMAGE_PER_BATCH else "")
+        fast = "exact (tested)" if reason is None else "plain path: " + reason
+        lines.append(f"| `{family}` | `{cls}` | {tested} | {fast} |")
     return "\n".join(lines)

@@ -312,6 +312,36 @@ def llava_onevision(tokenizer, image_size, patch_size, hidden_size, num_layers, 
     return model, processor
 
 
+PALIGEMMA_CHAT_TEMPLATE = (  # PaliGemma has no chat turns: the prompt is a prefix, the response its suffix
+    "{% for message in messages %}{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<image>"
+    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% if message['role'] == 'assistant' %}</s>{% endif %}{% endfor %}"
+)
+
+
+def paligemma(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
+              tie_word_embeddings=False):
+    """PaliGemma: SigLIP tower, Gemma; the prompt (image tokens and text) is a bidirectional prefix and the
+    response a causal suffix, told apart by ``token_type_ids`` (0 prefix, 1 suffix)."""
+    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, SiglipImageProcessor
+
+    tokens_per_image = (image_size // patch_size) ** 2
+    image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
+    image_processor.image_seq_length = tokens_per_image
+    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer,
+                                   chat_template=PALIGEMMA_CHAT_TEMPLATE)  # adds its <loc>/<seg> tokens
+    config = PaliGemmaConfig(
+        vision_config=dict(model_type="siglip_vision_model", projection_dim=hidden_size,
+                           **_vision_config(image_size, patch_size, vision_hidden_size, vision_layers)),
+        text_config=dict(model_type="gemma", **_text_config(processor.tokenizer, hidden_size, num_layers, "</s>",
+                                                            tie_word_embeddings, head_dim=hidden_size // 4)),
+        image_token_index=processor.tokenizer.convert_tokens_to_ids("<image>"), projection_dim=hidden_size,
+        tie_word_embeddings=tie_word_embeddings)
+    config.text_config.num_image_tokens = tokens_per_image
+    return PaliGemmaForConditionalGeneration(config), processor
+
+
 BUILDERS = {"smolvlm": smolvlm, "gemma3": gemma3, "idefics3": idefics3, "qwen2_5_vl": qwen2_5_vl,
             "llava_next": llava_next, "internvl": internvl, "qwen3_vl": qwen3_vl, "mistral3": mistral3,
-            "llava_onevision": llava_onevision}
+            "llava_onevision": llava_onevision, "paligemma": paligemma}

@@ -12,7 +12,7 @@ Families (``FAMILIES``), chosen for the cases that differ most:
   (M-RoPE) positions.
 - ``vlmdpo.tiny_families``: ``llava_next`` and ``llava_onevision`` (any-resolution tiles), ``qwen2_5_vl``, ``idefics3`` and ``smolvlm``
   (images per row), ``internvl``, ``qwen3_vl`` (DeepStack), ``mistral3`` (Pixtral), ``gemma3`` (``token_type_ids``,
-  a sliding-window layer).
+  a sliding-window layer), ``paligemma`` (prefix/suffix ``token_type_ids``).
 """
 
 from __future__ import annotations
