@@ -83,6 +83,15 @@ def _is_utf8(path: Path) -> bool:
     return True
 
 
+def default_image_root(source: str, image_root: str | None = None) -> str | None:
+    """``image_root`` if given, else the folder of a data file, or a ``save_to_disk`` folder itself: where
+    relative image paths in ``source`` are looked up."""
+    if image_root:
+        return image_root
+    path = Path(source)
+    return str(path.parent) if path.is_file() else str(path) if path.is_dir() else None
+
+
 def _raise_bad_json_line(path: Path) -> None:
     """``DataError`` naming the first line of a JSON-lines file that is not UTF-8 or not JSON (a file that is one
     JSON document is left to ``datasets``' own error)."""

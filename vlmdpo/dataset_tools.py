@@ -17,7 +17,9 @@ import datasets
 import numpy as np
 from tqdm.auto import tqdm
 
-from vlmdpo.data import DataError, PreferenceDataset, load_preference_dataset, normalize_row, response_text
+from vlmdpo.data import (
+    DataError, PreferenceDataset, default_image_root, load_preference_dataset, normalize_row, response_text,
+)
 from vlmdpo.formats import FormattedRows, apply_format, detect_format, get_format
 from vlmdpo.images import ImageError, image_size
 
@@ -93,8 +95,7 @@ def inspect_dataset(source: str, split: str = "train", format: str = "auto", opt
     write a histogram of chosen and rejected response lengths there."""
     rows, name = load_rows(source, split, format, options, columns, decode=False)
     base = rows.source if isinstance(rows, FormattedRows) else rows
-    path = Path(source)
-    root = image_root or (str(path.parent) if path.is_file() else str(path) if path.is_dir() else None)
+    root = default_image_root(source, image_root)
     positions = np.unique(np.linspace(0, len(rows) - 1, num=min(sample, len(rows))).astype(int)).tolist() if len(
         rows) else []
     report = Inspection(source, name, len(rows), len(positions), list(base.column_names))
@@ -155,8 +156,7 @@ def convert_dataset(source: str, out: str | Path, split: str = "train", format: 
     jsonl file with the images as PNG files in ``images/`` beside it, anything else a ``save_to_disk`` folder.
     A bad row stops the conversion naming it, unless ``skip_bad`` (then it is left out and returned)."""
     rows, _ = load_rows(source, split, format, options, columns)
-    path = Path(source)
-    root = image_root or (str(path.parent) if path.is_file() else str(path) if path.is_dir() else None)
+    root = default_image_root(source, image_root)
     pairs = PreferenceDataset(rows, image_root=root)
     out, skipped = Path(out), []
 

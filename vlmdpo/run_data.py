@@ -7,8 +7,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from vlmdpo.config import Config, ConfigError, DataConfig
-from vlmdpo.data import PreferenceDataset, load_preference_dataset
+from vlmdpo.config import Config, ConfigError
+from vlmdpo.data import PreferenceDataset, default_image_root, load_preference_dataset
 from vlmdpo.formats import apply_format
 from vlmdpo.validate import ValidationReport, position_limit, validate_rows
 
@@ -38,16 +38,6 @@ def check_paths(config: Config) -> None:
         raise ConfigError(f"train.output_dir={str(output_dir)!r} cannot be created: {str(blocking)!r} is a file")
 
 
-def image_root_of(data: DataConfig) -> str | None:
-    """``data.image_root``, else the folder of a data file or of a ``save_to_disk`` folder."""
-    if data.image_root:
-        return data.image_root
-    path = Path(data.train)
-    if path.is_file():
-        return str(path.parent)
-    return str(path) if path.is_dir() else None
-
-
 def load_pairs(config: Config, log=print) -> PreferenceDataset:
     """The training pairs in the package's row layout (``data.format``), read lazily (``data.max_rows``
     applied)."""
@@ -56,7 +46,7 @@ def load_pairs(config: Config, log=print) -> PreferenceDataset:
                            data.format_options, data.columns, log)
     if data.max_rows is not None:
         dataset = dataset.select(range(min(data.max_rows, len(dataset))))
-    return PreferenceDataset(dataset, image_root=image_root_of(data), responses=config.loss.responses,
+    return PreferenceDataset(dataset, image_root=default_image_root(data.train, data.image_root), responses=config.loss.responses,
                              allow_outside_images=data.allow_outside_images, max_image_pixels=data.max_image_pixels)
 
 
@@ -163,9 +153,7 @@ def load_eval_rows(config: Config) -> list[dict] | None:
     dataset = load_preference_dataset(data.eval, split=data.eval_split)
     if data.eval_max_rows is not None:
         dataset = dataset.select(range(min(data.eval_max_rows, len(dataset))))
-    path = Path(data.eval)
-    root = data.image_root or (str(path.parent) if path.is_file() else str(path) if path.is_dir() else None)
-    pairs = PreferenceDataset(dataset, image_root=root, allow_outside_images=data.allow_outside_images,
+    pairs = PreferenceDataset(dataset, image_root=default_image_root(data.eval, data.image_root), allow_outside_images=data.allow_outside_images,
                               max_image_pixels=data.max_image_pixels)
     rows = [pairs[i] for i in range(len(pairs))]
     if "objects" in dataset.column_names:

@@ -166,13 +166,9 @@ def plot_margin_histograms(results: Mapping[str, Mapping], out_dir: Path) -> lis
 
 def read_metrics_jsonl(path: str | Path) -> list[dict]:
     """The records of a training ``metrics.jsonl``; blank or truncated last lines are skipped."""
-    records = []
-    for line in Path(path).read_text().splitlines():
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue  # a run killed mid-write leaves half a line
-    return records
+    from vlmdpo.metrics_log import read_metrics
+
+    return read_metrics(path)
 
 
 def plot_training_curves(training_metrics: Mapping[str, str | Path], out_dir: Path) -> list[Path]:
