@@ -299,3 +299,14 @@ def test_inspect_reports_layout_lengths_sizes_and_plots(tmp_path, capsys):
     assert f"{path}: format llava_rlhf, 4 rows (sampled 4)" in out
     assert "chosen words: p50 5" in out and "image sizes: width 24-24-24" in out and "images per row: 1: 4" in out
     assert (tmp_path / "lengths.png").stat().st_size > 5_000
+
+
+@pytest.mark.parametrize("family", ["llava"], indirect=True)
+def test_held_out_pairs_in_a_public_layout_are_evaluated_during_training(family, tiny_model_dir, tmp_path):
+    path = rlaif_v(tmp_path / "data")
+    out = tmp_path / "run"
+    train(load_config(None, [f"model.name_or_path={tiny_model_dir}", f"data.train={path}", f"data.eval={path}",
+                             "train.eval_steps=1", f"train.output_dir={out}", "train.max_steps=1", "train.batch_size=2",
+                             "train.progress=false", "train.mixed_precision=no"]))
+    evaluated = [r for r in read_metrics(out / "metrics.jsonl") if "eval/rewards/accuracies" in r]
+    assert [r["step"] for r in evaluated] == [1] and np.isfinite(evaluated[0]["eval/logps/chosen"])

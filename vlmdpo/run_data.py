@@ -145,18 +145,20 @@ def validate_training_data(config: Config, out: str | Path | None = None) -> tup
 
 
 def load_eval_rows(config: Config) -> list[dict] | None:
-    """Held-out pairs for the in-training evaluation (all read now, so a bad one fails before training), or
-    ``None`` when it is off."""
+    """Held-out pairs for the in-training evaluation, read through ``data.format`` as the training pairs are (all
+    read now, so a bad one fails before training), or ``None`` when it is off. An ``objects`` column (for CHAIR)
+    is kept for rows of the package's own layout."""
     if not (config.data.eval and config.train.eval_steps):
         return None
     data = config.data
-    dataset = load_preference_dataset(data.eval, split=data.eval_split)
+    source = load_preference_dataset(data.eval, split=data.eval_split)
+    dataset = apply_format(source, data.format, data.format_options, data.columns, log=lambda *_: None)
     if data.eval_max_rows is not None:
         dataset = dataset.select(range(min(data.eval_max_rows, len(dataset))))
-    pairs = PreferenceDataset(dataset, image_root=default_image_root(data.eval, data.image_root), allow_outside_images=data.allow_outside_images,
-                              max_image_pixels=data.max_image_pixels)
+    pairs = PreferenceDataset(dataset, image_root=default_image_root(data.eval, data.image_root),
+                              allow_outside_images=data.allow_outside_images, max_image_pixels=data.max_image_pixels)
     rows = [pairs[i] for i in range(len(pairs))]
-    if "objects" in dataset.column_names:
+    if "objects" in dataset.column_names:  # a FormattedRows view lists only the four row columns
         for row, objects in zip(rows, dataset["objects"]):
             row["objects"] = objects
     return rows
