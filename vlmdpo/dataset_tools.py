@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 from vlmdpo.data import (
     DataError, PreferenceDataset, default_image_root, load_preference_dataset, normalize_row, response_text,
 )
-from vlmdpo.formats import FormattedRows, apply_format, detect_format, get_format
+from vlmdpo.formats import TRL_FORMAT, FormattedRows, apply_format
 from vlmdpo.images import ImageError, image_size
 
 
@@ -42,9 +42,8 @@ def load_rows(source: str, split: str = "train", format: str = "auto", options: 
     dataset = load_preference_dataset(source, split=split)
     if not decode:
         dataset = _undecoded(dataset)
-    renamed = dataset.rename_columns(dict(columns)) if columns else dataset
-    name = detect_format(renamed.column_names).name if format == "auto" else get_format(format).name
-    return apply_format(dataset, name, options, columns, log=lambda *_: None), name
+    rows = apply_format(dataset, format, options, columns, log=lambda *_: None)
+    return rows, rows.format.name if isinstance(rows, FormattedRows) else TRL_FORMAT.name
 
 
 @dataclass

@@ -88,8 +88,9 @@ def checked_pairs(pairs: PreferenceDataset, collator, model_config, config: Conf
     skipped = {entry["row"] for entry in bad}
     kept = [pairs.source_index(p) for p in range(len(pairs)) if pairs.source_index(p) not in skipped]
     if accelerator.is_main_process:
-        ValidationReport(total=len(pairs), bad=bad).write_bad_rows(output_dir / SKIPPED_ROWS_FILE)
-        kinds = ValidationReport(total=len(pairs), bad=bad).by_kind()
+        report = ValidationReport(total=len(pairs), bad=bad)
+        report.write_bad_rows(output_dir / SKIPPED_ROWS_FILE)
+        kinds = report.by_kind()
         log(f"warning: skipped {len(skipped)} of {len(pairs)} rows ({', '.join(f'{k}: {n}' for k, n in kinds.items())}); "
             f"each is listed with its problem in {output_dir / SKIPPED_ROWS_FILE}")
     if not kept:

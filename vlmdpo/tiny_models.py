@@ -22,7 +22,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from vlmdpo.tiny_families import BUILDERS, CHATML_CHAT_TEMPLATE, FAMILY_TOKENS, LLAVA_CHAT_TEMPLATE
+from vlmdpo.tiny_families import BUILDERS, CHATML_CHAT_TEMPLATE, FAMILY_TOKENS, LLAVA_CHAT_TEMPLATE, _mrope
 
 SPECIAL_TOKENS = [
     "<pad>", "<s>", "</s>", "<unk>", "<image>",
@@ -116,17 +116,12 @@ def _qwen2_vl(tokenizer, image_size: int, patch_size: int, hidden_size: int, num
     )
 
     num_heads = 4
-    head_dim = hidden_size // num_heads
-    # M-RoPE splits the head_dim / 2 rotary frequencies into (time, height, width) sections.
-    third = head_dim // 2 // 3
-    mrope_section = [head_dim // 2 - 2 * third, third, third]
     token = tokenizer.convert_tokens_to_ids
     config = Qwen2VLConfig(
         text_config=dict(
             vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 2,
             num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=2,
-            max_position_embeddings=1024, rope_parameters={"rope_type": "default", "rope_theta": 10000.0,
-                                                            "mrope_section": mrope_section},
+            max_position_embeddings=1024, rope_parameters=_mrope(hidden_size // num_heads),
             bos_token_id=tokenizer.bos_token_id, eos_token_id=token("<|im_end|>"),
             pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=tie_word_embeddings,
         ),
