@@ -110,27 +110,36 @@ def _qwen_processor(processor_class, video_processor_class, tokenizer, image_siz
         chat_template=CHATML_IMAGE_CHAT_TEMPLATE.replace("IMAGE_PLACEHOLDER", "<|vision_start|><|image_pad|><|vision_end|>"))
 
 
-def smolvlm(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
-            tie_word_embeddings=False):
-    """SmolVLM (Idefics3 layout): SigLIP tower, pixel-shuffle connector, Llama; images passed per row, no
-    splitting, ``image_seq_len`` tokens per image between ``<fake_token_around_image><global-img>``."""
-    from transformers import (
-        SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor,
-    )
-
+def _idefics3_layout(classes, tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size,
+                     vision_layers, tie_word_embeddings, **processor_kwargs):
+    """SigLIP tower, pixel-shuffle connector, Llama; images passed per row, no splitting, ``image_seq_len`` tokens
+    per image between ``<fake_token_around_image><global-img>``. ``classes``: config, model, image processor,
+    processor."""
+    config_class, model_class, image_processor_class, processor_class = classes
     scale_factor = 2
-    config = SmolVLMConfig(
+    config = config_class(
         vision_config=_vision_config(image_size, patch_size, vision_hidden_size, vision_layers),
         text_config=_text_config(tokenizer, hidden_size, num_layers, "<end_of_utterance>", tie_word_embeddings),
         scale_factor=scale_factor, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=tie_word_embeddings)
-    model = SmolVLMForConditionalGeneration(config)
-    image_processor = SmolVLMImageProcessor(do_image_splitting=False, size={"longest_edge": image_size},
+    image_processor = image_processor_class(do_image_splitting=False, size={"longest_edge": image_size},
                                             max_image_size={"longest_edge": image_size})
-    processor = SmolVLMProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, video_processor=SmolVLMVideoProcessor(),
-        image_seq_len=(image_size // patch_size) ** 2 // scale_factor ** 2, chat_template=SMOLVLM_CHAT_TEMPLATE)
-    return model, processor
+    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer,
+                                image_seq_len=(image_size // patch_size) ** 2 // scale_factor ** 2,
+                                chat_template=SMOLVLM_CHAT_TEMPLATE, **processor_kwargs)
+    return model_class(config), processor
+
+
+def smolvlm(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
+            tie_word_embeddings=False):
+    """SmolVLM: the Idefics3 layout with SmolVLM's classes (and its video processor)."""
+    from transformers import (
+        SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessor, SmolVLMProcessor, SmolVLMVideoProcessor,
+    )
+
+    return _idefics3_layout((SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessor, SmolVLMProcessor),
+                            tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size,
+                            vision_layers, tie_word_embeddings, video_processor=SmolVLMVideoProcessor())
 
 
 def gemma3(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
@@ -158,22 +167,12 @@ def gemma3(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hi
 
 def idefics3(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
              tie_word_embeddings=False):
-    """Idefics3: as SmolVLM (its successor), with Idefics3's own classes."""
+    """Idefics3: SmolVLM's predecessor, with its own classes."""
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor, Idefics3Processor
 
-    scale_factor = 2
-    config = Idefics3Config(
-        vision_config=_vision_config(image_size, patch_size, vision_hidden_size, vision_layers),
-        text_config=_text_config(tokenizer, hidden_size, num_layers, "<end_of_utterance>", tie_word_embeddings),
-        scale_factor=scale_factor, image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=tie_word_embeddings)
-    model = Idefics3ForConditionalGeneration(config)
-    image_processor = Idefics3ImageProcessor(do_image_splitting=False, size={"longest_edge": image_size},
-                                             max_image_size={"longest_edge": image_size})
-    processor = Idefics3Processor(image_processor=image_processor, tokenizer=tokenizer,
-                                  image_seq_len=(image_size // patch_size) ** 2 // scale_factor ** 2,
-                                  chat_template=SMOLVLM_CHAT_TEMPLATE)
-    return model, processor
+    return _idefics3_layout((Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessor,
+                             Idefics3Processor), tokenizer, image_size, patch_size, hidden_size, num_layers,
+                            vision_hidden_size, vision_layers, tie_word_embeddings)
 
 
 def qwen2_5_vl(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
