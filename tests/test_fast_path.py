@@ -229,9 +229,9 @@ def test_auto_takes_the_fast_path_and_says_so(model_and_processor, batch):
 
 def test_unsupported_models_fall_back_with_the_reason(model_and_processor, batch):
     model, processor = model_and_processor
-    types = {**batch["prompt_token_types"], "token_type_ids": torch.zeros_like(batch["prompt_input_ids"])}
-    gemma_like = {**batch, "prompt_token_types": types}
-    assert "bidirectional" in fast_path_problem(model, gemma_like)
+    model.config.get_text_config().attn_logit_softcapping = 50.0  # Gemma 2 style: tree attention does not cap
+    gemma_like = batch
+    assert "soft-caps" in fast_path_problem(model, gemma_like)
     lines = []
     assert choose_forward_path("auto", [model], gemma_like, 0, lines.append) == "plain"
     assert lines == [f"forward path: plain, because {fast_path_problem(model, gemma_like)}"]

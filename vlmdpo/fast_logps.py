@@ -100,19 +100,28 @@ def fast_completion_logps(model, batch: dict) -> dict[str, torch.Tensor]:
     return packed_completion_logps(model, pack_pairs(model, batch), image_features(model, batch["vision_inputs"]))
 
 
+ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
 def fast_path_problem(model, batch: dict) -> str | None:
     """Why the fast path cannot serve ``model`` on batches like ``batch``, or ``None`` when it can."""
     base = hf_model(model)
     config = base.config.get_text_config()
     attention = config._attn_implementation or "eager"
-    if attention not in SUPPORTED_ATTENTION and not attention.startswith("vlmdpo_tree_"):
-        return f"the language model uses {attention!r} attention (packed pairs need sdpa or eager)"
+    if attention.startswith("vlmdpo_tree_"):
+        attention = attention[len("vlmdpo_tree_"):]
+    if attention not in SUPPORTED_ATTENTION:
+        return f"the language model uses {attention!r} attention (packed pairs need one of {SUPPORTED_ATTENTION})"
+    other_layers = sorted(set(getattr(config, "layer_types", None) or ()) - set(ATTENTION_LAYER_TYPES))
+    if other_layers:
+        return f"the language model has layers packed pairs do not split by pair ({', '.join(other_layers)})"
     if any(value.dim() > 2 for value in batch["prompt_token_types"].values()):
         return "a per-token input holds more than one value per token (Mllama's cross-attention mask)"
-    if "token_type_ids" in batch["prompt_token_types"]:
-        return "token_type_ids give image tokens bidirectional attention (PaliGemma, Gemma 3 style)"
-    if any(kind != "full_attention" for kind in getattr(config, "layer_types", None) or ()):
-        return "the language model has sliding-window or non-attention layers"
+    if hasattr(type(base), "create_masks_for_generate") and attention not in ("sdpa", "eager"):
+        return f"its prompt masks come from the model's own mask builder, read here from sdpa or eager masks " \
+               f"(not {attention!r})"
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        return "the attention soft-caps its logits (attn_logit_softcapping), which tree attention does not"
     for name in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier"):
         if getattr(config, name, None) not in (None, 1, 1.0):
             return f"the model transforms its logits ({name}), which the fused LM head does not"

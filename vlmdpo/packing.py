@@ -28,7 +28,8 @@ class PackedPairs:
     Attributes:
         input_ids: (1, N) prompt and response tokens of every pair, no padding.
         position_ids: (1, N), or (3, 1, N) for M-RoPE models.
-        token_types: per-token processor outputs (``mm_token_type_ids``...), (1, N) each, 0 on responses.
+        token_types: per-token processor outputs (``mm_token_type_ids``...), (1, N) each; on responses the
+            collator's ``response_token_types`` value (0 unless the processor gives a suffix another).
         vision_inputs: the batch's per-image inputs, unchanged (images stay in prompt order).
         layout: where each pair's prompt and responses sit (``PairLayout``), for the attention.
         score_index: (K,) index into the N positions of the position that predicts each scored token.
@@ -83,6 +84,43 @@ def prompt_positions(model, batch: dict, extra: int) -> torch.Tensor:
     return positions
 
 
+def model_prompt_masks(model, prompt_types: dict[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """The (P, P) boolean masks the model itself gives one unpadded prompt, per layer type, where they differ
+    from causal; ``None`` when all are causal.
+
+    Asked of the model's own ``create_masks_for_generate`` (models whose per-token inputs change attention:
+    Gemma 3's bidirectional image blocks, PaliGemma's bidirectional prefix), with the prompt's per-token
+    inputs (``prompt_types``, each (P,)). Models without one attend causally.
+    """
+    base = hf_model(model)
+    create = getattr(type(base), "create_masks_for_generate", None)
+    length = next(iter(prompt_types.values())).shape[0] if prompt_types else 0
+    if create is None or length == 0:
+        return None
+    accepted = inspect.signature(create).parameters
+    device = next(base.parameters()).device
+    masks = create(config=base.config, inputs_embeds=torch.zeros(1, length, 1, device=device,
+                                                                 dtype=next(base.parameters()).dtype),
+                   attention_mask=torch.ones(1, length, dtype=torch.long, device=device), cache=None,
+                   position_ids=torch.arange(length, device=device)[None],
+                   is_first_iteration=True,
+                   **{key: value[None] for key, value in prompt_types.items() if key in accepted})
+    if not isinstance(masks, dict):
+        masks = {"full_attention": masks}
+    causal = torch.ones(length, length, dtype=torch.bool, device=device).tril()
+    own = {}
+    for kind, mask in masks.items():
+        if mask is None:  # the mask function found plain causal attention enough
+            continue
+        if not isinstance(mask, torch.Tensor):
+            raise ValueError(f"{type(base).__name__} builds {type(mask).__name__} attention masks; packed pairs "
+                             "read boolean or additive mask tensors (load the model with sdpa or eager attention)")
+        mask = mask[0, 0] if mask.dtype == torch.bool else mask[0, 0] == 0
+        if not torch.equal(mask, causal):
+            own[kind] = mask
+    return own or None
+
+
 def pack_pairs(model, batch: dict) -> PackedPairs:
     """Pack ``batch`` (from ``PreferenceCollator``) for ``fast_logps.packed_completion_logps``.
 
@@ -95,10 +133,11 @@ def pack_pairs(model, batch: dict) -> PackedPairs:
                  for f in fields]
     width = max(ids.shape[1] for ids, _, _ in responses)
     positions = prompt_positions(model, batch, width)
+    response_types = batch.get("response_token_types", {})  # what a response token gets (PaliGemma's suffix: 1)
 
     pieces, position_pieces, type_pieces = [], [], {key: [] for key in batch["prompt_token_types"]}
     score_index, labels, score_row, score_col = [], [], [], []
-    starts, prompt_lengths, response_lengths = [], [], []
+    starts, prompt_lengths, response_lengths, prompt_masks = [], [], [], []
     start = 0
     for b in range(batch_size):
         valid = prompt_mask[b].bool()
@@ -107,13 +146,15 @@ def pack_pairs(model, batch: dict) -> PackedPairs:
         position_pieces.append(positions[:, b, :prompt_width][:, valid])
         for key, value in batch["prompt_token_types"].items():
             type_pieces[key].append(value[b, valid])
+        prompt_types = {key: value[b, valid] for key, value in batch["prompt_token_types"].items()}
+        prompt_masks.append(model_prompt_masks(model, prompt_types))
         offset, lengths = start + prompt_len, []
         for f, (ids, attention, completion) in enumerate(responses):
             length = int(attention[b].sum())  # right-padded: the first ``length`` tokens are real
             pieces.append(ids[b, :length])
             position_pieces.append(positions[:, b, prompt_width: prompt_width + length])
             for key, value in batch["prompt_token_types"].items():
-                type_pieces[key].append(value.new_zeros(length))
+                type_pieces[key].append(value.new_full((length,), response_types.get(key, 0)))
             cols = completion[b, :length].nonzero().squeeze(-1)
             # token j is predicted at position j - 1 of its own response; token 0 at the prompt's last token
             score_index.append(torch.where(cols == 0, start + prompt_len - 1, offset + cols - 1))
@@ -134,7 +175,8 @@ def pack_pairs(model, batch: dict) -> PackedPairs:
         else torch.cat(position_pieces, dim=1),
         token_types={key: torch.cat(value).unsqueeze(0) for key, value in type_pieces.items()},
         vision_inputs=batch["vision_inputs"],
-        layout=PairLayout(tuple(starts), tuple(prompt_lengths), tuple(response_lengths)),
+        layout=PairLayout(tuple(starts), tuple(prompt_lengths), tuple(response_lengths),
+                          tuple(prompt_masks) if any(m is not None for m in prompt_masks) else None),
         score_index=torch.cat(score_index), labels=torch.cat(labels),
         score_row=torch.cat(score_row), score_col=torch.cat(score_col),
         fields=fields, shape=(len(fields) * batch_size, width), lengths=counts,

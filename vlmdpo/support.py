@@ -21,8 +21,10 @@ TESTED_FAMILIES: dict[str, tuple[str, str | None]] = {
     "internvl": ("InternVLForConditionalGeneration", None),
     "qwen3_vl": ("Qwen3VLForConditionalGeneration", None),
     "mistral3": ("Mistral3ForConditionalGeneration", None),
-    "gemma3": ("Gemma3ForConditionalGeneration", "token_type_ids give image tokens bidirectional attention"),
-    "paligemma": ("PaliGemmaForConditionalGeneration", "token_type_ids give image tokens bidirectional attention"),
+    "gemma3": ("Gemma3ForConditionalGeneration", None),
+    "paligemma": ("PaliGemmaForConditionalGeneration", None),
+    "qwen3_5": ("Qwen3_5ForConditionalGeneration", "the language model has layers packed pairs do not split by pair "
+                "(linear_attention)"),
 }
 
 

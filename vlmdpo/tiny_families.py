@@ -84,32 +84,6 @@ def _vision_config(image_size: int, patch_size: int, vision_hidden_size: int, vi
                 num_hidden_layers=vision_layers, num_attention_heads=2, image_size=image_size, patch_size=patch_size)
 
 
-def _mrope(head_dim: int, **extra) -> dict:
-    """Rope parameters of Qwen's M-RoPE: the ``head_dim / 2`` frequencies split into (time, height, width)."""
-    third = head_dim // 2 // 3
-    return {"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [head_dim // 2 - 2 * third, third, third],
-            **extra}
-
-
-def _qwen_vision_token_ids(tokenizer) -> dict:
-    token = tokenizer.convert_tokens_to_ids
-    return dict(image_token_id=token("<|image_pad|>"), video_token_id=token("<|video_pad|>"),
-                vision_start_token_id=token("<|vision_start|>"), vision_end_token_id=token("<|vision_end|>"))
-
-
-def _qwen_processor(processor_class, video_processor_class, tokenizer, image_size: int, patch_size: int):
-    """A Qwen-VL processor: dynamic resolution with 2x2 merging, images between ``<|vision_start|>`` and
-    ``<|vision_end|>``."""
-    from transformers import Qwen2VLImageProcessor
-
-    image_processor = Qwen2VLImageProcessor(patch_size=patch_size, merge_size=2, temporal_patch_size=2,
-                                            min_pixels=(patch_size * 2) ** 2, max_pixels=4 * image_size * image_size)
-    return processor_class(
-        image_processor=image_processor, tokenizer=tokenizer,
-        video_processor=video_processor_class(patch_size=patch_size, merge_size=2, temporal_patch_size=2),
-        chat_template=CHATML_IMAGE_CHAT_TEMPLATE.replace("IMAGE_PLACEHOLDER", "<|vision_start|><|image_pad|><|vision_end|>"))
-
-
 def _idefics3_layout(classes, tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size,
                      vision_layers, tie_word_embeddings, **processor_kwargs):
     """SigLIP tower, pixel-shuffle connector, Llama; images passed per row, no splitting, ``image_seq_len`` tokens
@@ -175,24 +149,6 @@ def idefics3(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_
                             vision_hidden_size, vision_layers, tie_word_embeddings)
 
 
-def qwen2_5_vl(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
-               tie_word_embeddings=False):
-    """Qwen2.5-VL: windowed-attention vision tower, dynamic image tokens, 3-D (M-RoPE) positions."""
-    from transformers import (
-        Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2_5_VLProcessor, Qwen2VLVideoProcessor,
-    )
-
-    config = Qwen2_5_VLConfig(
-        text_config=_text_config(tokenizer, hidden_size, num_layers, "<|im_end|>", tie_word_embeddings,
-                                 rope_parameters=_mrope(hidden_size // 4)),
-        vision_config=dict(depth=vision_layers, hidden_size=vision_hidden_size, intermediate_size=vision_hidden_size * 2,
-                           num_heads=2, out_hidden_size=hidden_size, patch_size=patch_size, spatial_merge_size=2,
-                           temporal_patch_size=2, window_size=patch_size * 4, fullatt_block_indexes=[vision_layers - 1]),
-        tie_word_embeddings=tie_word_embeddings, **_qwen_vision_token_ids(tokenizer))
-    model = Qwen2_5_VLForConditionalGeneration(config)
-    return model, _qwen_processor(Qwen2_5_VLProcessor, Qwen2VLVideoProcessor, tokenizer, image_size, patch_size)
-
-
 def llava_next(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
                tie_word_embeddings=False):
     """LLaVA-NeXT: any-resolution tiles (``image_sizes``), a base image plus tiles per image, newline tokens."""
@@ -242,25 +198,6 @@ def internvl(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_
         tokenizer=tokenizer, video_processor=InternVLVideoProcessor(), image_seq_length=tokens,
         chat_template=CHATML_IMAGE_CHAT_TEMPLATE.replace("IMAGE_PLACEHOLDER", "<IMG_CONTEXT>"))
     return model, processor
-
-
-def qwen3_vl(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
-             tie_word_embeddings=False):
-    """Qwen3-VL: learned vision positions, DeepStack features added into early language layers, interleaved
-    M-RoPE."""
-    from transformers import Qwen3VLConfig, Qwen3VLForConditionalGeneration, Qwen3VLProcessor, Qwen3VLVideoProcessor
-
-    head_dim = hidden_size // 4
-    config = Qwen3VLConfig(
-        text_config=_text_config(tokenizer, hidden_size, num_layers, "<|im_end|>", tie_word_embeddings, head_dim=head_dim,
-                                 rope_parameters=_mrope(head_dim, mrope_interleaved=True)),
-        vision_config=dict(depth=vision_layers, hidden_size=vision_hidden_size, intermediate_size=vision_hidden_size * 2,
-                           num_heads=2, out_hidden_size=hidden_size, patch_size=patch_size, spatial_merge_size=2,
-                           temporal_patch_size=2, num_position_embeddings=(image_size // patch_size) ** 2 * 4,
-                           deepstack_visual_indexes=[0]),
-        tie_word_embeddings=tie_word_embeddings, **_qwen_vision_token_ids(tokenizer))
-    model = Qwen3VLForConditionalGeneration(config)
-    return model, _qwen_processor(Qwen3VLProcessor, Qwen3VLVideoProcessor, tokenizer, image_size, patch_size)
 
 
 def mistral3(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
@@ -342,6 +279,6 @@ def paligemma(tokenizer, image_size, patch_size, hidden_size, num_layers, vision
     return PaliGemmaForConditionalGeneration(config), processor
 
 
-BUILDERS = {"smolvlm": smolvlm, "gemma3": gemma3, "idefics3": idefics3, "qwen2_5_vl": qwen2_5_vl,
-            "llava_next": llava_next, "internvl": internvl, "qwen3_vl": qwen3_vl, "mistral3": mistral3,
+BUILDERS = {"smolvlm": smolvlm, "gemma3": gemma3, "idefics3": idefics3,
+            "llava_next": llava_next, "internvl": internvl, "mistral3": mistral3,
             "llava_onevision": llava_onevision, "paligemma": paligemma}

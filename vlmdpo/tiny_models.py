@@ -10,9 +10,11 @@ Families (``FAMILIES``), chosen for the cases that differ most:
   per image and 1-D positions.
 - ``"qwen2_vl"``: Qwen2-VL layout, a dynamic number of image tokens from ``image_grid_thw`` and 3-D
   (M-RoPE) positions.
-- ``vlmdpo.tiny_families``: ``llava_next`` and ``llava_onevision`` (any-resolution tiles), ``qwen2_5_vl``, ``idefics3`` and ``smolvlm``
-  (images per row), ``internvl``, ``qwen3_vl`` (DeepStack), ``mistral3`` (Pixtral), ``gemma3`` (``token_type_ids``,
-  a sliding-window layer), ``paligemma`` (prefix/suffix ``token_type_ids``).
+- ``vlmdpo.tiny_families``: ``llava_next`` and ``llava_onevision`` (any-resolution tiles), ``idefics3`` and
+  ``smolvlm`` (images per row), ``internvl``, ``mistral3`` (Pixtral), ``gemma3`` (``token_type_ids``, a
+  sliding-window layer), ``paligemma`` (prefix/suffix ``token_type_ids``).
+- ``vlmdpo.tiny_mrope_families``: ``qwen2_5_vl``, ``qwen3_vl`` (DeepStack) and ``qwen3_5`` (linear-attention
+  layers, a thinking chat template).
 """
 
 from __future__ import annotations
@@ -22,7 +24,9 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from vlmdpo.tiny_families import BUILDERS, CHATML_CHAT_TEMPLATE, FAMILY_TOKENS, LLAVA_CHAT_TEMPLATE, _mrope
+from vlmdpo import tiny_families, tiny_mrope_families
+from vlmdpo.tiny_families import CHATML_CHAT_TEMPLATE, LLAVA_CHAT_TEMPLATE
+from vlmdpo.tiny_mrope_families import _mrope
 
 SPECIAL_TOKENS = [
     "<pad>", "<s>", "</s>", "<unk>", "<image>",
@@ -146,7 +150,8 @@ def _qwen2_vl(tokenizer, image_size: int, patch_size: int, hidden_size: int, num
     return model, processor
 
 
-FAMILIES = {"llava": _llava, "qwen2_vl": _qwen2_vl, **BUILDERS}
+FAMILIES = {"llava": _llava, "qwen2_vl": _qwen2_vl, **tiny_families.BUILDERS, **tiny_mrope_families.BUILDERS}
+FAMILY_TOKENS = {**tiny_families.FAMILY_TOKENS, **tiny_mrope_families.FAMILY_TOKENS}
 
 
 def build_tiny_vlm(family: str = "llava", *, image_size: int = 32, patch_size: int = 8,
