@@ -22,6 +22,18 @@ def _train(args) -> None:
     print(f"adapter and metrics written to {output}")
 
 
+def _iterate(args) -> None:
+    from vlmdpo.config import load_config
+    from vlmdpo.iterative import iterative_dpo, named_callable
+
+    items = list(args.items)
+    path = items.pop(0) if items and "=" not in items[0] else None
+    config = load_config(path, items)
+    evaluate = named_callable(args.evaluate, "--evaluate") if args.evaluate else None
+    iterative_dpo(config, named_callable(args.pairs, "--pairs"), args.rounds, evaluate=evaluate)
+    print(f"rounds written to {config.train.output_dir} (rounds.md)")
+
+
 def _validate(args) -> None:
     from vlmdpo.config import load_config
     from vlmdpo.run_data import validate_training_data
@@ -108,7 +120,7 @@ def _config(args) -> None:
     print(config_reference(schema))
 
 
-KEYS_HELP = {"train": "vlmdpo config", "validate": "vlmdpo config", "eval": "vlmdpo config eval", "demo": "vlmdpo config demo"}
+KEYS_HELP = {"train": "vlmdpo config", "iterate": "vlmdpo config", "validate": "vlmdpo config", "eval": "vlmdpo config eval", "demo": "vlmdpo config demo"}
 
 
 def _subcommand(commands, name: str, help: str):
@@ -127,6 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
                        help="an optional YAML config, then overrides such as train.learning_rate=1e-5")
     train.set_defaults(func=_train)
+    iterate = _subcommand(commands, "iterate", "on-policy iterative DPO: rounds of sample, score, pair, train")
+    iterate.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
+                         help="the training config each round uses (data.train is set per round)")
+    iterate.add_argument("--rounds", type=int, default=3)
+    iterate.add_argument("--pairs", required=True, metavar="package.module:NAME",
+                         help="build_pairs(model, processor, round) -> datasets.Dataset of preference rows")
+    iterate.add_argument("--evaluate", default=None, metavar="package.module:NAME",
+                         help="evaluate(model, processor, round) -> {name: number} for each round's policy")
+    iterate.set_defaults(func=_iterate)
     validate = _subcommand(commands, "validate", "check every training row as training will read it, before training")
     validate.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
                           help="the training config (and overrides) whose data.train to check")
