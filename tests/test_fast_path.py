@@ -299,3 +299,32 @@ def test_ddp_wrapped_model_lets_the_model_apply_its_head(model_and_processor, ba
     close(out["chosen_logps"].detach(), plain["chosen_logps"].detach())
     close(out["rejected_logps"].detach(), plain["rejected_logps"].detach())
     assert all(p.grad is not None for n, p in policy.named_parameters() if "lora_" in n)
+
+
+@pytest.mark.parametrize("family, setting, value", [("aya_vision", "logit_scale", 4.0),
+                                                    ("gemma4", "final_logit_softcapping", 1.0)])
+def test_logit_transforms_are_applied_on_the_fast_path(family, setting, value, images, monkeypatch):
+    """Aya Vision scales its logits, Gemma 4 soft-caps them (set here so far below the logits' range that the
+    transform moves every log-prob): the fast path applies both exactly, and without them it would differ."""
+    import vlmdpo.fast_logps as fast_module
+    from vlmdpo.tiny_models import tiny_vlm
+
+    model, processor = load_model_and_processor(tiny_vlm(family))
+    setattr(model.config.get_text_config(), setting, value)
+    policy = lora_policy(model.eval())
+    batch = PreferenceCollator(processor)(rows_from(images, SPECS))
+    assert fast_path_problem(policy, batch) is None
+    lora = [p for n, p in policy.named_parameters() if "lora_" in n]
+    plain = completion_logps(policy, batch, processor.tokenizer.pad_token_id)
+    fast = fast_completion_logps(policy, batch)
+    for key in ("chosen_logps", "rejected_logps"):
+        close(fast[key], plain[key])
+    plain_grads = torch.autograd.grad((plain["chosen_logps"] - plain["rejected_logps"]).sum(), lora)
+    fast_grads = torch.autograd.grad((fast["chosen_logps"] - fast["rejected_logps"]).sum(), lora)
+    for ours, theirs in zip(fast_grads, plain_grads):  # the steep cap makes gradients of order 1: relative to that
+        scale = theirs.abs().max().clamp(min=1.0)
+        close(ours / scale, theirs / scale, 1e-4)
+    monkeypatch.setattr(fast_module, "logit_transform", lambda config: {})
+    with torch.no_grad():
+        untransformed = fast_completion_logps(policy, batch)["chosen_logps"]
+    assert (untransformed - plain["chosen_logps"].detach()).abs().max() > 1e-2

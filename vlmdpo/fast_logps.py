@@ -83,7 +83,8 @@ def packed_completion_logps(model, packed: PackedPairs, features: dict | None = 
         logps = selective_log_softmax(logits, packed.labels)
     else:
         hidden = base.base_model(**inputs).last_hidden_state[0]
-        logps = head_logps(hidden[packed.score_index], base.get_output_embeddings(), packed.labels)
+        logps = head_logps(hidden[packed.score_index], base.get_output_embeddings(), packed.labels,
+                           **logit_transform(base.config.get_text_config()))
     per_token_logps = torch.zeros(packed.shape, dtype=torch.float32, device=logps.device).index_put(
         (packed.score_row.to(logps.device), packed.score_col.to(logps.device)), logps)
     sums = per_token_logps.sum(dim=1)
@@ -101,6 +102,16 @@ def fast_completion_logps(model, batch: dict) -> dict[str, torch.Tensor]:
 
 
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def logit_transform(text_config) -> dict:
+    """What the model does to its LM head's output before the loss, as ``head_logps`` keywords: Cohere's and
+    Aya Vision's ``logit_scale`` (a factor), Granite's ``logits_scaling`` (a divisor), Gemma's
+    ``final_logit_softcapping``."""
+    scale = getattr(text_config, "logit_scale", None) or 1.0
+    divisor = getattr(text_config, "logits_scaling", None) or 1.0
+    return {"logit_scale": float(scale) / float(divisor),
+            "softcap": getattr(text_config, "final_logit_softcapping", None)}
 
 
 def fast_path_problem(model, batch: dict) -> str | None:
@@ -122,9 +133,11 @@ def fast_path_problem(model, batch: dict) -> str | None:
                f"(not {attention!r})"
     if getattr(config, "attn_logit_softcapping", None) is not None:
         return "the attention soft-caps its logits (attn_logit_softcapping), which tree attention does not"
-    for name in ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier"):
-        if getattr(config, name, None) not in (None, 1, 1.0):
-            return f"the model transforms its logits ({name}), which the fused LM head does not"
+    if getattr(config, "output_multiplier", None) not in (None, 1, 1.0):
+        return "the model transforms its logits (output_multiplier), which the fused LM head does not"
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if logit_transform(config)["logit_scale"] != 1.0 and getattr(head, "bias", None) is not None:
+        return "the model scales the logits of an LM head with a bias, which the fused LM head does not"
     if not hasattr(base, "get_image_features") or not hasattr(base, "get_output_embeddings"):
         return f"{type(base).__name__} has no get_image_features / get_output_embeddings"
     return None

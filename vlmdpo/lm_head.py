@@ -71,12 +71,40 @@ class _LogProbsWithGradient(torch.autograd.Function):
         return gradient * grad_logps.unsqueeze(-1).to(gradient.dtype), None, None, None
 
 
-def head_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor) -> torch.Tensor:
+def _softcapped_logps(hidden, lm_head, labels, softcap: float) -> torch.Tensor:
+    """``selective_log_softmax(tanh(lm_head(hidden) / softcap) * softcap, labels)``, a slice of rows at a time;
+    under autograd each slice's logits are recomputed in the backward instead of kept."""
+    from torch.utils.checkpoint import checkpoint
+
+    def slice_logps(part, part_labels):
+        logits = lm_head(part)
+        return selective_log_softmax(torch.tanh(logits / softcap) * softcap, part_labels)
+
+    rows = _rows_per_slice(lm_head.weight.shape[0])
+    parts = []
+    for start in range(0, hidden.shape[0], rows):
+        part, part_labels = hidden[start: start + rows], labels[start: start + rows]
+        parts.append(checkpoint(slice_logps, part, part_labels, use_reentrant=False) if torch.is_grad_enabled()
+                     else slice_logps(part, part_labels))
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)
+
+
+def head_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Tensor, *, logit_scale: float = 1.0,
+               softcap: float | None = None) -> torch.Tensor:
     """Float32 log-probs (K,) of ``labels`` (K,) under ``lm_head(hidden)`` for ``hidden`` (K, H).
 
     Equal to ``selective_log_softmax(lm_head(hidden), labels)``; see the module docstring for how it saves
     memory. ``lm_head`` must be a plain ``nn.Linear`` (LoRA on the head takes the autograd path).
+    ``logit_scale`` multiplies the logits (Cohere's, Aya Vision's; a bias-free head scales its input instead)
+    and ``softcap`` soft-caps them as Gemma's ``final_logit_softcapping`` does (``tanh(logits / c) * c``),
+    before the log-softmax.
     """
+    if logit_scale != 1.0:
+        if lm_head.bias is not None:
+            raise ValueError("logit_scale needs a head without bias")
+        hidden = hidden * logit_scale
+    if softcap is not None:
+        return _softcapped_logps(hidden, lm_head, labels, softcap)
     weight, bias = lm_head.weight, lm_head.bias
     plain_linear = type(lm_head) is torch.nn.Linear
     trainable_head = weight.requires_grad or (bias is not None and bias.requires_grad)
