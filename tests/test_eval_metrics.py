@@ -327,3 +327,19 @@ def test_pope_f1_change_is_paired_over_images_and_worked_out_by_hand():
     assert -1 / 3 - 1e-9 <= result["low"] < result["high"] <= 0.0
     with pytest.raises(ValueError, match="different questions"):
         pope_f1_change(base, other[:3])
+
+
+def test_chair_i_change_is_a_ratio_of_sums_with_a_paired_interval():
+    from vlmdpo.eval.chair import chair_i_change
+
+    def records(hallucinated):  # image i mentions 2 objects, of which hallucinated[i] are not there
+        return [{"index": i, "mentioned": ["a", "b"], "hallucinated": ["b"] * h} for i, h in enumerate(hallucinated)]
+
+    base, better = records([1, 1, 0, 0]), records([0, 0, 0, 0])
+    # base CHAIR_i = 2 / 8, the other 0 / 8: change -0.25 by hand
+    result = chair_i_change(base, better, seed=0)
+    assert result["change"] == -0.25
+    assert -0.5 <= result["low"] <= result["change"] <= result["high"] <= 0.0
+    assert chair_i_change(base, base) == {"change": 0.0, "low": 0.0, "high": 0.0}
+    with pytest.raises(ValueError, match="different images"):
+        chair_i_change(base, better[:3])

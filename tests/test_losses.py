@@ -159,16 +159,19 @@ def test_sft_is_per_token_nll_with_lengths_and_summed_without():
 # --- properties over the whole registry -----------------------------------------------------------
 
 def test_registry_contains_all_names():
-    assert set(LOSSES) == {"sigmoid", "cdpo", "ipo", "hinge", "robust", "simpo", "bco_pair", "apo_zero", "sft"}
+    assert set(LOSSES) == {"sigmoid", "cdpo", "ipo", "hinge", "robust", "simpo", "bco_pair", "apo_zero", "sft",
+                           "mdpo_conditional", "mdpo_anchor"}
 
 
-LENGTHS = dict(chosen_lengths=t(4.0, 6.0, 5.0), rejected_lengths=t(3.0, 8.0, 2.0))
+# the extra inputs some losses need: response lengths (IPO, SimPO, SFT), corrupted-image log-probs (mDPO)
+LENGTHS = dict(chosen_lengths=t(4.0, 6.0, 5.0), rejected_lengths=t(3.0, 8.0, 2.0),
+               policy_corrupted_chosen_logps=t(-5.0, -12.0, -7.5), ref_corrupted_chosen_logps=t(-5.0, -12.0, -7.5))
 
 
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_low_precision_inputs_give_float32_per_pair_losses(name):
     inputs = [x.to(torch.bfloat16) for x in equal_policy_and_ref()]
-    lengths = {k: v.to(torch.int64) for k, v in LENGTHS.items()}
+    lengths = {k: v.to(torch.int64 if k.endswith("lengths") else torch.bfloat16) for k, v in LENGTHS.items()}
     out = LOSSES[name](*inputs, beta=0.1, **lengths)
     assert out.shape == (3,) and out.dtype == torch.float32
 

@@ -17,9 +17,10 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vlmdpo.losses import CHOSEN_ONLY, LOSSES, MPO, REFERENCE_FREE
+from vlmdpo.losses import CHOSEN_ONLY, CORRUPTED_IMAGE, LOSSES, MDPO, MPO, REFERENCE_FREE
 
-LOSS_PRESETS = {"dpo": "sigmoid", "mpo": "+".join(f"{name}:{weight}" for name, weight in MPO)}
+LOSS_PRESETS = {"dpo": "sigmoid", "mpo": "+".join(f"{name}:{weight}" for name, weight in MPO),
+                "mdpo": "+".join(f"{name}:{weight}" for name, weight in MDPO)}
 
 
 @dataclass
@@ -134,6 +135,18 @@ class LossConfig:
     """Assumed label-noise rate for conservative / robust DPO."""
     simpo_gamma: float = 0.5
     """Target reward margin of SimPO."""
+    anchor_margin: float = 0.0
+    """mDPO's anchor (``mdpo_anchor``): the chosen reward is pushed above this value (0 in the paper)."""
+    corruption: str = "crop_resize"
+    """How ``mdpo_conditional`` corrupts each image for its second forward (``vlmdpo.corrupt``): crop_resize
+    (a random crop of 20-60% of the area resized back, so the image-token count is kept), noise or
+    mask_patches. Each row's corruption is seeded by ``train.seed`` and the row's index."""
+    dense_gamma: float = 1.0
+    """RLHF-V's dense DPO (arXiv 2312.00849): tokens of the words where chosen and rejected differ weigh
+    ``dense_gamma`` (5 in the paper), the rest 1, in every response log-prob a loss reads; 1 turns it off."""
+    dense_normalize: bool = True
+    """Dense DPO: divide each weighted log-prob by its total weight (the paper's N = |y_u| + gamma |y_c|, which
+    makes it a weighted mean, so ``beta`` works on another scale than for summed DPO); false: the weighted sum."""
 
     def weighted(self) -> list[tuple[str, float]]:
         """The loss spec as ``[(name, weight), ...]``; raises on unknown names."""
@@ -158,10 +171,21 @@ class LossConfig:
         names = {name for name, _ in self.weighted()}
         return ("chosen",) if names <= CHOSEN_ONLY else ("chosen", "rejected")
 
+    @property
+    def needs_corrupted_images(self) -> bool:
+        """True when a loss in the spec reads the chosen response's log-probs given corrupted images."""
+        return bool({name for name, _ in self.weighted()} & CORRUPTED_IMAGE)
+
     def __post_init__(self):
+        from vlmdpo.corrupt import CORRUPTIONS
+
         self.weighted()
         if self.beta <= 0:
             raise ValueError(f"loss.beta must be positive, got {self.beta}")
+        if self.dense_gamma <= 0:
+            raise ValueError(f"loss.dense_gamma must be > 0 (1 turns dense weights off), got {self.dense_gamma}")
+        if self.corruption not in CORRUPTIONS:
+            raise ValueError(f"loss.corruption must be one of {sorted(CORRUPTIONS)}, got {self.corruption!r}")
 
 
 @dataclass
@@ -256,6 +280,12 @@ class Config:
     data: DataConfig = field(default_factory=DataConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def __post_init__(self):
+        if self.loss.dense_gamma != 1.0 and self.train.precompute_ref_logps:
+            raise ValueError("loss.dense_gamma weights each token of the reference's log-probs too, and "
+                             "train.precompute_ref_logps keeps only their sums: set one of them back "
+                             "(loss.dense_gamma=1 or train.precompute_ref_logps=false)")
 
 
 def mixed_precision_choice(value: str, name: str = "mixed_precision") -> str:

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
-    "CHOSEN_ONLY", "LOSSES", "MPO", "REFERENCE_FREE", "apo_zero", "bco_pair", "cdpo", "combined_loss", "hinge", "ipo", "rewards",
-    "robust", "sft", "sigmoid_dpo", "simpo",
+    "CHOSEN_ONLY", "CORRUPTED_IMAGE", "LOSSES", "MDPO", "MPO", "REFERENCE_FREE", "apo_zero", "bco_pair", "cdpo",
+    "combined_loss", "hinge", "ipo", "mdpo_anchor", "mdpo_conditional", "rewards", "robust", "sft", "sigmoid_dpo",
+    "simpo",
 ]
 
 
@@ -170,6 +171,40 @@ def sft(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_l
     return -_per_token(policy_chosen_logps, chosen_lengths)
 
 
+def mdpo_conditional(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+                     ref_rejected_logps: Tensor, *, beta: float = 0.1,
+                     policy_corrupted_chosen_logps: Tensor | None = None,
+                     ref_corrupted_chosen_logps: Tensor | None = None, **_) -> Tensor:
+    """mDPO's conditional preference, Wang et al. 2024 (arXiv:2406.11839), its L_CoPO term.
+
+    The chosen response with the real image is preferred over the same chosen response with a corrupted
+    image (``vlmdpo.corrupt``): (B,) losses
+    ``-log s(beta * ((pi_c - ref_c) - (pi_c' - ref_c')))``, where ``pi_c'`` and ``ref_c'`` are
+    ``policy_corrupted_chosen_logps`` and ``ref_corrupted_chosen_logps``, (B,) summed log-probs of the
+    chosen response given the corrupted image. Rejected log-probs are ignored. When the corrupted image
+    is the real one, the term is the constant ln 2 and gives no gradient: the signal is the image alone.
+    """
+    if policy_corrupted_chosen_logps is None or ref_corrupted_chosen_logps is None:
+        raise ValueError("mdpo_conditional needs policy_corrupted_chosen_logps and ref_corrupted_chosen_logps: "
+                         "(B,) summed log-probs of the chosen response given a corrupted image "
+                         "(vlmdpo.corrupt), from the policy and from the reference")
+    pc, rc, pcc, rcc = _f32(policy_chosen_logps, ref_chosen_logps, policy_corrupted_chosen_logps,
+                            ref_corrupted_chosen_logps)
+    return -F.logsigmoid(beta * ((pc - rc) - (pcc - rcc)))
+
+
+def mdpo_anchor(policy_chosen_logps: Tensor, policy_rejected_logps: Tensor, ref_chosen_logps: Tensor,
+                ref_rejected_logps: Tensor, *, beta: float = 0.1, anchor_margin: float = 0.0, **_) -> Tensor:
+    """mDPO's anchored preference, Wang et al. 2024 (arXiv:2406.11839), its L_AncPO term.
+
+    (B,) losses ``-log s(beta * chosen_logratio - delta)`` with ``delta = anchor_margin`` (the paper's
+    anchor, 0 there): pushes the chosen reward above the anchor, so the chosen likelihood does not fall
+    while the pair's margin grows. Rejected log-probs are ignored.
+    """
+    pc, rc = _f32(policy_chosen_logps, ref_chosen_logps)
+    return -F.logsigmoid(beta * (pc - rc) - anchor_margin)
+
+
 LOSSES: dict[str, Callable[..., Tensor]] = {
     "sigmoid": sigmoid_dpo,
     "cdpo": cdpo,
@@ -180,6 +215,8 @@ LOSSES: dict[str, Callable[..., Tensor]] = {
     "bco_pair": bco_pair,
     "apo_zero": apo_zero,
     "sft": sft,
+    "mdpo_conditional": mdpo_conditional,
+    "mdpo_anchor": mdpo_anchor,
 }
 
 MPO: tuple[tuple[str, float], ...] = (("sigmoid", 0.8), ("bco_pair", 0.2), ("sft", 1.0))
@@ -187,8 +224,15 @@ MPO: tuple[tuple[str, float], ...] = (("sigmoid", 0.8), ("bco_pair", 0.2), ("sft
 # What each loss reads: the trainer skips the reference pass, or the rejected responses, when no
 # component of a combined loss needs them.
 REFERENCE_FREE = frozenset({"simpo", "sft"})
-CHOSEN_ONLY = frozenset({"sft"})
+CHOSEN_ONLY = frozenset({"sft", "mdpo_conditional", "mdpo_anchor"})
 """Mixed Preference Optimization, Wang et al. 2024 (arXiv:2411.10442): preference + quality + generation."""
+
+MDPO: tuple[tuple[str, float], ...] = (("sigmoid", 1.0), ("mdpo_conditional", 1.0), ("mdpo_anchor", 1.0))
+"""mDPO, Wang et al. 2024 (arXiv:2406.11839): its objective L_DPO + L_CoPO + L_AncPO, equal weights."""
+
+# Losses that read the chosen response's log-probs given a corrupted image: the trainer runs that pass
+# (``policy_corrupted_chosen_logps``, ``ref_corrupted_chosen_logps``) only when one of them is used.
+CORRUPTED_IMAGE = frozenset({"mdpo_conditional"})
 
 
 def rewards(policy_logps: Tensor, ref_logps: Tensor, beta: float) -> Tensor:

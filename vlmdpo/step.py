@@ -10,7 +10,9 @@ The data path, end to end::
     loss, parts = combined_loss(spec, policy_out..., ref_out..., beta=...)
     loss.backward()
 
-``dpo_step`` is that, plus the metrics the training loop logs.
+``dpo_step`` is that, plus the metrics the training loop logs; with dense DPO's token weights in the batch
+each summed log-prob becomes the weighted one, and mDPO's conditional term adds a pass over the batch's
+``corrupted`` responses (``vlmdpo.method_batches``).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from vlmdpo.config import LossConfig
+from vlmdpo.dense_weights import weighted_logps
 from vlmdpo.fast_logps import packed_completion_logps, shared_image_features
 from vlmdpo.logps import completion_logps
 from vlmdpo.losses import combined_loss, rewards
@@ -49,6 +52,22 @@ def policy_and_reference_logps(policy, reference, batch: dict, pad_token_id: int
         return policy_out, logps(ref_model)
 
 
+def dense_weighted(out: dict, batch: dict, normalize: bool) -> dict:
+    """``out`` with each ``{field}_logps`` replaced by dense DPO's weighted log-prob, from ``per_token_logps``
+    and the batch's ``{field}_token_weights`` (``vlmdpo.method_batches``)."""
+    per_token = out["per_token_logps"]
+    batch_size, width = batch["prompt_input_ids"].shape[0], per_token.shape[1]
+    weighted = dict(out)
+    for i, field in enumerate(f for f in ("chosen", "rejected") if f"{f}_logps" in out):
+        def padded(tensor, value):
+            return torch.nn.functional.pad(tensor.to(per_token.device).float(), (0, width - tensor.shape[1]),
+                                           value=value)
+        weighted[f"{field}_logps"] = weighted_logps(
+            per_token[i * batch_size: (i + 1) * batch_size], padded(batch[f"{field}_completion_mask"], 0),
+            padded(batch[f"{field}_token_weights"], 1), normalize=normalize)
+    return weighted
+
+
 def dpo_step(policy, reference, batch: dict, loss_config: LossConfig, *, pad_token_id: int,
              forward_path: str = "plain", bco_delta: float = 0.0, ref_logps: ReferenceLogps | None = None):
     """``(loss, metrics)`` for one micro-batch.
@@ -68,6 +87,18 @@ def dpo_step(policy, reference, batch: dict, loss_config: LossConfig, *, pad_tok
     """
     policy_out, ref_out = policy_and_reference_logps(policy, reference, batch, pad_token_id, forward_path,
                                                      loss_config.needs_reference, ref_logps)
+    if "chosen_token_weights" in batch:
+        policy_out = dense_weighted(policy_out, batch, loss_config.dense_normalize)
+        ref_out = ref_out and dense_weighted(ref_out, batch, loss_config.dense_normalize)
+    corrupted = {}
+    if loss_config.needs_corrupted_images:
+        if "corrupted" not in batch:
+            raise ValueError("mdpo_conditional needs the batch's corrupted-image responses: collate with "
+                             "vlmdpo.method_batches.MethodBatches (vlmdpo.train does)")
+        corrupted_policy, corrupted_ref = policy_and_reference_logps(policy, reference, batch["corrupted"],
+                                                                     pad_token_id, forward_path)
+        corrupted = {"policy_corrupted_chosen_logps": corrupted_policy["chosen_logps"],
+                     "ref_corrupted_chosen_logps": corrupted_ref["chosen_logps"]}
     zeros = torch.zeros_like(policy_out["chosen_logps"])
     policy_out.setdefault("rejected_logps", zeros)
     policy_out.setdefault("rejected_lengths", policy_out["chosen_lengths"])
@@ -78,7 +109,8 @@ def dpo_step(policy, reference, batch: dict, loss_config: LossConfig, *, pad_tok
         loss_config.weighted(), policy_out["chosen_logps"], policy_out["rejected_logps"],
         ref_out["chosen_logps"], ref_out["rejected_logps"], beta=beta,
         label_smoothing=loss_config.label_smoothing, simpo_gamma=loss_config.simpo_gamma, bco_delta=bco_delta,
-        chosen_lengths=policy_out["chosen_lengths"], rejected_lengths=policy_out["rejected_lengths"])
+        anchor_margin=loss_config.anchor_margin, chosen_lengths=policy_out["chosen_lengths"],
+        rejected_lengths=policy_out["rejected_lengths"], **corrupted)
     chosen_rewards = rewards(policy_out["chosen_logps"], ref_out["chosen_logps"], beta)
     rejected_rewards = rewards(policy_out["rejected_logps"], ref_out["rejected_logps"], beta)
     metrics = {

@@ -157,17 +157,23 @@ def _plain(pairs: datasets.Dataset, source: str) -> datasets.Dataset:
                      remove_columns=[c for c in pairs.column_names if c != "images"])
 
 
-def align(config: DemoConfig, base: Path, pairs: Path, out: Path, losses: str) -> Path:
-    """LoRA on the base model with ``losses`` (the DPO run, or ``sft`` for the control), from scratch."""
-    shutil.rmtree(out, ignore_errors=True)
+def align_overrides(config: DemoConfig, base: Path, pairs: Path, out: Path, losses: str) -> list[str]:
+    """The training config (``key=value``) of an alignment run: LoRA on ``base`` with ``losses``."""
     settings = config.align
-    return _train([f"model.name_or_path={base}", f"model.lora_r={settings.lora_r}",
-                   f"model.lora_alpha={2 * settings.lora_r}", f"model.lora_parts=[{','.join(settings.lora_parts)}]",
-                   f"loss.losses={losses}", f"loss.beta={settings.beta}",
-                   f"data.train={pairs}", f"train.output_dir={out}", f"train.max_steps={settings.steps}",
-                   f"train.batch_size={settings.batch_size}", f"train.learning_rate={settings.lr}",
-                   "train.logging_steps=5", f"train.seed={config.seed}", f"train.progress={config.progress}",
-                   f"train.mixed_precision={config.mixed_precision}"])
+    return [f"model.name_or_path={base}", f"model.lora_r={settings.lora_r}",
+            f"model.lora_alpha={2 * settings.lora_r}", f"model.lora_parts=[{','.join(settings.lora_parts)}]",
+            f"loss.losses={losses}", f"loss.beta={settings.beta}",
+            f"data.train={pairs}", f"train.output_dir={out}", f"train.max_steps={settings.steps}",
+            f"train.batch_size={settings.batch_size}", f"train.learning_rate={settings.lr}",
+            "train.logging_steps=5", f"train.seed={config.seed}", f"train.progress={config.progress}",
+            f"train.mixed_precision={config.mixed_precision}"]
+
+
+def align(config: DemoConfig, base: Path, pairs: Path, out: Path, losses: str, extra: tuple[str, ...] = ()) -> Path:
+    """LoRA on the base model with ``losses`` (the DPO run, or ``sft`` for the control), from scratch;
+    ``extra`` overrides go last (``loss.dense_gamma=5``)."""
+    shutil.rmtree(out, ignore_errors=True)
+    return _train(align_overrides(config, base, pairs, out, losses) + list(extra))
 
 
 def evaluate_all(config: DemoConfig, data: datasets.DatasetDict, base: Path, judge,

@@ -7,7 +7,7 @@ report, ...) is imported on first access, so ``import vlmdpo.eval`` stays fast.
 
 from importlib import import_module
 
-from vlmdpo.eval.chair import CaptionChair, ChairResult, chair, chair_caption
+from vlmdpo.eval.chair import CaptionChair, ChairResult, chair, chair_caption, chair_i_change
 from vlmdpo.eval.objects import Mention, ObjectVocabulary, pluralize, tokenize
 from vlmdpo.eval.pope import (
     PopeQuestion,
@@ -83,6 +83,7 @@ __all__ = [
     "caption_repetition",
     "chair",
     "chair_caption",
+    "chair_i_change",
     "check_rows",
     "clip_scores",
     "comparison_tables",

@@ -103,3 +103,36 @@ def chair(
         recall=_ratio(num_recalled, num_truth),
         captions=details,
     )
+
+
+def chair_i_change(base_records: Sequence[dict], other_records: Sequence[dict], *, num_resamples: int = 2000,
+                   confidence: float = 0.95, seed: int = 0) -> dict[str, float]:
+    """How much CHAIR_i changes from ``base_records`` to ``other_records``, with a paired bootstrap interval
+    over images: ``{"change", "low", "high"}`` (negative: fewer hallucinated objects).
+
+    Both are per-caption records of the same images (``index``, ``mentioned``, ``hallucinated``: what
+    ``vlmdpo.eval.suite.evaluate_model`` keeps under ``records["generations"]``). Images are resampled with
+    replacement, each carrying its caption from both models; CHAIR_i is recomputed as a ratio of sums on each
+    resample (Efron and Tibshirani 1993, ch. 13), as ``pope_f1_change`` does for POPE.
+    """
+    import numpy as np
+
+    base = {r["index"]: r for r in base_records}
+    other = {r["index"]: r for r in other_records}
+    if base.keys() != other.keys():
+        raise ValueError("the two record sets caption different images; evaluate both on the same rows")
+    images = sorted(base, key=str)
+    counts = np.array([[[len(r[i]["hallucinated"]), len(r[i]["mentioned"])] for i in images] for r in (base, other)],
+                      dtype=float)  # model, image, (hallucinated, mentioned)
+
+    def chair_i(totals):  # totals (..., 2)
+        return np.divide(totals[..., 0], totals[..., 1], out=np.zeros_like(totals[..., 0]), where=totals[..., 1] > 0)
+
+    change = float(chair_i(counts[1].sum(0)) - chair_i(counts[0].sum(0)))
+    rng = np.random.default_rng(seed)
+    weights = rng.multinomial(len(images), np.full(len(images), 1 / len(images)), size=num_resamples)
+    resampled = np.einsum("rn,mnc->mrc", weights, counts)
+    changes = chair_i(resampled[1]) - chair_i(resampled[0])
+    tail = (1 - confidence) / 2 * 100
+    low, high = np.percentile(changes, [tail, 100 - tail])
+    return {"change": change, "low": float(low), "high": float(high)}

@@ -1,0 +1,68 @@
+"""What some losses read beyond a pair's two responses, added to the collator's batch.
+
+- Dense DPO (RLHF-V, arXiv 2312.00849): ``chosen_token_weights`` / ``rejected_token_weights`` (B, T), beside
+  each ``*_completion_mask``: ``gamma`` on the tokens of words where the two responses differ, 1 elsewhere
+  (``vlmdpo.dense_weights``).
+- mDPO's conditional term (arXiv 2406.11839): ``corrupted``, the collator's batch of each row's chosen
+  response with its images corrupted (``vlmdpo.corrupt``), seeded by the run's seed and the row's index, so
+  a resumed run sees the same corruptions.
+
+``vlmdpo.step.dpo_step`` reads both when they are there.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vlmdpo.config import LossConfig
+from vlmdpo.corrupt import corrupt_row_images
+from vlmdpo.dense_weights import completion_token_weights, word_weights
+
+
+def dense_token_weights(batch: dict, rows: list[dict], tokenizer, gamma: float) -> dict[str, torch.Tensor]:
+    """``{field}_token_weights`` (B, T) for the batch's responses, aligned with ``{field}_input_ids``: the
+    responses' words as the collator kept them, diffed chosen against rejected."""
+    fields = [f for f in ("chosen", "rejected") if f"{f}_input_ids" in batch]
+    if fields != ["chosen", "rejected"]:
+        raise ValueError("dense DPO weights come from the difference between chosen and rejected: the batch "
+                         "has no rejected responses")
+    out = {f"{field}_token_weights": torch.ones(batch[f"{field}_input_ids"].shape) for field in fields}
+    for i in range(len(rows)):
+        # the responses as collated (truncated to data.max_response_length where they were longer)
+        texts = {field: tokenizer.decode(batch[f"{field}_input_ids"][i][batch[f"{field}_completion_mask"][i].bool()],
+                                         skip_special_tokens=True).strip() for field in fields}
+        weights = dict(zip(fields, word_weights(texts["chosen"], texts["rejected"], gamma)))
+        for field in fields:
+            ids = batch[f"{field}_input_ids"][i].tolist()
+            out[f"{field}_token_weights"][i] = torch.tensor(
+                completion_token_weights(tokenizer, ids, texts[field], weights[field]))
+    return out
+
+
+class MethodBatches:
+    """``collator(rows)`` plus the dense weights and the corrupted-image batch ``loss`` asks for."""
+
+    def __init__(self, collator, tokenizer, loss: LossConfig, seed: int = 0):
+        self.collator, self.tokenizer, self.seed = collator, tokenizer, seed
+        self.dense_gamma = loss.dense_gamma
+        self.corruption = loss.corruption if loss.needs_corrupted_images else None
+
+    @property
+    def adds_anything(self) -> bool:
+        return self.dense_gamma != 1.0 or self.corruption is not None
+
+    def __call__(self, rows: list[dict]) -> dict:
+        batch = self.collator(rows)
+        if self.dense_gamma != 1.0:
+            batch.update(dense_token_weights(batch, rows, self.tokenizer, self.dense_gamma))
+        if self.corruption is not None:
+            if not all(row["images"] for row in rows):
+                index = next(row.get("index") for row in rows if not row["images"])
+                raise ValueError(f"row {index}: mDPO's conditional term compares a response given the image with "
+                                 "the same response given a corrupted image, and this row has no image; give "
+                                 "every training row an image, or leave mdpo_conditional out of loss.losses")
+            corrupted = [{key: value for key, value in corrupt_row_images(
+                row, self.corruption, seed=f"{self.seed}:{row.get('index', i)}").items() if key != "rejected"}
+                for i, row in enumerate(rows)]
+            batch["corrupted"] = self.collator(corrupted)
+        return batch
