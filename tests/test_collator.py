@@ -1,5 +1,6 @@
 """PreferenceCollator on real tiny LLaVA and Qwen2-VL processors: the completion mask lines up with the
-response text, prompts are left-padded, responses right-padded, processor outputs come through."""
+response text, prompts are left-padded, responses right-padded, processor outputs come through (Gemma 4's and
+Mllama's per-image and per-token outputs too)."""
 
 import pytest
 import torch
@@ -194,3 +195,29 @@ def test_max_prompt_length_raises_naming_the_row(processor, mixed_rows):
     assert info.value.index == longest and info.value.field == "prompt"
     assert f"row {longest}" in message and f"max_prompt_length={limit}" in message
     assert f"{lengths[longest]} tokens" in message and "Fix: " in message
+
+
+def test_per_token_and_per_image_outputs_of_gemma4_and_mllama_processors(images, vlmdpo_cache):
+    """Gemma 4's (images, patches, 2) ``image_position_ids`` are per image, whatever their shape, because its image
+    processor's ``model_input_names`` list them; Mllama's 4-D ``cross_attention_mask`` is per token, and the plain
+    path continues it over the responses with the last prompt position's value (what the end of the prompt sees,
+    the responses see)."""
+    from vlmdpo.logps import concatenated_inputs
+    from vlmdpo.modeling import load_processor
+    from vlmdpo.tiny_models import tiny_vlm
+
+    rows = make_rows(images, [(["square"], "describe the image.", *RESPONSES[1]),
+                              (["wide", "tall"], "what is in the picture?", *RESPONSES[2])])
+    batch = PreferenceCollator(load_processor(tiny_vlm("gemma4")))(rows)
+    assert set(batch["prompt_token_types"]) == {"mm_token_type_ids"}
+    assert batch["vision_inputs"]["image_position_ids"].shape[:2] == batch["vision_inputs"]["pixel_values"].shape[:2]
+
+    batch = PreferenceCollator(load_processor(tiny_vlm("mllama")))(rows)
+    mask = batch["prompt_token_types"]["cross_attention_mask"]
+    assert mask.shape[:2] == batch["prompt_input_ids"].shape and mask.dim() == 4
+    assert {"pixel_values", "aspect_ratio_ids", "aspect_ratio_mask"} <= set(batch["vision_inputs"])
+    continued = concatenated_inputs(batch, 0)["model_inputs"]["cross_attention_mask"]
+    prompt_length = mask.shape[1]
+    assert torch.equal(continued[:2, :prompt_length], mask)
+    assert torch.equal(continued[:2, prompt_length:], mask[:, -1:].expand_as(continued[:2, prompt_length:]))
+    assert continued[1, -1, :, 0].tolist() == [1, 1]  # the two-image row's responses see both images

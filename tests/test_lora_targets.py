@@ -11,7 +11,10 @@ from vlmdpo.tiny_models import tiny_vlm
 @pytest.mark.parametrize("family, language_prefix", [("llava", "model.language_model."),
                                                      ("qwen2_vl", "model.language_model."),
                                                      ("smolvlm", "model.text_model."),
-                                                     ("gemma3", "model.language_model.")])
+                                                     ("gemma3", "model.language_model."),
+                                                     ("aya_vision", "model.language_model."),
+                                                     ("glm4v", "model.language_model."),
+                                                     ("gemma4", "model.language_model.")])
 def test_language_targets_are_the_decoders_linear_layers(family, language_prefix, vlmdpo_cache):
     model, _ = load_model_and_processor(tiny_vlm(family))
     decoder = model.get_decoder()
@@ -19,6 +22,10 @@ def test_language_targets_are_the_decoders_linear_layers(family, language_prefix
     assert set(linear_module_names(model)) == expected and expected
     vision = linear_module_names(model, ("vision",))
     assert vision and not set(vision) & expected and all("lm_head" not in n for n in vision)
+    # the three parts together cover every linear layer but the LM head (Gemma 4's embed_vision is the projector)
+    parts = set(linear_module_names(model, ("language", "projector", "vision")))
+    every = {name for name, m in model.named_modules() if isinstance(m, nn.Linear)}
+    assert every - parts == {"lm_head"}, every - parts
 
 
 def test_a_mixture_of_experts_router_is_never_a_target():
@@ -42,7 +49,7 @@ def test_a_mixture_of_experts_router_is_never_a_target():
     assert not is_router("mlp.gate_proj", nn.Linear(32, 64), {4})
 
 
-@pytest.mark.parametrize("config_class", ["Llama4Config", "Gemma3nConfig", "Phi4MultimodalConfig"])
+@pytest.mark.parametrize("config_class", ["Llama4Config", "Gemma3nConfig", "Phi4MultimodalConfig", "MllamaConfig"])
 def test_families_with_a_broken_forward_are_refused_before_their_weights_load(config_class, tmp_path):
     import transformers
 

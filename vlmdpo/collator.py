@@ -54,6 +54,10 @@ class PreferenceCollator:
         added = [token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special]
         self._special_tokens = sorted(set(added) | set(self.tokenizer.all_special_tokens), key=len, reverse=True)
         self.response_token_types = _response_token_types(processor, self.tokenizer)
+        # what the image and video processors output is per image, even where its first two dims happen to equal
+        # (batch, prompt length): Gemma 4's (images, patches, 2) image_position_ids, Idefics3's pixel_attention_mask
+        self._per_image_keys = {name for part in ("image_processor", "video_processor")
+                                for name in getattr(getattr(processor, part, None), "model_input_names", ())}
         # the processor expands these into image features: typed into a row's text they would be doubled
         self._image_tokens = [token for token in (getattr(processor, name, None) for name in (
             "image_token", "boi_token", "video_token")) if isinstance(token, str) and token]
@@ -166,8 +170,8 @@ class PreferenceCollator:
         for key, value in prompts.items():
             if key in _TEXT_KEYS or key in _NOT_MODEL_INPUTS or not isinstance(value, torch.Tensor):
                 continue
-            is_per_token = (value.dim() >= 2 and tuple(value.shape[:2]) == (batch_size, prompt_len)
-                            and not value.is_floating_point())
+            is_per_token = (key not in self._per_image_keys and value.dim() >= 2
+                            and tuple(value.shape[:2]) == (batch_size, prompt_len) and not value.is_floating_point())
             batch["prompt_token_types" if is_per_token else "vision_inputs"][key] = value
         for field in ("chosen", "rejected"):
             if field not in rows[0]:  # supervised rows carry only "chosen"

@@ -16,7 +16,8 @@ from torch import nn
 # Attribute names transformers uses for the parts of a VLM (LLaVA, Qwen2-VL, Idefics, PaliGemma, Gemma 3...).
 _LANGUAGE_NAMES = ("language_model", "text_model")
 _VISION_NAMES = ("vision_tower", "visual", "vision_model")
-_PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector", "mm_projector", "vision_projection")
+_PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector", "mm_projector", "vision_projection",
+                    "embed_vision")  # Gemma 3n / Gemma 4's multimodal embedder
 
 PART_CHOICES = ("language", "projector", "vision")
 
@@ -51,14 +52,18 @@ def load_model_and_processor(name_or_path: str, dtype: str | torch.dtype = "floa
     return model, load_processor(name_or_path, revision)
 
 
-# model types whose own transformers forward (5.24) was found unusable for DPO when families were tried with
-# tiny models (not re-measured in this repository's tests); refused before the weights load
+# model types whose own transformers forward was found unusable for DPO, refused before the weights load: Llama 4,
+# Gemma 3n and Phi-4-multimodal when families were tried with tiny models (5.24, not re-measured in this
+# repository's tests); Mllama on tiny:mllama (5.25, measured by tests/test_families.py)
 BROKEN_FAMILIES = {
     "llama4": "its forward was found batch-dependent (a row's log-probs change with the other rows of the batch)",
     "gemma3n": "with left padding, which batched prompts need, its forward was found batch-dependent (a row's "
                "log-probs differ from the row alone)",
     "phi4_multimodal": "its forward was found batch-dependent (a row's log-probs change with the other rows of the "
                        "batch)",
+    "mllama": "its forward is batch-dependent: tokens that see no image (a text-only row, the prompt before the "
+              "image) cross-attend evenly to all of the batch's vision tokens, padding included, so a row's log-probs "
+              "change with the images of the other rows",
 }
 
 
@@ -74,14 +79,39 @@ def refuse_broken_family(name_or_path: str, revision: str | None = None) -> None
 
 
 def load_processor(name_or_path: str, revision: str | None = None):
-    """The model's ``AutoProcessor``, with the EOS token as pad token where it has none."""
+    """The model's ``AutoProcessor``, with the EOS token as pad token where it has none.
+
+    An image processor that fails on a batch whose first row has no image (Mllama's torchvision one, 5.25) is
+    swapped for the same processor's PIL backend when that one handles it: batches mix text-only and image rows.
+    """
     from transformers import AutoProcessor
 
     processor = AutoProcessor.from_pretrained(name_or_path, revision=revision)
+    if not handles_rows_without_images(processor):
+        try:
+            fallback = AutoProcessor.from_pretrained(name_or_path, revision=revision, backend="pil")
+        except Exception:  # noqa: BLE001 - no PIL backend: keep the processor as it is
+            fallback = None
+        processor = fallback if fallback is not None and handles_rows_without_images(fallback) else processor
     tokenizer = getattr(processor, "tokenizer", processor)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return processor
+
+
+def handles_rows_without_images(processor) -> bool:
+    """Whether the processor's image processor takes images per row with an empty row first (``[[], [image]]``);
+    True for a processor without an image processor."""
+    from PIL import Image
+
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        return True
+    try:
+        image_processor([[], [Image.new("RGB", (32, 32))]], return_tensors="pt")
+    except Exception:  # noqa: BLE001 - any failure means the batch layout is not handled
+        return False
+    return True
 
 
 def _part_of(name: str) -> str | None:

@@ -25,6 +25,9 @@ TESTED_FAMILIES: dict[str, tuple[str, str | None]] = {
     "paligemma": ("PaliGemmaForConditionalGeneration", None),
     "qwen3_5": ("Qwen3_5ForConditionalGeneration", "the language model has layers packed pairs do not split by pair "
                 "(linear_attention)"),
+    "aya_vision": ("AyaVisionForConditionalGeneration", None),
+    "glm4v": ("Glm4vForConditionalGeneration", None),
+    "gemma4": ("Gemma4ForConditionalGeneration", None),
 }
 
 

@@ -42,15 +42,6 @@ SMOLVLM_CHAT_TEMPLATE = (
     "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
-GEMMA3_CHAT_TEMPLATE = (
-    "<s>{% for message in messages %}<start_of_turn>"
-    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<start_of_image>"
-    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
-
 CHATML_IMAGE_CHAT_TEMPLATE = (  # Qwen-style turns with an image placeholder the processor expands
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
@@ -67,8 +58,10 @@ FAMILY_TOKENS = {
                  {"start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>",
                   "video_token": "<|video_pad|>"}),
     "smolvlm": (["<fake_token_around_image>", "<global-img>", "<end_of_utterance>"], {}),
-    "gemma3": (["<start_of_image>", "<end_of_image>", "<image_soft_token>", "<start_of_turn>", "<end_of_turn>"],
-               {"boi_token": "<start_of_image>", "eoi_token": "<end_of_image>", "image_token": "<image_soft_token>"}),
+    "mllama": (["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>", "<|image|>", "<|python_tag|>"], {}),
+    "aya_vision": (["<|START_OF_TURN_TOKEN|>", "<|END_OF_TURN_TOKEN|>", "<|USER_TOKEN|>", "<|CHATBOT_TOKEN|>",
+                    "<|SYSTEM_TOKEN|>", "<|START_OF_IMG|>", "<|END_OF_IMG|>", "<|IMG_PATCH|>", "<|IMG_LINE_BREAK|>"],
+                   {}),
 }
 
 
@@ -114,29 +107,6 @@ def smolvlm(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_h
     return _idefics3_layout((SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessor, SmolVLMProcessor),
                             tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size,
                             vision_layers, tie_word_embeddings, video_processor=SmolVLMVideoProcessor())
-
-
-def gemma3(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
-           tie_word_embeddings=False):
-    """Gemma 3: SigLIP tower, average-pooled projector, Gemma 3 text model with a sliding-window layer and
-    bidirectional attention among each image's tokens (``token_type_ids``)."""
-    from transformers import Gemma3Config, Gemma3ForConditionalGeneration, Gemma3ImageProcessor, Gemma3Processor
-
-    tokens_per_image = 4
-    token = tokenizer.convert_tokens_to_ids
-    config = Gemma3Config(
-        vision_config=_vision_config(image_size, patch_size, vision_hidden_size, vision_layers),
-        text_config=_text_config(tokenizer, hidden_size, num_layers, "<end_of_turn>", tie_word_embeddings,
-                                 head_dim=hidden_size // 4, sliding_window=512,
-                                 layer_types=["sliding_attention", "full_attention"][:num_layers]),
-        mm_tokens_per_image=tokens_per_image, image_token_index=token("<image_soft_token>"),
-        boi_token_index=token("<start_of_image>"), eoi_token_index=token("<end_of_image>"),
-        tie_word_embeddings=tie_word_embeddings)
-    model = Gemma3ForConditionalGeneration(config)
-    processor = Gemma3Processor(image_processor=Gemma3ImageProcessor(size={"height": image_size, "width": image_size}),
-                                tokenizer=tokenizer, image_seq_length=tokens_per_image,
-                                chat_template=GEMMA3_CHAT_TEMPLATE)
-    return model, processor
 
 
 def idefics3(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
@@ -249,36 +219,80 @@ def llava_onevision(tokenizer, image_size, patch_size, hidden_size, num_layers, 
     return model, processor
 
 
-PALIGEMMA_CHAT_TEMPLATE = (  # PaliGemma has no chat turns: the prompt is a prefix, the response its suffix
-    "{% for message in messages %}{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+AYA_VISION_CHAT_TEMPLATE = (  # Cohere's turns: <|START_OF_TURN_TOKEN|><|USER_TOKEN|>...<|END_OF_TURN_TOKEN|>
+    "<s>{% for message in messages %}<|START_OF_TURN_TOKEN|>"
+    "{{ {'user': '<|USER_TOKEN|>', 'assistant': '<|CHATBOT_TOKEN|>'}.get(message['role'], '<|SYSTEM_TOKEN|>') }}"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
     "{% for block in message['content'] %}{% if block['type'] == 'image' %}<image>"
     "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{% if message['role'] == 'assistant' %}</s>{% endif %}{% endfor %}"
+    "<|END_OF_TURN_TOKEN|>{% endfor %}{% if add_generation_prompt %}<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>{% endif %}"
 )
 
 
-def paligemma(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
-              tie_word_embeddings=False):
-    """PaliGemma: SigLIP tower, Gemma; the prompt (image tokens and text) is a bidirectional prefix and the
-    response a causal suffix, told apart by ``token_type_ids`` (0 prefix, 1 suffix)."""
-    from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, PaliGemmaProcessor, SiglipImageProcessor
+def aya_vision(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
+               tie_word_embeddings=False):
+    """Aya Vision: SigLIP tower, pixel-shuffle SwiGLU projector, Cohere 2 language model (a sliding-window layer,
+    scaled logits); images cut into tiles plus a global view (``crop_to_patches``), tokens between
+    ``<|START_OF_IMG|>`` and ``<|END_OF_IMG|>``."""
+    from transformers import (
+        AyaVisionConfig, AyaVisionForConditionalGeneration, AyaVisionProcessor, GotOcr2ImageProcessor,
+    )
 
-    tokens_per_image = (image_size // patch_size) ** 2
-    image_processor = SiglipImageProcessor(size={"height": image_size, "width": image_size})
-    image_processor.image_seq_length = tokens_per_image
-    processor = PaliGemmaProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                   chat_template=PALIGEMMA_CHAT_TEMPLATE)  # adds its <loc>/<seg> tokens
-    config = PaliGemmaConfig(
-        vision_config=dict(model_type="siglip_vision_model", projection_dim=hidden_size,
+    config = AyaVisionConfig(
+        vision_config=dict(model_type="siglip_vision_model", vision_use_head=False,
                            **_vision_config(image_size, patch_size, vision_hidden_size, vision_layers)),
-        text_config=dict(model_type="gemma", **_text_config(processor.tokenizer, hidden_size, num_layers, "</s>",
-                                                            tie_word_embeddings, head_dim=hidden_size // 4)),
-        image_token_index=processor.tokenizer.convert_tokens_to_ids("<image>"), projection_dim=hidden_size,
-        tie_word_embeddings=tie_word_embeddings)
-    config.text_config.num_image_tokens = tokens_per_image
-    return PaliGemmaForConditionalGeneration(config), processor
+        text_config=dict(model_type="cohere2", **_text_config(
+            tokenizer, hidden_size, num_layers, "<|END_OF_TURN_TOKEN|>", tie_word_embeddings, sliding_window=512,
+            layer_types=["sliding_attention", "full_attention"][-num_layers:])),
+        downsample_factor=2, image_token_index=tokenizer.convert_tokens_to_ids("<|IMG_PATCH|>"),
+        vision_feature_select_strategy="full", vision_feature_layer=-1, tie_word_embeddings=tie_word_embeddings)
+    model = AyaVisionForConditionalGeneration(config)
+    processor = AyaVisionProcessor(
+        image_processor=GotOcr2ImageProcessor(size={"height": image_size, "width": image_size}, crop_to_patches=True,
+                                              max_patches=2),
+        tokenizer=tokenizer, patch_size=patch_size, img_size=image_size, downsample_factor=2,
+        chat_template=AYA_VISION_CHAT_TEMPLATE)
+    return model, processor
 
 
-BUILDERS = {"smolvlm": smolvlm, "gemma3": gemma3, "idefics3": idefics3,
-            "llava_next": llava_next, "internvl": internvl, "mistral3": mistral3,
-            "llava_onevision": llava_onevision, "paligemma": paligemma}
+MLLAMA_CHAT_TEMPLATE = (  # Llama 3.2 Vision: header-delimited turns closed by <|eot_id|>
+    "<s>{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<|image|>"
+    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}<|eot_id|>"
+    "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
+)
+
+
+def mllama(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
+           tie_word_embeddings=False):
+    """Llama 3.2 Vision (Mllama): a tiled ViT with local and global layers, and a Llama whose cross-attention
+    layers attend to the image tiles; no image tokens in the sequence but the ``<|image|>`` marker, and a
+    (B, T, images, tiles) ``cross_attention_mask`` saying which tiles each token sees."""
+    from transformers import MllamaConfig, MllamaForConditionalGeneration, MllamaImageProcessor, MllamaProcessor
+
+    max_tiles, aspect_ratios = 2, [[1, 1], [1, 2], [2, 1]]
+    config = MllamaConfig(
+        vision_config=dict(hidden_size=vision_hidden_size, intermediate_size=vision_hidden_size * 2,
+                           num_hidden_layers=vision_layers, num_global_layers=1, attention_heads=2,
+                           image_size=image_size, patch_size=patch_size, max_num_tiles=max_tiles,
+                           supported_aspect_ratios=aspect_ratios, intermediate_layers_indices=[0],
+                           vision_output_dim=vision_hidden_size * 2),
+        # a self-attention layer after the cross-attention one, as in the real model, so that what the prompt
+        # took from the images reaches the response through it too
+        text_config=_text_config(tokenizer, hidden_size, max(num_layers, 2) + 1, "<|eot_id|>", tie_word_embeddings,
+                                 cross_attention_layers=[1]),
+        image_token_index=tokenizer.convert_tokens_to_ids("<|image|>"), tie_word_embeddings=tie_word_embeddings)
+    model = MllamaForConditionalGeneration(config)
+    for name, gate in model.named_parameters():  # initialized to 0 (tanh gate closed): open them, as training does
+        if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+            gate.data.uniform_(0.5, 1.0)
+    processor = MllamaProcessor(
+        image_processor=MllamaImageProcessor(size={"height": image_size, "width": image_size},
+                                             max_image_tiles=max_tiles),
+        tokenizer=tokenizer, chat_template=MLLAMA_CHAT_TEMPLATE)
+    return model, processor
+
+
+BUILDERS = {"smolvlm": smolvlm, "idefics3": idefics3, "llava_next": llava_next, "internvl": internvl,
+            "mistral3": mistral3, "llava_onevision": llava_onevision, "aya_vision": aya_vision, "mllama": mllama}

@@ -11,10 +11,13 @@ Families (``FAMILIES``), chosen for the cases that differ most:
 - ``"qwen2_vl"``: Qwen2-VL layout, a dynamic number of image tokens from ``image_grid_thw`` and 3-D
   (M-RoPE) positions.
 - ``vlmdpo.tiny_families``: ``llava_next`` and ``llava_onevision`` (any-resolution tiles), ``idefics3`` and
-  ``smolvlm`` (images per row), ``internvl``, ``mistral3`` (Pixtral), ``gemma3`` (``token_type_ids``, a
-  sliding-window layer), ``paligemma`` (prefix/suffix ``token_type_ids``).
-- ``vlmdpo.tiny_mrope_families``: ``qwen2_5_vl``, ``qwen3_vl`` (DeepStack) and ``qwen3_5`` (linear-attention
-  layers, a thinking chat template).
+  ``smolvlm`` (images per row), ``internvl``, ``mistral3`` (Pixtral), ``aya_vision`` (tiles, Cohere 2 with
+  scaled logits), ``mllama`` (cross-attention to image tiles, a 4-D ``cross_attention_mask``; refused at load,
+  see ``vlmdpo.modeling.BROKEN_FAMILIES``).
+- ``vlmdpo.tiny_gemma_families``: ``gemma3`` (``token_type_ids``, a sliding-window layer), ``paligemma``
+  (prefix/suffix ``token_type_ids``), ``gemma4`` (per-layer inputs, soft-capped logits, patch positions).
+- ``vlmdpo.tiny_mrope_families``: ``qwen2_5_vl``, ``qwen3_vl`` (DeepStack), ``qwen3_5`` (linear-attention
+  layers, a thinking chat template) and ``glm4v`` (half-rotary M-RoPE, turns no token closes).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from vlmdpo import tiny_families, tiny_mrope_families
+from vlmdpo import tiny_families, tiny_gemma_families, tiny_mrope_families
 from vlmdpo.tiny_families import CHATML_CHAT_TEMPLATE, LLAVA_CHAT_TEMPLATE
 from vlmdpo.tiny_mrope_families import _mrope
 
@@ -150,8 +153,9 @@ def _qwen2_vl(tokenizer, image_size: int, patch_size: int, hidden_size: int, num
     return model, processor
 
 
-FAMILIES = {"llava": _llava, "qwen2_vl": _qwen2_vl, **tiny_families.BUILDERS, **tiny_mrope_families.BUILDERS}
-FAMILY_TOKENS = {**tiny_families.FAMILY_TOKENS, **tiny_mrope_families.FAMILY_TOKENS}
+_MODULES = (tiny_families, tiny_gemma_families, tiny_mrope_families)
+FAMILIES = {"llava": _llava, "qwen2_vl": _qwen2_vl, **{k: v for m in _MODULES for k, v in m.BUILDERS.items()}}
+FAMILY_TOKENS = {k: v for m in _MODULES for k, v in m.FAMILY_TOKENS.items()}
 
 
 def build_tiny_vlm(family: str = "llava", *, image_size: int = 32, patch_size: int = 8,

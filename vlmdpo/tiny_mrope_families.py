@@ -114,5 +114,48 @@ def qwen3_5(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_h
                                   QWEN3_5_CHAT_TEMPLATE)
 
 
-BUILDERS = {"qwen2_5_vl": qwen2_5_vl, "qwen3_vl": qwen3_vl, "qwen3_5": qwen3_5}
-FAMILY_TOKENS = {"qwen3_5": (["<think>", "</think>"], {})}
+GLM4V_CHAT_TEMPLATE = (  # GLM-4.1V: [gMASK]<sop>, role tokens open each turn and nothing closes one (the model
+    # ends its answer with EOS, or starts the next <|user|>)
+    "[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|>\n"
+    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>"
+    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}"
+    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
+
+
+def glm4v(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
+          tie_word_embeddings=False):
+    """GLM-4.1V: a ViT with interpolated learned positions and 2-D rotary, a conv downsample and merger; a GLM-4
+    language model with half-rotary M-RoPE, whose image tokens are told apart by ``mm_token_type_ids``."""
+    from transformers import (
+        Glm4vConfig, Glm4vForConditionalGeneration, Glm4vImageProcessor, Glm4vProcessor, Glm4vVideoProcessor,
+    )
+
+    token = tokenizer.convert_tokens_to_ids
+    head_dim, rotary_fraction = hidden_size // 4, 0.5
+    config = Glm4vConfig(
+        text_config=_text_config(tokenizer, hidden_size, num_layers, "</s>", tie_word_embeddings,
+                                 rope_parameters=_mrope(int(head_dim * rotary_fraction),
+                                                        partial_rotary_factor=rotary_fraction)),
+        vision_config=dict(depth=vision_layers, hidden_size=vision_hidden_size, intermediate_size=hidden_size * 2,
+                           num_heads=2, out_hidden_size=hidden_size, image_size=image_size, patch_size=patch_size,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=token("<|image|>"), video_token_id=token("<|video|>"),
+        image_start_token_id=token("<|begin_of_image|>"), image_end_token_id=token("<|end_of_image|>"),
+        video_start_token_id=token("<|begin_of_video|>"), video_end_token_id=token("<|end_of_video|>"),
+        tie_word_embeddings=tie_word_embeddings)
+    model = Glm4vForConditionalGeneration(config)
+    size = {"shortest_edge": (patch_size * 2) ** 2, "longest_edge": 4 * image_size * image_size}
+    processor = Glm4vProcessor(
+        image_processor=Glm4vImageProcessor(patch_size=patch_size, merge_size=2, temporal_patch_size=2, size=size),
+        tokenizer=tokenizer, chat_template=GLM4V_CHAT_TEMPLATE,
+        video_processor=Glm4vVideoProcessor(patch_size=patch_size, merge_size=2, temporal_patch_size=2, size=size))
+    return model, processor
+
+
+BUILDERS = {"qwen2_5_vl": qwen2_5_vl, "qwen3_vl": qwen3_vl, "qwen3_5": qwen3_5, "glm4v": glm4v}
+FAMILY_TOKENS = {"qwen3_5": (["<think>", "</think>"], {}),
+                 "glm4v": (["[gMASK]", "<sop>", "<|system|>", "<|user|>", "<|assistant|>", "<|begin_of_image|>",
+                            "<|end_of_image|>", "<|image|>", "<|begin_of_video|>", "<|end_of_video|>", "<|video|>"],
+                           {})}
