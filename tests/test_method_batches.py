@@ -143,3 +143,21 @@ def test_settings_that_cannot_work_together_are_refused():
         load_config(None, ["loss.corruption=blur"])
     with pytest.raises(ConfigError, match="dense_gamma must be > 0"):
         load_config(None, ["loss.dense_gamma=0"])
+
+
+def test_a_row_without_an_image_stops_mdpo_before_training(tmp_path):
+    import datasets
+
+    from vlmdpo.train import train
+    from vlmdpo.validate import BadRowsError
+
+    image = Image.linear_gradient("L").convert("RGB").resize((32, 32))
+    data = datasets.Dataset.from_list([
+        {"images": [image], "prompt": "describe the image.", "chosen": "a square.", "rejected": "a dog."},
+        {"images": [], "prompt": "is the sky blue?", "chosen": "yes.", "rejected": "no."}])
+    data.save_to_disk(str(tmp_path / "pairs"))
+    with pytest.raises(BadRowsError, match="row 1.*no image.*mdpo_conditional"):
+        train(load_config(None, [f"model.name_or_path={tiny_vlm('llava')}", f"data.train={tmp_path / 'pairs'}",
+                                 f"train.output_dir={tmp_path / 'run'}", "train.max_steps=1", "train.progress=false",
+                                 "loss.losses=mdpo"]))
+    assert not list((tmp_path / "run").glob("checkpoint-*"))

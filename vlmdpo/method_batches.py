@@ -16,6 +16,7 @@ import torch
 
 from vlmdpo.config import LossConfig
 from vlmdpo.corrupt import corrupt_row_images
+from vlmdpo.data import DataError
 from vlmdpo.dense_weights import completion_token_weights, word_weights
 
 
@@ -50,6 +51,20 @@ class MethodBatches:
     @property
     def adds_anything(self) -> bool:
         return self.dense_gamma != 1.0 or self.corruption is not None
+
+    @property
+    def max_response_length(self):
+        return self.collator.max_response_length
+
+    def measure(self, row: dict) -> dict:
+        """The collator's token counts of ``row`` (what ``vlmdpo.validate`` checks before training), refusing
+        a row these additions cannot be made for."""
+        if self.corruption is not None and not row["images"]:
+            raise DataError(row.get("index", 0), "images", "mDPO's conditional term compares the chosen response "
+                            "given the image with the same response given a corrupted image, and this row has no "
+                            "image", "give the row an image, drop it, or leave mdpo_conditional out of loss.losses",
+                            kind="no_image_for_mdpo")
+        return self.collator.measure(row)
 
     def __call__(self, rows: list[dict]) -> dict:
         batch = self.collator(rows)

@@ -182,13 +182,14 @@ def _train(config: Config) -> Path:
         output_dir.mkdir(parents=True, exist_ok=True)
         _start_folder(output_dir, cfg.resume, log)
     accelerator.wait_for_everyone()
-    pairs = checked_pairs(pairs, collator, policy.config, config, fingerprint, accelerator, log)
+    batches = MethodBatches(collator, tokenizer, config.loss, cfg.seed)  # dense weights, corrupted images
+    pairs = checked_pairs(pairs, batches if batches.adds_anything else collator, policy.config, config, fingerprint,
+                          accelerator, log)
     eval_rows = load_eval_rows(config)
 
     sampler = EpochShuffleSampler(len(pairs), cfg.seed)
     # the loader draws its workers' base seed from its own generator, not the global RNG: a resumed run
     # restores the global RNG (dropout's) from the checkpoint, and a new iterator must not move it
-    batches = MethodBatches(collator, tokenizer, config.loss, cfg.seed)  # dense weights, corrupted images
     loader = DataLoader(pairs, batch_size=cfg.batch_size, sampler=sampler,
                         collate_fn=batches if batches.adds_anything else collator,
                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
