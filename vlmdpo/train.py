@@ -147,6 +147,10 @@ def _callers_rng_kept():
             np.random.set_state(numpy_state)
 
 
+PROBE_RESPONSE_TOKENS = 32
+"""Response tokens per row of the two-pair probe batch that checks causality and the fast path before step 1."""
+
+
 def train(config: Config) -> Path:
     """Run DPO as configured; return the output folder (adapter + processor + metrics.jsonl).
 
@@ -206,7 +210,11 @@ def _train(config: Config) -> Path:
     if reference is not None:
         reference = reference.to(accelerator.device)
     # two pairs to check the model on: causal scoring of responses, and the fast path against the plain one
-    probe = send_to_device(collator([pairs[i] for i in range(min(2, len(pairs)))]), accelerator.device)
+    # responses cut short: the probes' plain-path pass keeps full-vocabulary logits of every response token,
+    # which for long responses and a large vocabulary would be the run's peak memory
+    probe_length = min(PROBE_RESPONSE_TOKENS, config.data.max_response_length or PROBE_RESPONSE_TOKENS)
+    probe_collator = PreferenceCollator(processor, config.data.max_prompt_length, probe_length)
+    probe = send_to_device(probe_collator([pairs[i] for i in range(min(2, len(pairs)))]), accelerator.device)
     problem = causality_problem(policy, probe, tokenizer.pad_token_id)
     if problem is not None:
         raise ValueError(f"{config.model.name_or_path}: {problem}")
