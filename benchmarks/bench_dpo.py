@@ -1,12 +1,14 @@
 """DPO step throughput, peak memory and first-step loss: vlmdpo against TRL's DPOTrainer.
 
     python benchmarks/bench_dpo.py --image-tokens 256
-    python benchmarks/bench_dpo.py --image-tokens 1024 --json
-    python benchmarks/bench_dpo.py --device cuda --dtype bfloat16 --scale large
+    python benchmarks/bench_dpo.py --model qwen2_vl --image-tokens 1024 --json
+    python benchmarks/bench_dpo.py --model qwen2_vl --device cuda --dtype bfloat16 --scale large \
+        --image-tokens 2304 --gradient-checkpointing
 
-Every runner trains, in its own process (so its peak memory is its own), the same LLaVA-style model
-(``bench_setup.py``) with the same LoRA (r=16 on the language model's linear layers, the same seeded start
-values), on the same pairs in the same order (one image each, responses of 30-300 tokens), 4 pairs per step:
+Every runner trains, in its own process (so its peak memory is its own), the same model (``bench_setup.py``:
+LLaVA or Qwen2-VL layout) with the same LoRA (r=16 on the language model's linear layers, the same seeded
+start values), on the same pairs in the same order (one image each, responses of 30-300 tokens, 50-400 at
+``--scale large``), 4 pairs per step:
 
 - ``vlmdpo``: ``vlmdpo.train.train`` as a user runs it (``train.forward_path=auto``);
 - ``trl``: TRL's ``DPOTrainer`` as shipped (``pip install -e .[bench]``);
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -74,15 +75,14 @@ class StepClock:
             self.first_loss = float(value.detach())
 
     def result(self, batch_size: int) -> dict:
+        """Timings from 3 steps on; with fewer (a smoke run: ``--pairs 1 --batch-size 1``) they are None."""
         timed = len(self.starts) - 2
-        if timed < 1:
-            raise SystemExit("too few steps to time: use more --pairs")
-        seconds = self.starts[-1] - self.starts[1]
+        seconds = self.starts[-1] - self.starts[1] if timed >= 1 else None
         peak = torch.cuda.max_memory_allocated() / 2**20 if self.device == "cuda" else _peak_rss_mb()
         grown = peak - self.ready_mb
-        return {"pairs_per_s": timed * batch_size / seconds, "pairs": len(self.starts) * batch_size,
-                "seconds_per_step": seconds / timed,
-                "timed_steps": timed, "peak_mb": peak, "train_mb": grown, "first_loss": self.first_loss}
+        return {"pairs_per_s": timed * batch_size / seconds if seconds else None,
+                "pairs": len(self.starts) * batch_size, "seconds_per_step": seconds / timed if seconds else None,
+                "timed_steps": max(timed, 0), "peak_mb": peak, "train_mb": grown, "first_loss": self.first_loss}
 
 
 # --- runners (each runs in a process of its own) --------------------------------------------------------
@@ -125,6 +125,7 @@ def run_vlmdpo(args, model_dir: Path, data_dir: Path, out_dir: Path, precompute:
     overrides = [
         f"model.name_or_path={model_dir}", f"model.dtype={args.dtype}", f"model.lora_r={bench_setup.LORA['r']}",
         f"model.lora_alpha={bench_setup.LORA['alpha']}", f"data.train={data_dir}", "data.max_response_length=null",
+        f"model.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",
         f"train.output_dir={out_dir}", f"train.batch_size={args.batch_size}", "train.num_epochs=1",
         "train.learning_rate=1e-5", "train.lr_scheduler=constant", "train.warmup_ratio=0", "train.progress=false",
         "train.mixed_precision='no'", f"train.forward_path={args.forward_path}", "train.resume=false",
@@ -136,15 +137,27 @@ def run_vlmdpo(args, model_dir: Path, data_dir: Path, out_dir: Path, precompute:
     return {**clock.result(args.batch_size), "precompute_s": sum(precompute_seconds)}
 
 
-def _trl_dataset(data_dir: Path):
+def _trl_dataset(data_dir: Path, processor):
+    """The pairs as TRL's standard (text) format, rendered as vlmdpo renders them: the prompt through the chat
+    template's generation prompt (its image placeholder expanded by the processor), each response through the
+    end-of-turn token. TRL then scores exactly vlmdpo's tokens; from the conversational format it would also
+    score what a template puts after the end-of-turn token (ChatML's newline after ``<|im_end|>``)."""
     import datasets
 
-    def conversational(row):
-        return {"prompt": [{"role": "user", "content": row["prompt"]}],
-                "chosen": [{"role": "assistant", "content": row["chosen"]}],
-                "rejected": [{"role": "assistant", "content": row["rejected"]}]}
+    from vlmdpo.collator import PreferenceCollator
+    from vlmdpo.data import PreferenceDataset
 
-    return datasets.load_from_disk(str(data_dir)).map(conversational)
+    collator, raw = PreferenceCollator(processor), datasets.load_from_disk(str(data_dir))
+    rendered = {"prompt": [], "chosen": [], "rejected": []}
+    for row in PreferenceDataset(raw):
+        rendered["prompt"].append(processor.apply_chat_template(row["prompt"], add_generation_prompt=True,
+                                                                tokenize=False))
+        for field in ("chosen", "rejected"):
+            rendered[field].append(processor.tokenizer.decode(collator.encode_response(row, field)[0]))
+    table = raw.remove_columns(list(rendered))
+    for name, column in rendered.items():
+        table = table.add_column(name, column)
+    return table
 
 
 def run_trl(args, model_dir: Path, data_dir: Path, out_dir: Path, gpu_path: bool) -> dict:
@@ -167,10 +180,11 @@ def run_trl(args, model_dir: Path, data_dir: Path, out_dir: Path, gpu_path: bool
     config = DPOConfig(
         output_dir=str(out_dir), per_device_train_batch_size=args.batch_size, num_train_epochs=1,
         learning_rate=1e-5, lr_scheduler_type="constant", warmup_steps=0, logging_steps=1, save_strategy="no",
-        report_to=[], bf16=args.dtype == "bfloat16", gradient_checkpointing=False, max_length=None,
+        report_to=[], bf16=args.dtype == "bfloat16", gradient_checkpointing=args.gradient_checkpointing,
+        max_length=None,
         beta=bench_setup.BETA, use_cpu=args.device == "cpu", dataloader_num_workers=0, disable_tqdm=True,
         seed=0)
-    trainer = DPOTrainer(model=model, args=config, train_dataset=_trl_dataset(data_dir),
+    trainer = DPOTrainer(model=model, args=config, train_dataset=_trl_dataset(data_dir, processor),
                          processing_class=processor, peft_config=lora)
     bench_setup.perturb_lora(trainer.model)
     trainer._get_train_sampler = lambda *a, **k: SequentialSampler(trainer.train_dataset)
@@ -214,16 +228,6 @@ class _maybe_profile:
 
 # --- the comparison -------------------------------------------------------------------------------------
 
-def prepare(args) -> tuple[Path, Path]:
-    from vlmdpo.modeling import load_model_and_processor
-
-    root = Path(args.cache) / f"{args.scale}-{args.image_tokens}tok"
-    model_dir = bench_setup.build_model(root / "model", args.scale, args.image_tokens)
-    _, processor = load_model_and_processor(str(model_dir))
-    data_dir = bench_setup.build_pairs(root / f"pairs{args.pairs}", processor, args.image_tokens, args.pairs)
-    return model_dir, data_dir
-
-
 def run_in_subprocess(runner: str, argv: list[str]) -> dict:
     command = [sys.executable, __file__, *argv, "--runner", runner]
     done = subprocess.run(command, capture_output=True, text=True)
@@ -241,7 +245,7 @@ def compare(results: dict, image_tokens: int) -> dict:
     for name, result in results.items():
         for key in ("pairs_per_s", "peak_mb", "train_mb", "first_loss"):
             out[f"{name}_{key}"] = result[key]
-    if "vlmdpo_precomputed" in results:
+    if "vlmdpo_precomputed" in results and results["vlmdpo_precomputed"]["pairs_per_s"]:
         precomputed = results["vlmdpo_precomputed"]
         out["vlmdpo_precompute_s"] = precomputed["precompute_s"]
         # one epoch over the data, the one-off reference pass included
@@ -253,45 +257,31 @@ def compare(results: dict, image_tokens: int) -> dict:
             if ours not in results or other not in results:
                 continue
             prefix = "" if ours == "vlmdpo" else "precomputed_"
-            out[f"{prefix}speedup_vs_{other}"] = results[ours]["pairs_per_s"] / results[other]["pairs_per_s"]
+            if results[ours]["pairs_per_s"] and results[other]["pairs_per_s"]:
+                out[f"{prefix}speedup_vs_{other}"] = results[ours]["pairs_per_s"] / results[other]["pairs_per_s"]
             out[f"{prefix}memory_vs_{other}"] = results[ours]["peak_mb"] / results[other]["peak_mb"]
             out[f"{prefix}train_memory_vs_{other}"] = (results[ours]["train_mb"]
                                                        / max(results[other]["train_mb"], 1))
     losses = [r["first_loss"] for r in results.values()]
-    out["losses_agree"] = max(losses) - min(losses) <= 1e-4
+    out["loss_spread"] = max(losses) - min(losses)
+    out["losses_agree"] = out["loss_spread"] <= 1e-4
     return out
 
 
 def flop_report(args, model_dir: Path, data_dir: Path, results: dict) -> dict:
     """FLOPs of the timed steps (exact / vlmdpo / TRL, see ``bench_flops``) and what they say about the times."""
-    import datasets
-    from transformers import AutoConfig, AutoProcessor
-
     import bench_flops
-    from vlmdpo.collator import PreferenceCollator
-    from vlmdpo.data import PreferenceDataset
 
-    shapes = bench_flops.Shapes.of(AutoConfig.from_pretrained(model_dir), bench_setup.LORA["r"])
-    pairs = PreferenceDataset(datasets.load_from_disk(str(data_dir)))
-    collator = PreferenceCollator(AutoProcessor.from_pretrained(model_dir))
-    steps = len(pairs) // args.batch_size
-    kinds = {"exact": ("exact", True), "vlmdpo": ("vlmdpo", True), "trl": ("trl", True),
-             "vlmdpo_precomputed": ("vlmdpo", False), "exact_precomputed": ("exact", False)}
-    totals = {name: {} for name in kinds}
-    timed_pairs = 0
-    for step in range(1, steps - 1):  # the clock's window: steps 2 .. S-1
-        rows = [pairs[i] for i in range(step * args.batch_size, (step + 1) * args.batch_size)]
-        shape = bench_flops.batch_shapes(collator(rows))
-        timed_pairs += len(rows)
-        for name, (kind, with_reference) in kinds.items():
-            flops = bench_flops.step_flops(shapes, *shape, kind=kind, with_reference=with_reference)
-            for part, value in flops.items():
-                totals[name][part] = totals[name].get(part, 0.0) + value
+    totals, timed_pairs = bench_flops.timed_flops(model_dir, data_dir, args.batch_size, args.image_tokens,
+                                                  bench_setup.LORA["r"])
     rate = bench_flops.matmul_rate() if args.device == "cpu" else None
     out = {"matmul_gflops": rate / 1e9 if rate else None,
+           "trl_over_vlmdpo_flops": totals["trl"]["total"] / totals["vlmdpo"]["total"],
            **{f"{name}_gflop_per_pair": {k: v / timed_pairs / 1e9 for k, v in total.items()}
               for name, total in totals.items()}}
     for name, result in results.items():
+        if not result["pairs_per_s"]:
+            continue
         flops = totals["trl" if name.startswith("trl") else name]["total"]
         seconds = timed_pairs / result["pairs_per_s"]
         out[f"{name}_gflops"] = flops / seconds / 1e9
@@ -306,6 +296,8 @@ def print_flops(flops: dict) -> None:
     print("  GFLOP per pair (matmuls)" + "".join(f"{kind:>19}" for kind in kinds))
     for part in ("vision", "decoder", "attention", "lm_head", "total"):
         print(f"    {part:<20}" + "".join(f"{flops[f'{kind}_gflop_per_pair'][part]:>19.2f}" for kind in kinds))
+    print(f"  TRL / vlmdpo FLOPs: {flops['trl_over_vlmdpo_flops']:.2f}x (the speed-up a step bound by its matmuls "
+          "would show)")
     if flops["matmul_gflops"]:
         print(f"  this machine's float32 matmul rate: {flops['matmul_gflops']:.0f} GFLOP/s")
     for name in RUNNERS:
@@ -317,49 +309,49 @@ def print_flops(flops: dict) -> None:
 
 
 def print_table(results: dict, summary: dict, args) -> None:
+    model = summary["model"]
     print(f"DPO step, {args.pairs} pairs, {args.batch_size} pairs/step, {args.image_tokens} image tokens, "
-          f"{args.scale} model ({args.dtype}, {args.device}, {torch.get_num_threads()} threads)")
+          f"{args.scale} {args.model} model ({model['parameters'] / 1e9:.3f}B parameters; {args.dtype}, "
+          f"{args.device}, {torch.get_num_threads()} threads"
+          f"{', gradient checkpointing' if args.gradient_checkpointing else ''})")
     print(f"  {'runner':<20}{'pairs/s':>9}{'s/step':>9}{'peak MB':>10}{'train MB':>10}{'first loss':>13}")
     for name, r in results.items():
-        print(f"  {name:<20}{r['pairs_per_s']:>9.3f}{r['seconds_per_step']:>9.2f}{r['peak_mb']:>10.0f}"
-              f"{r['train_mb']:>10.0f}{r['first_loss']:>13.6f}")
+        timing = (f"{r['pairs_per_s']:>9.3f}{r['seconds_per_step']:>9.2f}" if r["pairs_per_s"]
+                  else f"{'-':>9}{'-':>9}")  # fewer than 3 steps: nothing timed
+        print(f"  {name:<20}{timing}{r['peak_mb']:>10.0f}{r['train_mb']:>10.0f}{r['first_loss']:>13.6f}")
     if "vlmdpo_precompute_s" in summary:
         print(f"  vlmdpo_precomputed: the one-off reference pass took {summary['vlmdpo_precompute_s']:.1f} s; "
               f"over one epoch with it: {summary['vlmdpo_precomputed_epoch_pairs_per_s']:.3f} pairs/s")
     for prefix, ours in (("", "vlmdpo"), ("precomputed_", "vlmdpo_precomputed")):
         for other in ("trl", "trl_gpu_path"):
-            if f"{prefix}speedup_vs_{other}" in summary:
-                print(f"  {ours} vs {other}: {summary[f'{prefix}speedup_vs_{other}']:.2f}x pairs/s, "
-                      f"{summary[f'{prefix}memory_vs_{other}']:.2f}x peak memory, "
+            if f"{prefix}memory_vs_{other}" in summary:
+                speedup = summary.get(f"{prefix}speedup_vs_{other}")
+                print(f"  {ours} vs {other}: " + (f"{speedup:.2f}x pairs/s, " if speedup else "")
+                      + f"{summary[f'{prefix}memory_vs_{other}']:.2f}x peak memory, "
                       f"{summary[f'{prefix}train_memory_vs_{other}']:.2f}x memory grown in training")
-    print(f"  first-step losses agree to 1e-4: {summary['losses_agree']}")
+    print(f"  first-step losses agree to 1e-4: {summary['losses_agree']} (spread {summary['loss_spread']:.1e}"
+          f"{'; in bfloat16 only a rough check' if args.dtype == 'bfloat16' else ''})")
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--image-tokens", type=int, default=256, help="256 (224 px) or 1024 (448 px)")
-    parser.add_argument("--pairs", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--scale", choices=sorted(bench_setup.SCALES), default="small")
-    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    bench_setup.add_data_arguments(parser)
     parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--runners", default=",".join(RUNNERS), help=f"comma-separated subset of {RUNNERS}")
+    parser.add_argument("--gradient-checkpointing", action="store_true", help="for every runner (vlmdpo: "
+                        "model.gradient_checkpointing; TRL: its default kwargs)")
     parser.add_argument("--forward-path", default="auto", choices=["auto", "fast", "plain"], help="vlmdpo's path")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads; 1 is steadiest on a shared "
                         "CPU (idle threads of a busy machine spin-wait), and every runner gets the same")
     parser.add_argument("--profile", action="store_true", help="print where vlmdpo's step time goes")
     parser.add_argument("--flops", action="store_true", help="count the steps' FLOPs (exact step, vlmdpo, TRL) "
                         "and compare with this machine's matmul rate")
-    parser.add_argument("--cache", default=os.path.join(os.environ.get(
-        "VLMDPO_CACHE", os.path.join(os.path.expanduser("~"), ".cache", "vlmdpo")), "bench"))
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--runner", choices=RUNNERS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    if args.scale == "large" and args.image_tokens == 256:
-        args.image_tokens = 576  # 336 px, LLaVA-1.5's resolution
-    model_dir, data_dir = prepare(args)
+    model_dir, data_dir = bench_setup.prepare(args)
 
     if args.runner:  # inside a runner's own process
         import tempfile
@@ -373,8 +365,11 @@ def main(argv: list[str] | None = None) -> dict:
         return result
 
     own_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
-    results = {name: run_in_subprocess(name, own_argv) for name in args.runners.split(",")}
-    summary = compare(results, args.image_tokens)
+    results = {}
+    for name in args.runners.split(","):
+        results[name] = run_in_subprocess(name, own_argv)
+        print(f"runner {name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)  # kept if later ones fail
+    summary = {"model": bench_setup.summary(model_dir), **compare(results, args.image_tokens)}
     if args.json:
         print(json.dumps(summary))
     else:

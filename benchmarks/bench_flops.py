@@ -11,12 +11,22 @@ An exact step needs, per pair: the image once (forward only: the vision side is 
 each response once through the decoder, forward and backward for the policy and forward for the reference;
 the LM head at the scored positions only, forward and backward for the policy (logits and d/dhidden) and
 forward for the reference. Of the last decoder layer, the prompt's rows need only their keys and values.
+
+    python benchmarks/bench_flops.py --model qwen2_vl --scale large --image-tokens 2304 --pairs 24
+
+prints the GFLOP per pair of the benchmark's batches (the same model, pairs and batches as ``bench_dpo.py``
+with the same arguments; built if missing) and TRL's FLOPs over vlmdpo's: the speed-up a step bound by its
+matmuls would show.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -32,19 +42,36 @@ class Shapes:
     vision_hidden: int
     vision_layers: int
     vision_intermediate: int
-    vision_tokens: int  # per image, CLS included
+    vision_tokens: int  # per image, through the vision tower (LLaVA: CLS included)
+    patches: int  # per image
     image_tokens: int  # per image, after the projector
-    patch_pixels: int  # 3 * patch * patch
+    patch_pixels: int  # input values per patch: 3 * patch * patch (Qwen2-VL: times 2 frames)
+    projector_macs: int  # per image token
     lora_r: int
 
     @classmethod
-    def of(cls, config, lora_r: int) -> Shapes:
-        """From a LLaVA-style model config."""
+    def of(cls, config, lora_r: int, image_tokens: int) -> Shapes:
+        """From a LLaVA or Qwen2-VL model config; ``image_tokens`` per image (Qwen2-VL's depend on the image)."""
         text, vision = config.text_config, config.vision_config
+        common = dict(hidden=text.hidden_size, layers=text.num_hidden_layers, intermediate=text.intermediate_size,
+                      heads=text.num_attention_heads, kv_heads=text.num_key_value_heads, vocab=text.vocab_size,
+                      image_tokens=image_tokens, lora_r=lora_r)
+        if config.model_type == "qwen2_vl":  # 2x2 patches merged into one token: an MLP on 4 x embed_dim
+            merged = 4 * vision.embed_dim
+            return cls(**common, vision_hidden=vision.embed_dim, vision_layers=vision.depth,
+                       vision_intermediate=vision.embed_dim * vision.mlp_ratio, vision_tokens=4 * image_tokens,
+                       patches=4 * image_tokens,
+                       patch_pixels=vision.in_channels * vision.temporal_patch_size * vision.patch_size ** 2,
+                       projector_macs=merged * merged + merged * text.hidden_size)
+        if config.model_type != "llava":
+            raise ValueError(f"FLOPs are counted for llava and qwen2_vl models, not {config.model_type!r}")
         patches = (vision.image_size // vision.patch_size) ** 2
-        return cls(text.hidden_size, text.num_hidden_layers, text.intermediate_size, text.num_attention_heads,
-                   text.num_key_value_heads, text.vocab_size, vision.hidden_size, vision.num_hidden_layers,
-                   vision.intermediate_size, patches + 1, patches, 3 * vision.patch_size ** 2, lora_r)
+        if patches != image_tokens:
+            raise ValueError(f"this LLaVA model gives {patches} image tokens, not {image_tokens}")
+        return cls(**common, vision_hidden=vision.hidden_size, vision_layers=vision.num_hidden_layers,
+                   vision_intermediate=vision.intermediate_size, vision_tokens=patches + 1, patches=patches,
+                   patch_pixels=3 * vision.patch_size ** 2,
+                   projector_macs=vision.hidden_size * text.hidden_size + text.hidden_size ** 2)
 
     @property
     def kv_width(self) -> int:
@@ -66,8 +93,8 @@ class Shapes:
         """One image through the vision tower and projector (forward)."""
         t, hv = self.vision_tokens, self.vision_hidden
         per_layer = t * (4 * hv * hv + 2 * hv * self.vision_intermediate) + 2 * t * t * hv
-        embed = (t - 1) * self.patch_pixels * hv
-        projector = self.image_tokens * (hv * self.hidden + self.hidden * self.hidden)
+        embed = self.patches * self.patch_pixels * hv
+        projector = self.image_tokens * self.projector_macs
         return 2 * (self.vision_layers * per_layer + embed + projector)
 
 
@@ -129,5 +156,70 @@ def batch_shapes(batch: dict) -> tuple[list[int], list[list[int]], int, int]:
     fields = [f for f in ("chosen", "rejected") if f"{f}_input_ids" in batch]
     responses = [[int(batch[f"{f}_attention_mask"][b].sum()) for f in fields] for b in range(len(prompts))]
     scored = sum(int(batch[f"{f}_completion_mask"].sum()) for f in fields)
-    pixel_values = batch["vision_inputs"].get("pixel_values")
+    vision = batch["vision_inputs"]
+    if "image_grid_thw" in vision:  # Qwen2-VL: pixel_values holds patches, one grid row per image
+        return prompts, responses, scored, vision["image_grid_thw"].shape[0]
+    pixel_values = vision.get("pixel_values")
     return prompts, responses, scored, 0 if pixel_values is None else pixel_values.shape[0]
+
+
+KINDS = {"exact": ("exact", True), "vlmdpo": ("vlmdpo", True), "trl": ("trl", True),
+         "vlmdpo_precomputed": ("vlmdpo", False), "exact_precomputed": ("exact", False)}
+
+
+def timed_flops(model_dir: Path, data_dir: Path, batch_size: int, image_tokens: int, lora_r: int
+                ) -> tuple[dict[str, dict[str, float]], int]:
+    """FLOPs by kind (``KINDS``) and category, summed over the steps ``bench_dpo`` times (steps 2 .. S-1, in
+    order), and the number of pairs in them."""
+    import datasets
+    from transformers import AutoConfig, AutoProcessor
+
+    from vlmdpo.collator import PreferenceCollator
+    from vlmdpo.data import PreferenceDataset
+
+    shapes = Shapes.of(AutoConfig.from_pretrained(model_dir), lora_r, image_tokens)
+    pairs = PreferenceDataset(datasets.load_from_disk(str(data_dir)))
+    collator = PreferenceCollator(AutoProcessor.from_pretrained(model_dir))
+    totals = {name: {} for name in KINDS}
+    timed_pairs = 0
+    for step in range(1, len(pairs) // batch_size - 1):
+        rows = [pairs[i] for i in range(step * batch_size, (step + 1) * batch_size)]
+        shape = batch_shapes(collator(rows))
+        timed_pairs += len(rows)
+        for name, (kind, with_reference) in KINDS.items():
+            for part, value in step_flops(shapes, *shape, kind=kind, with_reference=with_reference).items():
+                totals[name][part] = totals[name].get(part, 0.0) + value
+    return totals, timed_pairs
+
+
+def main(argv: list[str] | None = None) -> dict:
+    sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
+    import bench_setup
+
+    parser = argparse.ArgumentParser(description="GFLOP per pair of bench_dpo's timed steps")
+    bench_setup.add_data_arguments(parser)
+    parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
+    args = parser.parse_args(argv)
+    model_dir, data_dir = bench_setup.prepare(args)
+    totals, timed_pairs = timed_flops(model_dir, data_dir, args.batch_size, args.image_tokens,
+                                      bench_setup.LORA["r"])
+    out = {"model": args.model, "scale": args.scale, "image_tokens": args.image_tokens,
+           **{f"{name}_gflop_per_pair": {k: v / timed_pairs / 1e9 for k, v in total.items()}
+              for name, total in totals.items()},
+           "trl_over_vlmdpo": totals["trl"]["total"] / totals["vlmdpo"]["total"],
+           "vlmdpo_over_exact": totals["vlmdpo"]["total"] / totals["exact"]["total"]}
+    if args.json:
+        print(json.dumps(out))
+        return out
+    print(f"GFLOP per pair (matmuls), {args.scale} {args.model}, {args.image_tokens} image tokens, "
+          f"{timed_pairs} timed pairs")
+    print(f"  {'':<12}" + "".join(f"{name:>20}" for name in KINDS))
+    for part in ("vision", "decoder", "attention", "lm_head", "total"):
+        print(f"  {part:<12}" + "".join(f"{out[f'{name}_gflop_per_pair'][part]:>20.2f}" for name in KINDS))
+    print(f"  TRL / vlmdpo FLOPs: {out['trl_over_vlmdpo']:.2f}x (the speed-up if both ran at one matmul rate); "
+          f"vlmdpo / exact: {out['vlmdpo_over_exact']:.2f}x")
+    return out
+
+
+if __name__ == "__main__":
+    main()

@@ -7,6 +7,7 @@ alignment images it never saw, the judge ranks them, best vs worst above a margi
 captions copies whatever they still get wrong; the preference between them points away from it. On those
 pairs, from the same base and with the same adapter, steps and learning rate:
 
+- ``base``: the base model itself (no alignment), for scale;
 - ``sft_control``: loss ``sft`` on the chosen captions (the control);
 - ``dpo``: sigmoid DPO; ``dpo_sft``: DPO + the SFT term (the demo's default recipe);
 - ``mdpo_sft``: mDPO (DPO + conditional term on crop-resized images + anchor) + SFT (arXiv 2406.11839);
@@ -41,6 +42,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 METHODS = {
+    "base": {"train": False},
     "sft_control": {"losses": "sft"},
     "dpo": {"losses": "sigmoid"},
     "dpo_sft": {"losses": "sigmoid:1+sft:1"},
@@ -142,7 +144,9 @@ def run_method(name: str, seed: int, world: str, prepared, out: Path, rounds: in
         pairs = shortcut_pairs(pairs, out / f"seed{seed}" / "shortcut_pairs")
     method, folder = METHODS[name], out / f"seed{seed}" / world / name
     start = time.perf_counter()
-    if method.get("iterative"):
+    if not method.get("train", True):
+        model_path, adapter = base, None
+    elif method.get("iterative"):
         if world == "shortcut":
             raise ValueError("iterative DPO samples its own pairs: it has no shortcut world")
         model_path, adapter = iterative_run(config, data, judge, base, rounds, method["losses"], folder), None
@@ -177,19 +181,20 @@ def table(results: dict, seeds: list[int], methods: list[str], world: str) -> st
         if any(r is None for r in per_seed):
             lines.append(f"| {name} | (not run on every seed) | | | | | |")
             continue
-        comparisons = [against_control(r, results[(seed, world, "sft_control")], seed) if name != "sft_control"
-                       else None for seed, r in zip(seeds, per_seed)]
+        plain = name in ("sft_control", "base")  # the control itself, and the untrained base beside it
+        comparisons = [None if plain else against_control(r, results[(seed, world, "sft_control")], seed)
+                       for seed, r in zip(seeds, per_seed)]
 
         def cells(key):
             return " / ".join(f"{r[key]:.3f}" for r in per_seed)
 
         def changes(key):
-            if name == "sft_control":
+            if plain:
                 return "-"
             return " / ".join(f"{c[key]['change']:+.3f} [{c[key]['low']:+.3f}, {c[key]['high']:+.3f}]"
                               for c in comparisons)
 
-        beats = "-" if name == "sft_control" else " / ".join("yes" if c["beats_control"] else "no"
+        beats = "-" if plain else " / ".join("yes" if c["beats_control"] else "no"
                                                              for c in comparisons)
         lines.append(f"| {name} | {cells('chair_i')} | {changes('chair_i_change')} | {cells('recall')} | "
                      f"{cells('pope_f1')} | {changes('pope_f1_change')} | {beats} |")
@@ -212,7 +217,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     out = Path(args.out)
-    methods = ["sft_control"] + [m for m in args.methods if m != "sft_control"]
+    methods = ["base", "sft_control"] + [m for m in args.methods if m not in ("base", "sft_control")]
     if args.world == "shortcut":
         methods = [m for m in methods if not METHODS[m].get("iterative")]
     results = {}
