@@ -22,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from vlmdpo.eval.bootstrap import paired_bootstrap_change
 from vlmdpo.eval.objects import ObjectVocabulary
 
 
@@ -128,11 +129,4 @@ def chair_i_change(base_records: Sequence[dict], other_records: Sequence[dict], 
     def chair_i(totals):  # totals (..., 2)
         return np.divide(totals[..., 0], totals[..., 1], out=np.zeros_like(totals[..., 0]), where=totals[..., 1] > 0)
 
-    change = float(chair_i(counts[1].sum(0)) - chair_i(counts[0].sum(0)))
-    rng = np.random.default_rng(seed)
-    weights = rng.multinomial(len(images), np.full(len(images), 1 / len(images)), size=num_resamples)
-    resampled = np.einsum("rn,mnc->mrc", weights, counts)
-    changes = chair_i(resampled[1]) - chair_i(resampled[0])
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(changes, [tail, 100 - tail])
-    return {"change": change, "low": float(low), "high": float(high)}
+    return paired_bootstrap_change(counts, chair_i, num_resamples=num_resamples, confidence=confidence, seed=seed)

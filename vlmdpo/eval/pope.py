@@ -23,6 +23,8 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
+from vlmdpo.eval.bootstrap import paired_bootstrap_change
+
 Answer = Literal["yes", "no"]
 
 
@@ -200,11 +202,4 @@ def pope_f1_change(base_records: Sequence[dict], other_records: Sequence[dict], 
     def mean_f1(totals):  # totals (..., splits, 3)
         return _f1(totals[..., 0], totals[..., 1], totals[..., 2]).mean(-1)
 
-    change = float(mean_f1(counts[1].sum(0)) - mean_f1(counts[0].sum(0)))
-    rng = np.random.default_rng(seed)
-    weights = rng.multinomial(len(images), np.full(len(images), 1 / len(images)), size=num_resamples)
-    resampled = np.einsum("rn,mnsc->mrsc", weights, counts)
-    changes = mean_f1(resampled[1]) - mean_f1(resampled[0])
-    tail = (1 - confidence) / 2 * 100
-    low, high = np.percentile(changes, [tail, 100 - tail])
-    return {"change": change, "low": float(low), "high": float(high)}
+    return paired_bootstrap_change(counts, mean_f1, num_resamples=num_resamples, confidence=confidence, seed=seed)
