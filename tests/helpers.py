@@ -41,3 +41,22 @@ def randomize_lora(policy, seed: int = 0, scale: float = 0.05):
 def lora_policy(model, parts=("language",), seed=0, r=4, alpha=8):
     """A LoRA-wrapped ``model`` in train mode whose adapter moves it off the reference by a seeded amount."""
     return randomize_lora(apply_lora(model, r=r, alpha=alpha, parts=parts), seed).train()
+
+
+def assert_fast_path_equals_plain(policy, batch, pad_token_id, grad_scale=None):
+    """Fast path against plain path on ``batch``: summed log-probs to 1e-5, LoRA gradients of the DPO margin
+    to 1e-4 (relative to the largest gradient, at least 1, when ``grad_scale="relative"``)."""
+    from vlmdpo.fast_logps import fast_completion_logps
+    from vlmdpo.logps import completion_logps
+
+    lora = [p.requires_grad_(True) for n, p in policy.named_parameters() if "lora_" in n]
+    plain = completion_logps(policy, batch, pad_token_id)
+    fast = fast_completion_logps(policy, batch)
+    for key in ("chosen_logps", "rejected_logps"):
+        torch.testing.assert_close(fast[key], plain[key], rtol=1e-5, atol=1e-5)
+    plain_grads = torch.autograd.grad((plain["chosen_logps"] - plain["rejected_logps"]).sum(), lora)
+    fast_grads = torch.autograd.grad((fast["chosen_logps"] - fast["rejected_logps"]).sum(), lora)
+    for ours, theirs in zip(fast_grads, plain_grads):
+        scale = theirs.abs().max().clamp(min=1.0) if grad_scale == "relative" else 1.0
+        torch.testing.assert_close(ours / scale, theirs / scale, rtol=1e-4, atol=1e-4)
+    return plain
