@@ -161,3 +161,30 @@ def test_a_row_without_an_image_stops_mdpo_before_training(tmp_path):
                                  f"train.output_dir={tmp_path / 'run'}", "train.max_steps=1", "train.progress=false",
                                  "loss.losses=mdpo"]))
     assert not list((tmp_path / "run").glob("checkpoint-*"))
+
+
+def test_a_corrupted_images_column_is_what_the_conditional_term_sees(built):
+    """Pairs built ahead of training (``conditional_pairs``) carry their own corruptions; the trainer uses them
+    rather than corrupting again, and a row with the wrong number of them is refused by name."""
+    import datasets
+
+    from data_recipes.pair_builders import conditional_pairs
+    from vlmdpo.data import DataError, PreferenceDataset
+
+    _, processor = built
+    source = datasets.Dataset.from_list([{"images": row["images"], "prompt": PAIRS[i][0], "chosen": PAIRS[i][1],
+                                          "rejected": PAIRS[i][2]} for i, row in enumerate(rows())])
+    pairs = PreferenceDataset(conditional_pairs(source, method="noise", seed=5))
+    loaded = [pairs[i] for i in range(len(pairs))]
+    collate = PreferenceCollator(processor)
+    batch = MethodBatches(collate, processor.tokenizer, LossConfig(losses="mdpo"))(loaded)
+    given = collate([{k: v for k, v in {**row, "images": row["corrupted_images"]}.items()
+                      if k not in ("rejected", "corrupted_images")} for row in loaded])
+    assert torch.equal(batch["corrupted"]["vision_inputs"]["pixel_values"], given["vision_inputs"]["pixel_values"])
+    on_the_fly = MethodBatches(collate, processor.tokenizer, LossConfig(losses="mdpo"))(
+        [{k: v for k, v in row.items() if k != "corrupted_images"} for row in loaded])
+    assert not torch.equal(on_the_fly["corrupted"]["vision_inputs"]["pixel_values"],
+                           given["vision_inputs"]["pixel_values"])
+    short = source.add_column("corrupted_images", [[], []])
+    with pytest.raises(DataError, match="row 0.*corrupted_images.*0 corrupted images for 1"):
+        PreferenceDataset(short)[0]

@@ -299,10 +299,23 @@ class PreferenceDataset:
 
     def __getitem__(self, position: int) -> dict:
         index = self.source_index(position)
-        row = normalize_row(self.dataset[index], index, self.image_root, self.responses,
+        source = self.dataset[index]
+        row = normalize_row(source, index, self.image_root, self.responses,
                             allow_outside_images=self.allow_outside_images, max_image_pixels=self.max_image_pixels)
+        if source.get("corrupted_images") is not None:  # mDPO's conditional pairs, built ahead of training
+            row["corrupted_images"] = self._corrupted_images(source, row, index)
         row["index"] = index
         return row
+
+    def _corrupted_images(self, source: dict, row: dict, index: int) -> list:
+        # decoded and checked as a row's images are (the stand-in prompt only carries them)
+        corrupted = normalize_row({"images": source["corrupted_images"], "prompt": "-"}, index,
+                                  self.image_root, (), allow_outside_images=self.allow_outside_images,
+                                  max_image_pixels=self.max_image_pixels)["images"]
+        if len(corrupted) != len(row["images"]):
+            raise DataError(index, "corrupted_images", f"{len(corrupted)} corrupted images for {len(row['images'])} "
+                            "images", "give one corrupted image per image, in the same order", kind="bad_corruption")
+        return corrupted
 
     def validate(self) -> None:
         """Read every row once (decoding images) so that a bad row fails now rather than mid-run."""

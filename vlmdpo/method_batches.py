@@ -4,8 +4,9 @@
   each ``*_completion_mask``: ``gamma`` on the tokens of words where the two responses differ, 1 elsewhere
   (``vlmdpo.dense_weights``).
 - mDPO's conditional term (arXiv 2406.11839): ``corrupted``, the collator's batch of each row's chosen
-  response with its images corrupted (``vlmdpo.corrupt``), seeded by the run's seed and the row's index, so
-  a resumed run sees the same corruptions.
+  response with its images corrupted: the row's ``corrupted_images`` when the dataset has that column, else
+  corrupted here (``vlmdpo.corrupt``), seeded by the run's seed and the row's index, so a resumed run sees
+  the same corruptions.
 
 ``vlmdpo.step.dpo_step`` reads both when they are there.
 """
@@ -66,6 +67,15 @@ class MethodBatches:
                             kind="no_image_for_mdpo")
         return self.collator.measure(row)
 
+    def _corrupted_row(self, row: dict, position: int) -> dict:
+        """The row's chosen response with its corrupted images: the dataset's ``corrupted_images`` column when it
+        has one (``data_recipes.pair_builders.conditional_pairs``), else corrupted here by ``loss.corruption``."""
+        if row.get("corrupted_images") is not None:
+            corrupted = {**row, "images": row["corrupted_images"]}
+        else:
+            corrupted = corrupt_row_images(row, self.corruption, seed=f"{self.seed}:{row.get('index', position)}")
+        return {key: value for key, value in corrupted.items() if key not in ("rejected", "corrupted_images")}
+
     def __call__(self, rows: list[dict]) -> dict:
         batch = self.collator(rows)
         if self.dense_gamma != 1.0:
@@ -76,8 +86,5 @@ class MethodBatches:
                 raise ValueError(f"row {index}: mDPO's conditional term compares a response given the image with "
                                  "the same response given a corrupted image, and this row has no image; give "
                                  "every training row an image, or leave mdpo_conditional out of loss.losses")
-            corrupted = [{key: value for key, value in corrupt_row_images(
-                row, self.corruption, seed=f"{self.seed}:{row.get('index', i)}").items() if key != "rejected"}
-                for i, row in enumerate(rows)]
-            batch["corrupted"] = self.collator(corrupted)
+            batch["corrupted"] = self.collator([self._corrupted_row(row, i) for i, row in enumerate(rows)])
         return batch
