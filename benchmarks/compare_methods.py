@@ -203,8 +203,8 @@ def table(results: dict, seeds: list[int], methods: list[str], world: str) -> st
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seeds", nargs="+", default=["0", "1", "2"])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), help=f"any of {list(METHODS)}")
     parser.add_argument("--world", default="self", choices=["self", "shortcut"])
     parser.add_argument("--rounds", type=int, default=2, help="rounds of iterative_sft")
     parser.add_argument("--out", default="outputs/compare_methods")
@@ -212,6 +212,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="demo settings (vlmdpo config demo), "
                         "e.g. pairs.rlaif_images=1000 align.steps=400")
     args = parser.parse_args(argv)
+    # key=value settings written after --seeds or --methods land in those lists: move them back
+    for name in ("seeds", "methods"):
+        values = getattr(args, name)
+        args.overrides += [v for v in values if "=" in v]
+        setattr(args, name, [v for v in values if "=" not in v])
+    unknown = [m for m in args.methods if m not in METHODS]
+    if unknown or not all(seed.isdigit() for seed in args.seeds):
+        parser.error(f"unknown methods {unknown} (known: {list(METHODS)})" if unknown else
+                     f"--seeds takes whole numbers, got {args.seeds}")
+    args.seeds = [int(seed) for seed in args.seeds]
     import torch
 
     torch.set_num_threads(args.threads)
