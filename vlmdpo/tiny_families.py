@@ -9,44 +9,43 @@ tie_word_embeddings) -> (model, processor)``.
 
 from __future__ import annotations
 
+
+def message_content(image: str) -> str:
+    """The chat-template fragment every tiny family shares: a message's content as a string, or as blocks
+    where each ``{"type": "image"}`` becomes ``image`` (the family's image marker) and text blocks their text."""
+    return ("{% if message['content'] is string %}{{ message['content'] }}{% else %}"
+            "{% for block in message['content'] %}{% if block['type'] == 'image' %}" + image +
+            "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}")
+
+
 LLAVA_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'user' %}USER: {% elif message['role'] == 'assistant' %}ASSISTANT: "
     "{% else %}SYSTEM: {% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for block in message['content'] %}"
-    "{% if block['type'] == 'image' %}<image>\n"
-    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}"
-    "{% if message['role'] == 'assistant' %}</s>{% else %} {% endif %}"
+    + message_content("<image>\n")
+    + "{% if message['role'] == 'assistant' %}</s>{% else %} {% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
 
 CHATML_CHAT_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for block in message['content'] %}"
-    "{% if block['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
+    + message_content("<|vision_start|><|image_pad|><|vision_end|>")
+    + "<|im_end|>\n"
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
 SMOLVLM_CHAT_TEMPLATE = (
     "<|im_start|>{% for message in messages %}{{ message['role'] | capitalize }}:"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<image>"
-    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
+    + message_content("<image>")
+    + "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}Assistant:{% endif %}"
 )
 
 CHATML_IMAGE_CHAT_TEMPLATE = (  # Qwen-style turns with an image placeholder the processor expands
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for block in message['content'] %}{% if block['type'] == 'image' %}IMAGE_PLACEHOLDER"
-    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    + message_content("IMAGE_PLACEHOLDER")
+    + "<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
@@ -222,10 +221,8 @@ def llava_onevision(tokenizer, image_size, patch_size, hidden_size, num_layers, 
 AYA_VISION_CHAT_TEMPLATE = (  # Cohere's turns: <|START_OF_TURN_TOKEN|><|USER_TOKEN|>...<|END_OF_TURN_TOKEN|>
     "<s>{% for message in messages %}<|START_OF_TURN_TOKEN|>"
     "{{ {'user': '<|USER_TOKEN|>', 'assistant': '<|CHATBOT_TOKEN|>'}.get(message['role'], '<|SYSTEM_TOKEN|>') }}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<image>"
-    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<|END_OF_TURN_TOKEN|>{% endfor %}{% if add_generation_prompt %}<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>{% endif %}"
+    + message_content("<image>")
+    + "<|END_OF_TURN_TOKEN|>{% endfor %}{% if add_generation_prompt %}<|START_OF_TURN_TOKEN|><|CHATBOT_TOKEN|>{% endif %}"
 )
 
 
@@ -257,9 +254,8 @@ def aya_vision(tokenizer, image_size, patch_size, hidden_size, num_layers, visio
 
 MLLAMA_CHAT_TEMPLATE = (  # Llama 3.2 Vision: header-delimited turns closed by <|eot_id|>
     "<s>{% for message in messages %}<|start_header_id|>{{ message['role'] }}<|end_header_id|>\n\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<|image|>"
-    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}<|eot_id|>"
+    + message_content("<|image|>")
+    + "<|eot_id|>"
     "{% endfor %}{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n\n{% endif %}"
 )
 

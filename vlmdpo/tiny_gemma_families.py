@@ -5,15 +5,13 @@ builder signature and ``FAMILY_TOKENS`` as ``vlmdpo.tiny_families``.
 
 from __future__ import annotations
 
-from vlmdpo.tiny_families import _text_config, _vision_config
+from vlmdpo.tiny_families import _text_config, _vision_config, message_content
 
 GEMMA3_CHAT_TEMPLATE = (
     "<s>{% for message in messages %}<start_of_turn>"
     "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<start_of_image>"
-    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
+    + message_content("<start_of_image>")
+    + "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
 )
 
 def gemma3(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
@@ -40,10 +38,9 @@ def gemma3(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hi
 
 
 PALIGEMMA_CHAT_TEMPLATE = (  # PaliGemma has no chat turns: the prompt is a prefix, the response its suffix
-    "{% for message in messages %}{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<image>"
-    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{% if message['role'] == 'assistant' %}</s>{% endif %}{% endfor %}"
+    "{% for message in messages %}"
+    + message_content("<image>")
+    + "{% if message['role'] == 'assistant' %}</s>{% endif %}{% endfor %}"
 )
 
 
@@ -72,10 +69,8 @@ def paligemma(tokenizer, image_size, patch_size, hidden_size, num_layers, vision
 GEMMA4_CHAT_TEMPLATE = (  # Gemma 4's turns: <|turn>role\n ... <turn|>\n, the assistant's role named "model"
     "<s>{% for message in messages %}<|turn>"
     "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<|image|>"
-    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "<turn|>\n{% endfor %}{% if add_generation_prompt %}<|turn>model\n{% endif %}"
+    + message_content("<|image|>")
+    + "<turn|>\n{% endfor %}{% if add_generation_prompt %}<|turn>model\n{% endif %}"
 )
 
 

@@ -5,7 +5,7 @@ Qwen3-VL, Qwen3.5 and GLM-4V. The same builder signature as ``vlmdpo.tiny_famili
 
 from __future__ import annotations
 
-from vlmdpo.tiny_families import CHATML_IMAGE_CHAT_TEMPLATE, _text_config
+from vlmdpo.tiny_families import CHATML_IMAGE_CHAT_TEMPLATE, _text_config, message_content
 
 QWEN_CHAT_TEMPLATE = CHATML_IMAGE_CHAT_TEMPLATE.replace("IMAGE_PLACEHOLDER", "<|vision_start|><|image_pad|><|vision_end|>")
 
@@ -81,9 +81,8 @@ QWEN3_5_CHAT_TEMPLATE = (  # Qwen 3.5 thinks by default: the generation prompt o
     "{% if message['role'] == 'user' %}{% set ns.last_user = loop.index0 %}{% endif %}{% endfor %}"
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{% if message['role'] == 'assistant' and loop.index0 > ns.last_user %}<think>\n\n</think>\n\n{% endif %}"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}<|im_end|>\n"
+    + message_content("<|vision_start|><|image_pad|><|vision_end|>")
+    + "<|im_end|>\n"
     "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
     "{% if enable_thinking is defined and enable_thinking is false %}<think>\n\n</think>\n\n"
     "{% else %}<think>\n{% endif %}{% endif %}"
@@ -117,10 +116,8 @@ def qwen3_5(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_h
 GLM4V_CHAT_TEMPLATE = (  # GLM-4.1V: [gMASK]<sop>, role tokens open each turn and nothing closes one (the model
     # ends its answer with EOS, or starts the next <|user|>)
     "[gMASK]<sop>{% for message in messages %}<|{{ message['role'] }}|>\n"
-    "{% if message['content'] is string %}{{ message['content'] }}{% else %}"
-    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<|begin_of_image|><|image|><|end_of_image|>"
-    "{% elif block['type'] == 'text' %}{{ block['text'] }}{% endif %}{% endfor %}{% endif %}"
-    "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+    + message_content("<|begin_of_image|><|image|><|end_of_image|>")
+    + "{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
 
 
