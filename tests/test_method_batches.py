@@ -42,7 +42,7 @@ def weighted_words(batch, tokenizer, field, row):
 
 def test_dense_weights_fall_on_the_changed_words(built):
     _, processor = built
-    batch = MethodBatches(PreferenceCollator(processor), processor.tokenizer, LossConfig(dense_gamma=5.0))(rows())
+    batch = MethodBatches(PreferenceCollator(processor), LossConfig(dense_gamma=5.0))(rows())
     tokenizer = processor.tokenizer
     assert weighted_words(batch, tokenizer, "chosen", 0) == ["blue"]
     assert weighted_words(batch, tokenizer, "rejected", 0) == ["green"]
@@ -57,7 +57,7 @@ def test_dense_logps_are_the_weighted_sums_and_gamma_one_is_dpo(built, path):
     policy = lora_policy(copy.deepcopy(model))
     pad = processor.tokenizer.pad_token_id
     collate = PreferenceCollator(processor)
-    dense = MethodBatches(collate, processor.tokenizer, LossConfig(dense_gamma=5.0))(rows())
+    dense = MethodBatches(collate, LossConfig(dense_gamma=5.0))(rows())
     plain_batch = collate(rows())
     policy_out, _ = policy_and_reference_logps(policy, None, plain_batch, pad, path, with_reference=False)
     per_token, size = policy_out["per_token_logps"], len(rows())
@@ -83,14 +83,14 @@ def test_dense_logps_are_the_weighted_sums_and_gamma_one_is_dpo(built, path):
 
 def test_corrupted_batch_keeps_the_tokens_and_changes_the_pixels(built):
     _, processor = built
-    batch = MethodBatches(PreferenceCollator(processor), processor.tokenizer, LossConfig(losses="mdpo"), seed=3)(
+    batch = MethodBatches(PreferenceCollator(processor), LossConfig(losses="mdpo"), seed=3)(
         rows())
     corrupted = batch["corrupted"]
     assert "rejected_input_ids" not in corrupted
     assert torch.equal(corrupted["chosen_input_ids"], batch["chosen_input_ids"])
     assert torch.equal(corrupted["prompt_input_ids"], batch["prompt_input_ids"])  # same image-token count
     assert not torch.equal(corrupted["vision_inputs"]["pixel_values"], batch["vision_inputs"]["pixel_values"])
-    again = MethodBatches(PreferenceCollator(processor), processor.tokenizer, LossConfig(losses="mdpo"), seed=3)(
+    again = MethodBatches(PreferenceCollator(processor), LossConfig(losses="mdpo"), seed=3)(
         rows())
     assert torch.equal(again["corrupted"]["vision_inputs"]["pixel_values"], corrupted["vision_inputs"]["pixel_values"])
 
@@ -100,7 +100,7 @@ def test_mdpo_step_on_both_paths_and_no_signal_from_an_uncorrupted_image(built):
     policy = lora_policy(copy.deepcopy(model))
     pad = processor.tokenizer.pad_token_id
     config = LossConfig(losses="mdpo")
-    batch = MethodBatches(PreferenceCollator(processor), processor.tokenizer, config)(rows())
+    batch = MethodBatches(PreferenceCollator(processor), config)(rows())
     losses = {}
     for path in ("plain", "fast"):
         loss, metrics = dpo_step(policy, None, batch, config, pad_token_id=pad, forward_path=path)
@@ -177,11 +177,11 @@ def test_a_corrupted_images_column_is_what_the_conditional_term_sees(built):
     pairs = PreferenceDataset(conditional_pairs(source, method="noise", seed=5))
     loaded = [pairs[i] for i in range(len(pairs))]
     collate = PreferenceCollator(processor)
-    batch = MethodBatches(collate, processor.tokenizer, LossConfig(losses="mdpo"))(loaded)
+    batch = MethodBatches(collate, LossConfig(losses="mdpo"))(loaded)
     given = collate([{k: v for k, v in {**row, "images": row["corrupted_images"]}.items()
                       if k not in ("rejected", "corrupted_images")} for row in loaded])
     assert torch.equal(batch["corrupted"]["vision_inputs"]["pixel_values"], given["vision_inputs"]["pixel_values"])
-    on_the_fly = MethodBatches(collate, processor.tokenizer, LossConfig(losses="mdpo"))(
+    on_the_fly = MethodBatches(collate, LossConfig(losses="mdpo"))(
         [{k: v for k, v in row.items() if k != "corrupted_images"} for row in loaded])
     assert not torch.equal(on_the_fly["corrupted"]["vision_inputs"]["pixel_values"],
                            given["vision_inputs"]["pixel_values"])

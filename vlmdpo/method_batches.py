@@ -21,7 +21,7 @@ from vlmdpo.data import DataError
 from vlmdpo.dense_weights import completion_token_weights, word_weights
 
 
-def dense_token_weights(batch: dict, rows: list[dict], tokenizer, gamma: float) -> dict[str, torch.Tensor]:
+def dense_token_weights(batch: dict, tokenizer, gamma: float) -> dict[str, torch.Tensor]:
     """``{field}_token_weights`` (B, T) for the batch's responses, aligned with ``{field}_input_ids``: the
     responses' words as the collator kept them, diffed chosen against rejected."""
     fields = [f for f in ("chosen", "rejected") if f"{f}_input_ids" in batch]
@@ -29,7 +29,7 @@ def dense_token_weights(batch: dict, rows: list[dict], tokenizer, gamma: float) 
         raise ValueError("dense DPO weights come from the difference between chosen and rejected: the batch "
                          "has no rejected responses")
     out = {f"{field}_token_weights": torch.ones(batch[f"{field}_input_ids"].shape) for field in fields}
-    for i in range(len(rows)):
+    for i in range(batch["chosen_input_ids"].shape[0]):
         # the responses as collated (truncated to data.max_response_length where they were longer)
         texts = {field: tokenizer.decode(batch[f"{field}_input_ids"][i][batch[f"{field}_completion_mask"][i].bool()],
                                          skip_special_tokens=True).strip() for field in fields}
@@ -42,16 +42,13 @@ def dense_token_weights(batch: dict, rows: list[dict], tokenizer, gamma: float) 
 
 
 class MethodBatches:
-    """``collator(rows)`` plus the dense weights and the corrupted-image batch ``loss`` asks for."""
+    """``collator(rows)`` plus the dense weights and the corrupted-image batch ``loss`` asks for (the collator's
+    batch as it is when it asks for neither)."""
 
-    def __init__(self, collator, tokenizer, loss: LossConfig, seed: int = 0):
-        self.collator, self.tokenizer, self.seed = collator, tokenizer, seed
+    def __init__(self, collator, loss: LossConfig, seed: int = 0):
+        self.collator, self.tokenizer, self.seed = collator, collator.tokenizer, seed
         self.dense_gamma = loss.dense_gamma
         self.corruption = loss.corruption if loss.needs_corrupted_images else None
-
-    @property
-    def adds_anything(self) -> bool:
-        return self.dense_gamma != 1.0 or self.corruption is not None
 
     @property
     def max_response_length(self):
@@ -79,7 +76,7 @@ class MethodBatches:
     def __call__(self, rows: list[dict]) -> dict:
         batch = self.collator(rows)
         if self.dense_gamma != 1.0:
-            batch.update(dense_token_weights(batch, rows, self.tokenizer, self.dense_gamma))
+            batch.update(dense_token_weights(batch, self.tokenizer, self.dense_gamma))
         if self.corruption is not None:
             if not all(row["images"] for row in rows):
                 index = next(row.get("index") for row in rows if not row["images"])

@@ -186,16 +186,15 @@ def _train(config: Config) -> Path:
         output_dir.mkdir(parents=True, exist_ok=True)
         _start_folder(output_dir, cfg.resume, log)
     accelerator.wait_for_everyone()
-    batches = MethodBatches(collator, tokenizer, config.loss, cfg.seed)  # dense weights, corrupted images
-    pairs = checked_pairs(pairs, batches if batches.adds_anything else collator, policy.config, config, fingerprint,
-                          accelerator, log)
+    batches = MethodBatches(collator, config.loss, cfg.seed)  # dense weights, corrupted images
+    pairs = checked_pairs(pairs, batches, policy.config, config, fingerprint, accelerator, log)
     eval_rows = load_eval_rows(config)
 
     sampler = EpochShuffleSampler(len(pairs), cfg.seed)
     # the loader draws its workers' base seed from its own generator, not the global RNG: a resumed run
     # restores the global RNG (dropout's) from the checkpoint, and a new iterator must not move it
     loader = DataLoader(pairs, batch_size=cfg.batch_size, sampler=sampler,
-                        collate_fn=batches if batches.adds_anything else collator,
+                        collate_fn=batches,
                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
     steps_per_epoch = max(1, math.ceil(len(loader) / accelerator.num_processes / cfg.gradient_accumulation_steps))
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * steps_per_epoch))
