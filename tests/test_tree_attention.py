@@ -27,16 +27,42 @@ def close(actual, expected, tol=1e-5):
 
 
 def test_response_mask_is_bottom_right_causal_and_equals_the_explicit_mask():
+    """On a GPU the mask is SDPA's ``causal_lower_right``; on a CPU the same mask as one additive float mask
+    that every layer shares (one tensor for the backward, where SDPA would convert a boolean mask per call)."""
     layout = PairLayout((0,), (5,), ((3,),))
-    mask = layout.response_mask(3, 5, None, torch.device("cpu"))
-    assert isinstance(mask, CausalBias)
+    bias = layout.response_mask(3, 5, None, torch.device("cuda"))  # nothing is allocated on the device
+    assert isinstance(bias, CausalBias)
     explicit = torch.ones(3, 8, dtype=torch.bool)
     explicit[:, 5:] = torch.ones(3, 3, dtype=torch.bool).tril()  # the whole prompt, then its own past
-    assert torch.equal(mask._materialize(torch.device("cpu")), explicit)
+    assert torch.equal(bias._materialize(torch.device("cpu")), explicit)
+    cpu = layout.response_mask(3, 5, None, torch.device("cpu"))
+    assert cpu.dtype == torch.float32 and torch.equal(cpu == 0, explicit) and torch.isneginf(cpu[~explicit]).all()
+    assert layout.response_mask(3, 5, None, torch.device("cpu")) is cpu  # built once, for every layer
+    assert layout.response_mask(3, 5, None, torch.device("cpu"), torch.bfloat16).dtype == torch.bfloat16
     generator = torch.Generator().manual_seed(0)
     query, key, value = (torch.randn(1, 4, n, 8, generator=generator) for n in (3, 8, 8))
-    close(F.scaled_dot_product_attention(query, key, value, attn_mask=mask),
-          F.scaled_dot_product_attention(query, key, value, attn_mask=explicit))
+    expected = F.scaled_dot_product_attention(query, key, value, attn_mask=explicit)
+    close(F.scaled_dot_product_attention(query, key, value, attn_mask=bias), expected)
+    close(F.scaled_dot_product_attention(query, key, value, attn_mask=cpu), expected)
+
+
+def test_packed_calls_on_a_cpu_keep_one_mask_and_grouped_keys_for_the_backward():
+    """What the response calls keep for the backward on a CPU: the grouped keys and values (not repeated per
+    query head) and, across layers, one mask per response shape."""
+    generator = torch.Generator().manual_seed(3)
+    layout = PairLayout((0,), (6,), ((4, 3),))
+    query = torch.randn(1, 4, 13, 8, generator=generator, requires_grad=True)
+    key, value = (torch.randn(1, 2, 13, 8, generator=generator, requires_grad=True) for _ in range(2))
+    module = torch.nn.Module()
+    module.config = type("Config", (), {})()
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t) or t, lambda t: t):
+        for _layer in range(2):
+            tree_attention(module, query, key, value, layout)
+    response_keys = [t for t in saved if t.dim() == 4 and t.shape[2] > 6]  # prompt + response keys and values
+    assert response_keys and {t.shape[1] for t in response_keys} == {2}  # 2 key heads, not the queries' 4
+    masks = {t.untyped_storage().data_ptr() for t in saved if t.dim() == 2}
+    assert len(masks) == 2  # chosen's and rejected's mask, shared by both layers
 
 
 def test_window_mask_follows_the_transformers_rule():
@@ -48,14 +74,14 @@ def test_window_mask_follows_the_transformers_rule():
                               for k in range(prompt_len + length)] for q in range(prompt_len, prompt_len + length)])
     assert torch.equal(window_mask(length, prompt_len, window, torch.device("cpu")), expected)
     layout = PairLayout((0,), (prompt_len,), ((length,),))
-    assert torch.equal(layout.response_mask(length, prompt_len, window, torch.device("cpu")), expected)
+    assert torch.equal(layout.response_mask(length, prompt_len, window, torch.device("cpu")) == 0, expected)
     assert layout.prompt_mask(0, "sliding_attention", window, torch.device("cpu")).shape == (6, 6)
     assert layout.prompt_mask(0, "sliding_attention", 64, torch.device("cpu")) is None  # shorter than the window
 
 
 def test_grouped_keys_give_the_same_output_as_repeated_ones():
-    """Grouped-query attention: the response calls repeat grouped keys for the CausalBias kernels, the prompt
-    calls use SDPA's own grouping; both equal attention over explicitly repeated heads."""
+    """Grouped-query attention: SDPA's own grouping (and, for CausalBias on a GPU, repeated keys) equals
+    attention over explicitly repeated heads."""
     generator = torch.Generator().manual_seed(1)
     layout = PairLayout((0, 9), (4, 5), ((3, 2), (1, 4)))
     n = 9 + 5 + 1 + 4

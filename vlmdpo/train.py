@@ -151,6 +151,24 @@ PROBE_RESPONSE_TOKENS = 32
 """Response tokens per row of the two-pair probe batch that checks causality and the fast path before step 1."""
 
 
+def _checked_forward_path(policy, reference, processor, pairs: PreferenceDataset, config: Config, device,
+                          log) -> str:
+    """The forward path for the run, after checking the model on two pairs: responses scored causally
+    (``causality_problem``, raised as an error), and the fast path against the plain one (``choose_forward_path``).
+    The probe batch lives only here, not through training."""
+    pad_token_id = getattr(processor, "tokenizer", processor).pad_token_id
+    # responses cut short: the probes' plain-path pass keeps full-vocabulary logits of every response token,
+    # which for long responses and a large vocabulary would be the run's peak memory
+    probe_length = min(PROBE_RESPONSE_TOKENS, config.data.max_response_length or PROBE_RESPONSE_TOKENS)
+    probe_collator = PreferenceCollator(processor, config.data.max_prompt_length, probe_length)
+    probe = send_to_device(probe_collator([pairs[i] for i in range(min(2, len(pairs)))]), device)
+    problem = causality_problem(policy, probe, pad_token_id)
+    if problem is not None:
+        raise ValueError(f"{config.model.name_or_path}: {problem}")
+    models = [policy] + ([reference] if reference is not None else [])
+    return choose_forward_path(config.train.forward_path, models, probe, pad_token_id, log)
+
+
 def train(config: Config) -> Path:
     """Run DPO as configured; return the output folder (adapter + processor + metrics.jsonl).
 
@@ -208,17 +226,7 @@ def _train(config: Config) -> Path:
     accelerator.register_for_checkpointing(scheduler)
     if reference is not None:
         reference = reference.to(accelerator.device)
-    # two pairs to check the model on: causal scoring of responses, and the fast path against the plain one
-    # responses cut short: the probes' plain-path pass keeps full-vocabulary logits of every response token,
-    # which for long responses and a large vocabulary would be the run's peak memory
-    probe_length = min(PROBE_RESPONSE_TOKENS, config.data.max_response_length or PROBE_RESPONSE_TOKENS)
-    probe_collator = PreferenceCollator(processor, config.data.max_prompt_length, probe_length)
-    probe = send_to_device(probe_collator([pairs[i] for i in range(min(2, len(pairs)))]), accelerator.device)
-    problem = causality_problem(policy, probe, tokenizer.pad_token_id)
-    if problem is not None:
-        raise ValueError(f"{config.model.name_or_path}: {problem}")
-    forward_path = choose_forward_path(cfg.forward_path, [policy] + ([reference] if reference is not None else []),
-                                       probe, tokenizer.pad_token_id, log)
+    forward_path = _checked_forward_path(policy, reference, processor, pairs, config, accelerator.device, log)
     ref_logps = None
     if cfg.precompute_ref_logps and config.loss.needs_reference:
         ref_logps = precomputed_reference_logps(policy, reference, processor, pairs, collator, config,

@@ -5,7 +5,8 @@ prompt attends to itself as the model would have it (one ``is_causal`` SDPA call
 mask: Gemma 3's bidirectional image blocks, PaliGemma's prefix), so the prompt's keys and values are computed
 once; each response attends to the prompt plus its own past, one SDPA call per response with a causal mask
 aligned to the bottom right (``causal_lower_right``: FlashAttention's own convention when queries are fewer than
-keys, so on a GPU the call reaches the fused kernels). The rejected response never sees the chosen one.
+keys, so on a GPU the call reaches the fused kernels; on a CPU, which has no such kernels, the same mask built
+once per batch and shared by every layer). The rejected response never sees the chosen one.
 Sliding-window layers keep their window, counted from each response's own position after its prompt. That is
 the prompt's key/value cache shared by two continuations, inside one ordinary forward, so gradients reach the
 prompt and gradient checkpointing replays it unchanged (the layout travels in the forward's keyword
@@ -50,31 +51,49 @@ class PairLayout:
     prompt_masks: tuple[dict[str, torch.Tensor] | None, ...] | None = None
     _masks: dict = field(default_factory=dict, repr=False)
 
-    def prompt_mask(self, pair: int, layer_type: str, window: int | None, device) -> torch.Tensor | None:
-        """Pair ``pair``'s (P, P) prompt mask for a layer; ``None`` when it is plain causal (SDPA's
-        ``is_causal``)."""
+    def prompt_mask(self, pair: int, layer_type: str, window: int | None, device, dtype=torch.float32):
+        """Pair ``pair``'s (P, P) additive prompt mask for a layer (``additive_mask``); ``None`` when it is plain
+        causal (SDPA's ``is_causal``)."""
         own = self.prompt_masks[pair] if self.prompt_masks else None
         if own is not None and layer_type in own:
-            return own[layer_type].to(device)
+            return self._cached(("own", pair, layer_type, device, dtype),
+                                lambda: additive_mask(own[layer_type].to(device), dtype))
         length = self.prompt_lengths[pair]
         if window is None or length <= window:
             return None
-        return self._cached(("prompt", length, window, device), lambda: window_mask(length, 0, window, device))
+        return self._cached(("prompt", length, window, device, dtype),
+                            lambda: additive_mask(window_mask(length, 0, window, device), dtype))
 
-    def response_mask(self, length: int, prompt_len: int, window: int | None, device):
+    def response_mask(self, length: int, prompt_len: int, window: int | None, device, dtype=torch.float32):
         """The mask of a response of ``length`` tokens after a prompt of ``prompt_len``: it sees the whole prompt
-        and its own past, a causal mask aligned to the bottom right (``causal_lower_right``, which SDPA serves
-        with its FlashAttention / memory-efficient kernels on a GPU). With a sliding window shorter than
-        ``prompt_len + length``, an explicit boolean mask that also drops keys outside the window."""
+        and its own past, a causal mask aligned to the bottom right. Where SDPA has fused kernels (CUDA, XPU)
+        that is ``causal_lower_right``, which they serve without building the mask; elsewhere (a CPU builds it
+        on every call, as a new float mask kept for the backward), the same mask built once for every layer as
+        an ``additive_mask``. With a sliding window shorter than ``prompt_len + length``, an additive mask that
+        also drops keys outside the window."""
         if window is None or prompt_len + length <= window:
-            return causal_lower_right(length, prompt_len + length)
-        return self._cached(("response", length, prompt_len, window, device),
-                            lambda: window_mask(length, prompt_len, window, device))
+            if fused_kernels(device):
+                return causal_lower_right(length, prompt_len + length)
+            window = prompt_len + length
+        return self._cached(("response", length, prompt_len, window, device, dtype),
+                            lambda: additive_mask(window_mask(length, prompt_len, window, device), dtype))
 
     def _cached(self, key, build):
         if key not in self._masks:
             self._masks[key] = build()
         return self._masks[key]
+
+
+def fused_kernels(device) -> bool:
+    """Whether SDPA has FlashAttention / memory-efficient kernels on ``device`` (CUDA and XPU)."""
+    return torch.device(device).type in ("cuda", "xpu")
+
+
+def additive_mask(allowed: torch.Tensor, dtype) -> torch.Tensor:
+    """A boolean mask (True: attend) as the float mask SDPA adds to the scores: 0 where allowed, -inf elsewhere.
+    SDPA turns a boolean mask into this on every call and keeps that copy for the backward; one shared float
+    mask is kept once for all the layers that use it."""
+    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed, float("-inf"))
 
 
 def window_mask(length: int, prompt_len: int, window: int, device) -> torch.Tensor:
@@ -91,7 +110,7 @@ def _repeat_kv(tensor: torch.Tensor, groups: int) -> torch.Tensor:
 
 def _sdpa(query, key, value, groups: int, attn_mask=None, **kwargs) -> torch.Tensor:
     if isinstance(attn_mask, torch.nn.attention.bias.CausalBias):
-        # CausalBias dispatches to kernels that take as many key as query heads: repeat grouped keys here
+        # CausalBias's fused kernels take as many key as query heads: repeat grouped keys here
         return F.scaled_dot_product_attention(query, _repeat_kv(key, groups), _repeat_kv(value, groups),
                                               attn_mask=attn_mask, **kwargs)
     if groups > 1:
@@ -120,7 +139,7 @@ def tree_attention(module, query, key, value, layout: PairLayout, dropout: float
     for b, (start, prompt_len) in enumerate(zip(layout.starts, layout.prompt_lengths)):
         prompt = slice(start, start + prompt_len)
         prompt_key, prompt_value = key[:, :, prompt], value[:, :, prompt]
-        mask = layout.prompt_mask(b, kind, sliding_window, query.device)
+        mask = layout.prompt_mask(b, kind, sliding_window, query.device, query.dtype)
         outputs.append(_sdpa(query[:, :, prompt], prompt_key, prompt_value, groups, attn_mask=mask,
                              is_causal=mask is None, **options))
         offset = start + prompt_len
@@ -133,10 +152,10 @@ def tree_attention(module, query, key, value, layout: PairLayout, dropout: float
             else:
                 own_key = torch.cat([prompt_key, key[:, :, own]], dim=2)
                 own_value = torch.cat([prompt_value, value[:, :, own]], dim=2)
-            mask = layout.response_mask(length, prompt_len, sliding_window, query.device)
+            mask = layout.response_mask(length, prompt_len, sliding_window, query.device, query.dtype)
             outputs.append(_sdpa(query[:, :, own], own_key, own_value, groups, attn_mask=mask, **options))
             offset += length
-    return torch.cat(outputs, dim=2).transpose(1, 2).contiguous()
+    return torch.cat([output.transpose(1, 2) for output in outputs], dim=1)  # (1, N, H, D), one copy
 
 
 def placeholder_mask(device) -> torch.Tensor:
