@@ -228,9 +228,18 @@ class _maybe_profile:
 
 # --- the comparison -------------------------------------------------------------------------------------
 
-def run_in_subprocess(runner: str, argv: list[str]) -> dict:
+# glibc keeps freed blocks below its mmap threshold for reuse, and raises that threshold (up to 32 MiB) each time
+# a larger block is freed, so a CPU process's resident set also counts memory it has freed; fixed at 64 KiB, every
+# tensor-sized block is mapped and unmapped with its tensor, and the peak resident set follows the live tensors
+LIVE_MEMORY_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+
+
+def run_in_subprocess(runner: str, argv: list[str], live_memory: bool = False) -> dict:
+    import os
+
     command = [sys.executable, __file__, *argv, "--runner", runner]
-    done = subprocess.run(command, capture_output=True, text=True)
+    env = {**os.environ, **(LIVE_MEMORY_ENV if live_memory else {})}
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
     if done.returncode != 0:
         sys.stderr.write(done.stdout[-4000:] + done.stderr[-8000:])
         raise SystemExit(f"runner {runner} failed with exit code {done.returncode}")
@@ -313,7 +322,8 @@ def print_table(results: dict, summary: dict, args) -> None:
     print(f"DPO step, {args.pairs} pairs, {args.batch_size} pairs/step, {args.image_tokens} image tokens, "
           f"{args.scale} {args.model} model ({model['parameters'] / 1e9:.3f}B parameters; {args.dtype}, "
           f"{args.device}, {torch.get_num_threads()} threads"
-          f"{', gradient checkpointing' if args.gradient_checkpointing else ''})")
+          f"{', gradient checkpointing' if args.gradient_checkpointing else ''}"
+          f"{', live memory: glibc mmap threshold fixed' if args.live_memory else ''})")
     print(f"  {'runner':<20}{'pairs/s':>9}{'s/step':>9}{'peak MB':>10}{'train MB':>10}{'first loss':>13}")
     for name, r in results.items():
         timing = (f"{r['pairs_per_s']:>9.3f}{r['seconds_per_step']:>9.2f}" if r["pairs_per_s"]
@@ -346,6 +356,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--profile", action="store_true", help="print where vlmdpo's step time goes")
     parser.add_argument("--flops", action="store_true", help="count the steps' FLOPs (exact step, vlmdpo, TRL) "
                         "and compare with this machine's matmul rate")
+    parser.add_argument("--live-memory", action="store_true", help="run every runner with glibc's mmap threshold "
+                        f"fixed ({LIVE_MEMORY_ENV}), so that a CPU's peak resident set follows the peak of live "
+                        "tensors, as a GPU's peak allocated memory does (freed memory is not kept); slower: for the "
+                        "memory figures, not the speed")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of the table")
     parser.add_argument("--runner", choices=RUNNERS, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -367,7 +381,7 @@ def main(argv: list[str] | None = None) -> dict:
     own_argv = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
     results = {}
     for name in args.runners.split(","):
-        results[name] = run_in_subprocess(name, own_argv)
+        results[name] = run_in_subprocess(name, own_argv, args.live_memory)
         print(f"runner {name}: {json.dumps(results[name])}", file=sys.stderr, flush=True)  # kept if later ones fail
     summary = {"model": bench_setup.summary(model_dir), **compare(results, args.image_tokens)}
     if args.json:
