@@ -16,9 +16,9 @@ start values), on the same pairs in the same order (one image each, responses of
   completion positions (on CPUs it scores every position; its kernels fold to plain torch on a CPU).
 
 pairs/s is timed from the start of step 2 to the start of the last step (step 1 pays one-time costs). Peak
-memory on a CPU is the process's peak resident set (``*_peak_mb``) and, beside it, its growth over the
-resident set once the model is built (``*_train_mb``); on a GPU, the peak allocated GPU memory and its growth
-over what was allocated when the first step began.
+memory on a CPU is the process's peak resident set from the moment the model is built (``*_peak_mb``; loading
+is not counted) and, beside it, its growth over the resident set at that moment (``*_train_mb``); on a GPU, the
+peak allocated GPU memory from the first step on and its growth over what was allocated when it began.
 """
 
 from __future__ import annotations
@@ -41,15 +41,28 @@ RUNNERS = ("vlmdpo", "vlmdpo_precomputed", "trl", "trl_gpu_path")
 
 # --- measuring ----------------------------------------------------------------------------------------
 
-def _rss_mb() -> float:
+def _status_mb(field: str) -> float:
     with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmRSS")) / 1024
+        return next(int(line.split()[1]) for line in status if line.startswith(field)) / 1024
 
 
 def _peak_rss_mb() -> float:
+    """The process's peak resident set since it started (where VmHWM cannot be reset)."""
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _reset_peak_rss() -> bool:
+    """Start the process's peak resident set (VmHWM) afresh from its current one, so that the peak a runner
+    reports is that of training, not of loading the model (loading a bfloat16 checkpoint into a float32 model
+    holds both for a moment: at 2B parameters that is the whole peak). False where Linux does not allow it."""
+    try:
+        with open("/proc/self/clear_refs", "w") as refs:
+            refs.write("5")
+        return True
+    except OSError:
+        return False
 
 
 class StepClock:
@@ -57,11 +70,17 @@ class StepClock:
 
     def __init__(self, device: str):
         self.device, self.starts, self.first_loss, self.ready_mb = device, [], None, None
+        self.peak_since_ready = False
 
     def ready(self):
-        """Called once the model is built, before training; on a GPU the reference point is the first step."""
-        if self.device != "cuda":
-            self.ready_mb = _rss_mb()
+        """Called once the model is built, before training; on a GPU the reference point is the first step.
+        The peak is counted from here on (where the OS allows it on a CPU: ``peak_since_ready``)."""
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            self.peak_since_ready = True
+        else:
+            self.peak_since_ready = _reset_peak_rss()
+            self.ready_mb = _status_mb("VmRSS")
 
     def begin(self):
         if self.device == "cuda":
@@ -78,11 +97,15 @@ class StepClock:
         """Timings from 3 steps on; with fewer (a smoke run: ``--pairs 1 --batch-size 1``) they are None."""
         timed = len(self.starts) - 2
         seconds = self.starts[-1] - self.starts[1] if timed >= 1 else None
-        peak = torch.cuda.max_memory_allocated() / 2**20 if self.device == "cuda" else _peak_rss_mb()
+        if self.device == "cuda":
+            peak = torch.cuda.max_memory_allocated() / 2**20
+        else:
+            peak = _status_mb("VmHWM") if self.peak_since_ready else _peak_rss_mb()
         grown = peak - self.ready_mb
         return {"pairs_per_s": timed * batch_size / seconds if seconds else None,
                 "pairs": len(self.starts) * batch_size, "seconds_per_step": seconds / timed if seconds else None,
-                "timed_steps": max(timed, 0), "peak_mb": peak, "train_mb": grown, "first_loss": self.first_loss}
+                "timed_steps": max(timed, 0), "peak_mb": peak, "train_mb": grown, "first_loss": self.first_loss,
+                "peak_since_ready": self.peak_since_ready}
 
 
 # --- runners (each runs in a process of its own) --------------------------------------------------------
