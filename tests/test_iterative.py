@@ -114,6 +114,28 @@ def test_a_loop_started_again_redoes_only_what_did_not_finish(images, tmp_path):
     assert [r["round"] for r in reports] == [0, 1]
 
 
+def test_keeping_only_the_last_policy_deletes_the_older_ones_and_a_longer_loop_goes_on(images, tmp_path):
+    """``keep_policies="last"``: after two rounds only round 1's merged policy is on disk (round 0's folder keeps
+    its DONE marker and a PRUNED note); asked for a third round, the loop samples from round 1's policy, and
+    then deletes it."""
+    builder = SampledPairs([row[0] for row in images[:4]])
+    iterative_dpo(config(tmp_path / "loop"), builder, rounds=2, keep_policies="last")
+    round0, round1 = (tmp_path / "loop" / f"round-{k}" / "policy" for k in (0, 1))
+    assert sorted(path.name for path in round0.iterdir()) == ["DONE", "PRUNED"]
+    assert str(round1) in (round0 / "PRUNED").read_text()
+    last = policy_weight(round1)
+
+    again = SampledPairs(builder.images)
+    reports = iterative_dpo(config(tmp_path / "loop"), again, rounds=3, keep_policies="last")
+    assert [call["round"] for call in again.calls] == [2]  # rounds 0 and 1 were done
+    assert torch.equal(again.calls[0]["weight"], last)
+    assert sorted(path.name for path in round1.iterdir()) == ["DONE", "PRUNED"]
+    assert (tmp_path / "loop" / "round-2" / "policy" / "DONE").exists()
+    assert [r["round"] for r in reports] == [0, 1, 2]
+    with pytest.raises(ValueError, match="keep_policies must be one of"):
+        iterative_dpo(config(tmp_path / "other"), builder, rounds=1, keep_policies="none")
+
+
 def test_no_pairs_and_full_fine_tuning_are_refused_with_the_fix(tmp_path):
     def nothing(model, processor, round_index):
         return datasets.Dataset.from_dict({})
@@ -138,9 +160,10 @@ def test_the_command_line_runs_the_rounds_and_names_a_bad_builder(tmp_path, caps
     overrides = [f"{key}={value}" for key, value in {
         "train.output_dir": tmp_path / "loop", "train.max_steps": 1, "train.batch_size": 2, "train.progress": "false",
         "train.mixed_precision": "no", "model.name_or_path": tiny_vlm("llava")}.items()]
-    main(["iterate", *overrides, "--rounds", "2", "--pairs", "test_iterative:cli_pairs"])
+    main(["iterate", *overrides, "--rounds", "2", "--pairs", "test_iterative:cli_pairs", "--keep-policies", "last"])
     assert "rounds written to" in capsys.readouterr().out
     assert (tmp_path / "loop" / "round-1" / "policy" / "DONE").exists()
+    assert (tmp_path / "loop" / "round-0" / "policy" / "PRUNED").exists()
     assert "| 1 |" in (tmp_path / "loop" / "rounds.md").read_text()
     with pytest.raises(SystemExit):
         main(["iterate", *overrides, "--pairs", "test_iterative:no_such_builder"])

@@ -30,7 +30,8 @@ def _iterate(args) -> None:
     path = items.pop(0) if items and "=" not in items[0] else None
     config = load_config(path, items)
     evaluate = named_callable(args.evaluate, "--evaluate") if args.evaluate else None
-    iterative_dpo(config, named_callable(args.pairs, "--pairs"), args.rounds, evaluate=evaluate)
+    iterative_dpo(config, named_callable(args.pairs, "--pairs"), args.rounds, evaluate=evaluate,
+                  keep_policies=args.keep_policies)
     print(f"rounds written to {config.train.output_dir} (rounds.md)")
 
 
@@ -143,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     iterate.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
                          help="the training config each round uses (data.train is set per round)")
     iterate.add_argument("--rounds", type=int, default=3)
+    iterate.add_argument("--keep-policies", choices=["all", "last"], default="all",
+                         help="every round's merged policy (default), or only the newest one on disk")
     iterate.add_argument("--pairs", required=True, metavar="package.module:NAME",
                          help="build_pairs(model, processor, round) -> datasets.Dataset of preference rows")
     iterate.add_argument("--evaluate", default=None, metavar="package.module:NAME",

@@ -16,6 +16,9 @@ Round ``k`` lives in ``<train.output_dir>/round-<k>/``:
 
 Every finished part writes a ``DONE`` marker last, so a killed loop started again with the same arguments
 redoes only what did not finish (a killed training run resumes from its last checkpoint, as any run does).
+Each ``policy/`` is a full checkpoint; ``keep_policies="last"`` deletes a round's merged weights once the next
+round's policy is merged and reported (the folder keeps its ``DONE`` marker and a ``PRUNED`` note), so the disk
+holds one merged policy at a time, not one per round.
 ``rounds.json`` and ``rounds.md`` gather the rounds' reports, ``rounds.png`` plots the evaluated numbers by
 round.
 """
@@ -23,6 +26,7 @@ round.
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -62,10 +66,16 @@ def _mark_done(path: Path) -> None:
     (path / "DONE").write_text(time.strftime("%Y-%m-%d %H:%M:%S"))
 
 
+KEEP_POLICIES = ("all", "last")
+
+
 def iterative_dpo(config: Config, build_pairs: PairBuilder, rounds: int, *,
-                  evaluate: Evaluator | None = None) -> list[dict]:
+                  evaluate: Evaluator | None = None, keep_policies: str = "all") -> list[dict]:
     """Run ``rounds`` rounds of on-policy DPO from ``config.model.name_or_path``; return the reports (the
     starting policy's first when ``evaluate`` is given, then one per round).
+
+    ``keep_policies``: ``"all"`` keeps every round's merged policy; ``"last"`` only the newest one (an 8B model
+    merged in bfloat16 is about 16 GB a round).
 
     ``config`` is an ordinary training config; per round, ``model.name_or_path`` becomes the round's starting
     policy, ``data.train`` its pairs, ``train.output_dir`` its ``run/`` folder and ``train.seed`` the seed plus
@@ -75,6 +85,8 @@ def iterative_dpo(config: Config, build_pairs: PairBuilder, rounds: int, *,
 
     if rounds < 1:
         raise ConfigError(f"rounds must be >= 1, got {rounds}")
+    if keep_policies not in KEEP_POLICIES:
+        raise ConfigError(f"keep_policies must be one of {KEEP_POLICIES}, got {keep_policies!r}")
     if config.model.finetune != "lora":
         raise ConfigError("iterative DPO merges each round's LoRA adapter into the next round's policy: "
                          f"set model.finetune=lora (got {config.model.finetune!r})")
@@ -91,6 +103,8 @@ def iterative_dpo(config: Config, build_pairs: PairBuilder, rounds: int, *,
         merged = _merged_policy(run, policy, folder / "policy", config.model.dtype)
         report = _round_report(folder, index, policy, pairs, run, merged, evaluate, config.model.dtype)
         reports.append(report)
+        if keep_policies == "last" and index > 0:
+            _prune_policy(root / f"round-{index - 1}" / "policy", successor=merged)
         policy = str(merged)
     write_rounds_report(root, reports)
     return reports
@@ -130,6 +144,16 @@ def _merged_policy(run: Path, policy: str, folder: Path, dtype: str) -> Path:
         merge_adapter(str(run), str(folder), base=policy, dtype=dtype)
         _mark_done(folder)
     return folder
+
+
+def _prune_policy(folder: Path, successor: Path) -> None:
+    """Delete a merged policy's files, keeping its ``DONE`` marker (a restarted loop does not merge it again:
+    the rounds after it are done) and a ``PRUNED`` note that says which policy replaced it."""
+    if not (folder / "PRUNED").exists():
+        for path in folder.iterdir():
+            if path.name != "DONE":
+                shutil.rmtree(path) if path.is_dir() else path.unlink()
+        (folder / "PRUNED").write_text(f"deleted (keep_policies=last); the newest policy is {successor}\n")
 
 
 def _round_report(folder: Path, index: int, policy: str, pairs: Path, run: Path, merged: Path,
