@@ -9,6 +9,8 @@
 #     bash benchmarks/gpu_check.sh                 # logs into $OUT when set, else ./gpu_check_out
 #     BUDGET=470 PAIRS=24 bash benchmarks/gpu_check.sh
 #     INSTALL=0 bash benchmarks/gpu_check.sh       # the environment is already set up
+#     INSTALL=0 DEVICE=cpu DTYPE=float32 SCALE=small PAIRS=12 RUNS="qwen2_vl:256:30 llava:256:30" \
+#         bash benchmarks/gpu_check.sh              # a rehearsal on a CPU: every stage, small models
 #
 # Each stage runs under `timeout`, cut to what is left of BUDGET seconds; a stage that would get under its
 # minimum is skipped. summary.txt collects the lines that matter from each stage's log.
@@ -21,7 +23,11 @@ BUDGET=${BUDGET:-470}
 PAIRS=${PAIRS:-24}
 CACHE=${CACHE:-/tmp/vlmdpo-bench}
 INSTALL=${INSTALL:-1}
-export PY PAIRS CACHE
+DEVICE=${DEVICE:-cuda}
+DTYPE=${DTYPE:-bfloat16}
+SCALE=${SCALE:-large}
+RUNS=${RUNS:-qwen2_vl:1024:60 qwen2_vl:2304:60 llava:1024:100 llava:2304:110}  # model:image tokens:min seconds
+export PY PAIRS CACHE DEVICE DTYPE SCALE
 START=$(date +%s)
 export PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 SUMMARY="$OUT/summary.txt"
@@ -59,7 +65,7 @@ torch.cuda.get_device_name() if torch.cuda.is_available() else '', '| transforme
 }
 
 bench() {  # MODEL TOKENS
-    "$PY" benchmarks/bench_dpo.py --model "$1" --image-tokens "$2" --scale large --device cuda --dtype bfloat16 \
+    "$PY" benchmarks/bench_dpo.py --model "$1" --image-tokens "$2" --scale "$SCALE" --device "$DEVICE" --dtype "$DTYPE" \
         --gradient-checkpointing --runners vlmdpo,trl --pairs "$PAIRS" --threads 8 --flops --cache "$CACHE"
 }
 
@@ -68,7 +74,7 @@ export -f install bench
 grep -sE "^torch|, [0-9]+ MiB" "$OUT/install.log" >> "$SUMMARY"
 stage test_gpu 120 30 "$PY" -m pytest -q -p no:randomly -p no:cacheprovider tests/test_gpu.py
 tail -n 3 "$OUT/test_gpu.log" >> "$SUMMARY"
-for run in qwen2_vl:1024:60 qwen2_vl:2304:60 llava:1024:100 llava:2304:110; do
+for run in $RUNS; do
     IFS=: read -r model tokens min <<< "$run"
     stage "bench_${model}_${tokens}" 200 "$min" bench "$model" "$tokens"
     grep -E "^DPO step|^  (runner|vlmdpo |trl )|vlmdpo vs|first-step|TRL / vlmdpo|achieved|^runner|Error|error:" \
