@@ -57,12 +57,15 @@ class MethodBatches:
     def measure(self, row: dict) -> dict:
         """The collator's token counts of ``row`` (what ``vlmdpo.validate`` checks before training), refusing
         a row these additions cannot be made for."""
+        self._check_images(row)
+        return self.collator.measure(row)
+
+    def _check_images(self, row: dict) -> None:
         if self.corruption is not None and not row["images"]:
             raise DataError(row.get("index", 0), "images", "mDPO's conditional term compares the chosen response "
                             "given the image with the same response given a corrupted image, and this row has no "
                             "image", "give the row an image, drop it, or leave mdpo_conditional out of loss.losses",
                             kind="no_image_for_mdpo")
-        return self.collator.measure(row)
 
     def _corrupted_row(self, row: dict, position: int) -> dict:
         """The row's chosen response with its corrupted images: the dataset's ``corrupted_images`` column when it
@@ -78,10 +81,7 @@ class MethodBatches:
         if self.dense_gamma != 1.0:
             batch.update(dense_token_weights(batch, self.tokenizer, self.dense_gamma))
         if self.corruption is not None:
-            if not all(row["images"] for row in rows):
-                index = next(row.get("index") for row in rows if not row["images"])
-                raise ValueError(f"row {index}: mDPO's conditional term compares a response given the image with "
-                                 "the same response given a corrupted image, and this row has no image; give "
-                                 "every training row an image, or leave mdpo_conditional out of loss.losses")
+            for row in rows:  # the up-front check (measure) refuses these before training; a direct caller too
+                self._check_images(row)
             batch["corrupted"] = self.collator([self._corrupted_row(row, i) for i, row in enumerate(rows)])
         return batch

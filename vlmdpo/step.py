@@ -57,11 +57,12 @@ def dense_weighted(out: dict, batch: dict, normalize: bool) -> dict:
     and the batch's ``{field}_token_weights`` (``vlmdpo.method_batches``)."""
     per_token = out["per_token_logps"]
     batch_size, width = batch["prompt_input_ids"].shape[0], per_token.shape[1]
+
+    def padded(tensor, value):  # (B, T) of the batch to the log-probs' width
+        return torch.nn.functional.pad(tensor.to(per_token.device).float(), (0, width - tensor.shape[1]), value=value)
+
     weighted = dict(out)
     for i, field in enumerate(f for f in ("chosen", "rejected") if f"{f}_logps" in out):
-        def padded(tensor, value):
-            return torch.nn.functional.pad(tensor.to(per_token.device).float(), (0, width - tensor.shape[1]),
-                                           value=value)
         weighted[f"{field}_logps"] = weighted_logps(
             per_token[i * batch_size: (i + 1) * batch_size], padded(batch[f"{field}_completion_mask"], 0),
             padded(batch[f"{field}_token_weights"], 1), normalize=normalize)

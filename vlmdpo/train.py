@@ -23,9 +23,9 @@ from vlmdpo.checkpoints import (
     latest_checkpoint, remove_partial_checkpoints, resume, save_checkpoint, step_checkpoints,
 )
 from vlmdpo.collator import PreferenceCollator
-from vlmdpo.method_batches import MethodBatches
 from vlmdpo.config import Config, save_config
 from vlmdpo.data import PreferenceDataset
+from vlmdpo.method_batches import MethodBatches
 from vlmdpo.metrics_log import MetricsLog
 from vlmdpo.probes import causality_problem
 from vlmdpo.fast_logps import choose_forward_path
@@ -211,8 +211,7 @@ def _train(config: Config) -> Path:
     sampler = EpochShuffleSampler(len(pairs), cfg.seed)
     # the loader draws its workers' base seed from its own generator, not the global RNG: a resumed run
     # restores the global RNG (dropout's) from the checkpoint, and a new iterator must not move it
-    loader = DataLoader(pairs, batch_size=cfg.batch_size, sampler=sampler,
-                        collate_fn=batches,
+    loader = DataLoader(pairs, batch_size=cfg.batch_size, sampler=sampler, collate_fn=batches,
                         num_workers=cfg.num_workers, generator=torch.Generator().manual_seed(cfg.seed))
     steps_per_epoch = max(1, math.ceil(len(loader) / accelerator.num_processes / cfg.gradient_accumulation_steps))
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * steps_per_epoch))

@@ -74,7 +74,7 @@ class PairLayout:
         if window is None or prompt_len + length <= window:
             if fused_kernels(device):
                 return causal_lower_right(length, prompt_len + length)
-            window = prompt_len + length
+            window = prompt_len + length  # a window that cuts nothing: the bottom-right causal mask
         return self._cached(("response", length, prompt_len, window, device, dtype),
                             lambda: additive_mask(window_mask(length, prompt_len, window, device), dtype))
 
