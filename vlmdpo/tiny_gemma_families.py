@@ -7,12 +7,18 @@ from __future__ import annotations
 
 from vlmdpo.tiny_families import _text_config, _vision_config, message_content
 
-GEMMA3_CHAT_TEMPLATE = (
-    "<s>{% for message in messages %}<start_of_turn>"
-    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
-    + message_content("<start_of_image>")
-    + "<end_of_turn>\n{% endfor %}{% if add_generation_prompt %}<start_of_turn>model\n{% endif %}"
-)
+
+def gemma_chat_template(turn_start: str, turn_end: str, image_token: str) -> str:
+    """A Gemma chat template: each message as ``turn_start``, its role and a newline, its content, then
+    ``turn_end`` and a newline; the assistant's role is named "model"."""
+    return ("<s>{% for message in messages %}" + turn_start
+            + "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
+            + message_content(image_token)
+            + turn_end + "\n{% endfor %}{% if add_generation_prompt %}" + turn_start + "model\n{% endif %}")
+
+
+GEMMA3_CHAT_TEMPLATE = gemma_chat_template("<start_of_turn>", "<end_of_turn>", "<start_of_image>")
+
 
 def gemma3(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
            tie_word_embeddings=False):
@@ -66,12 +72,7 @@ def paligemma(tokenizer, image_size, patch_size, hidden_size, num_layers, vision
     return PaliGemmaForConditionalGeneration(config), processor
 
 
-GEMMA4_CHAT_TEMPLATE = (  # Gemma 4's turns: <|turn>role\n ... <turn|>\n, the assistant's role named "model"
-    "<s>{% for message in messages %}<|turn>"
-    "{{ 'model' if message['role'] == 'assistant' else message['role'] }}\n"
-    + message_content("<|image|>")
-    + "<turn|>\n{% endfor %}{% if add_generation_prompt %}<|turn>model\n{% endif %}"
-)
+GEMMA4_CHAT_TEMPLATE = gemma_chat_template("<|turn>", "<turn|>", "<|image|>")
 
 
 def gemma4(tokenizer, image_size, patch_size, hidden_size, num_layers, vision_hidden_size, vision_layers,
