@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import bench_dpo  # noqa: E402
+import bench_clock  # noqa: E402
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's /proc/self/clear_refs")
@@ -16,8 +16,8 @@ def test_the_peak_resident_set_is_counted_from_ready_on():
     loading = bytearray(400 * 2**20)
     loading[::4096] = b"\1" * len(loading[::4096])
     del loading
-    peak_with_loading = bench_dpo._status_mb("VmHWM")
-    clock = bench_dpo.StepClock("cpu")
+    peak_with_loading = bench_clock._status_mb("VmHWM")
+    clock = bench_clock.StepClock("cpu")
     clock.ready()
     training = bytearray(100 * 2**20)
     training[::4096] = b"\1" * len(training[::4096])
