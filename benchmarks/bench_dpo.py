@@ -10,7 +10,7 @@ LLaVA or Qwen2-VL layout) with the same LoRA (r=16 on the language model's linea
 start values), on the same pairs in the same order (one image each, responses of 30-300 tokens, 50-400 at
 ``--scale large``), 4 pairs per step:
 
-- ``vlmdpo``: ``vlmdpo.train.train`` as a user runs it (``train.forward_path=auto``);
+- ``vlmdpo``: ``vlmdpo.train.loop.train`` as a user runs it (``train.forward_path=auto``);
 - ``trl``: TRL's ``DPOTrainer`` as shipped (``pip install -e .[bench]``);
 - ``trl_gpu_path``: the same, made to take the branch it takes on GPUs, where its fused LM head scores only
   completion positions (on CPUs it scores every position; its kernels fold to plain torch on a CPU).
@@ -43,12 +43,13 @@ RUNNERS = ("vlmdpo", "vlmdpo_precomputed", "trl", "trl_gpu_path")
 # --- runners (each runs in a process of its own) --------------------------------------------------------
 
 def run_vlmdpo(args, model_dir: Path, data_dir: Path, out_dir: Path, precompute: bool) -> dict:
-    import vlmdpo.train as train_module
+    import vlmdpo.train.loop as train_module
+    import vlmdpo.train.setup as setup_module
     from vlmdpo.config import load_config
 
     clock = StepClock(args.device)
-    build_policy, dpo_step = train_module.build_policy, train_module.dpo_step
-    precomputed = train_module.precomputed_reference_logps
+    build_policy, dpo_step = setup_module.build_policy, train_module.dpo_step
+    precomputed = setup_module.precomputed_reference_logps
     precompute_seconds = []
 
     def timed_precompute(*precompute_args, **precompute_kwargs):
@@ -70,13 +71,13 @@ def run_vlmdpo(args, model_dir: Path, data_dir: Path, out_dir: Path, precompute:
         clock.loss(loss)
         return loss, metrics
 
-    class InOrder(train_module.EpochShuffleSampler):  # the runners must see the same first batch
+    class InOrder(setup_module.EpochShuffleSampler):  # the runners must see the same first batch
         def __iter__(self):
             return iter(range(self.size))
 
-    train_module.build_policy, train_module.dpo_step = build, step
-    train_module.precomputed_reference_logps = timed_precompute
-    train_module.EpochShuffleSampler = InOrder
+    setup_module.build_policy, train_module.dpo_step = build, step
+    setup_module.precomputed_reference_logps = timed_precompute
+    setup_module.EpochShuffleSampler = InOrder
     overrides = [
         f"model.name_or_path={model_dir}", f"model.dtype={args.dtype}", f"model.lora_r={bench_setup.LORA['r']}",
         f"model.lora_alpha={bench_setup.LORA['alpha']}", f"data.train={data_dir}", "data.max_response_length=null",
@@ -99,8 +100,8 @@ def _trl_dataset(data_dir: Path, processor):
     score what a template puts after the end-of-turn token (ChatML's newline after ``<|im_end|>``)."""
     import datasets
 
-    from vlmdpo.collator import PreferenceCollator
-    from vlmdpo.data import PreferenceDataset
+    from vlmdpo.data.collator import PreferenceCollator
+    from vlmdpo.data.rows import PreferenceDataset
 
     collator, raw = PreferenceCollator(processor), datasets.load_from_disk(str(data_dir))
     rendered = {"prompt": [], "chosen": [], "rejected": []}
@@ -122,7 +123,8 @@ def run_trl(args, model_dir: Path, data_dir: Path, out_dir: Path, gpu_path: bool
 
     from peft import LoraConfig
 
-    from vlmdpo.modeling import linear_module_names, load_model_and_processor
+    from vlmdpo.model.load import load_model_and_processor
+    from vlmdpo.model.lora import linear_module_names
 
     if gpu_path:  # score completion positions only, as on CUDA / XPU (the kernels still fold in torch)
         trl_utils._use_triton = lambda device: True

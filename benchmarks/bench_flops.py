@@ -174,8 +174,8 @@ def timed_flops(model_dir: Path, data_dir: Path, batch_size: int, image_tokens: 
     import datasets
     from transformers import AutoConfig, AutoProcessor
 
-    from vlmdpo.collator import PreferenceCollator
-    from vlmdpo.data import PreferenceDataset
+    from vlmdpo.data.collator import PreferenceCollator
+    from vlmdpo.data.rows import PreferenceDataset
 
     shapes = Shapes.of(AutoConfig.from_pretrained(model_dir), lora_r, image_tokens)
     pairs = PreferenceDataset(datasets.load_from_disk(str(data_dir)))

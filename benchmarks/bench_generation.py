@@ -1,7 +1,7 @@
 """Batched vs one-row-at-a-time generation on the same tiny VLM: python benchmarks/bench_generation.py.
 
 Both runs produce the same greedy responses (checked), so the ratio of their wall times is the speed-up that
-left-padded batching with the KV cache buys. Offline: the model is a random-weight ``vlmdpo.tiny_models`` VLM.
+left-padded batching with the KV cache buys. Offline: the model is a random-weight ``vlmdpo.tiny.models`` VLM.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 def _rows(num_rows: int, image_size: int) -> list[dict]:
     from data_recipes.shapes import build_shapes_dataset, povid_pairs
-    from vlmdpo.data import PreferenceDataset
+    from vlmdpo.data.rows import PreferenceDataset
 
     test = build_shapes_dataset(num_train=0, num_test=num_rows, image_size=image_size)["test"]
     pairs = PreferenceDataset(povid_pairs(test))
@@ -42,8 +42,8 @@ def main(argv: list[str] | None = None) -> float:
     args = parser.parse_args(argv)
 
     from vlmdpo.eval.generation import generate_responses
-    from vlmdpo.modeling import load_model_and_processor
-    from vlmdpo.tiny_models import tiny_vlm
+    from vlmdpo.model.load import load_model_and_processor
+    from vlmdpo.tiny.models import tiny_vlm
 
     torch.set_num_threads(args.threads)
     model, processor = load_model_and_processor(tiny_vlm(args.family))

@@ -40,8 +40,8 @@ class StepProfile:
         import accelerate
         import accelerate.optimizer
 
-        import vlmdpo.fast_logps as fast_logps
-        import vlmdpo.step as step_module
+        import vlmdpo.forward.fast as fast_logps
+        import vlmdpo.train.step as step_module
 
         def model_label(suffix):
             def label():
@@ -65,7 +65,7 @@ class StepProfile:
         self._start_operator_profile()
 
     def _start_operator_profile(self):
-        import vlmdpo.train as train_module
+        import vlmdpo.train.loop as train_module
 
         step = train_module.dpo_step
         profile = self

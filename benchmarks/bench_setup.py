@@ -65,7 +65,7 @@ def build_model(folder: Path, model: str, scale: str, image_tokens: int, seed: i
     """
     if (folder / "config.json").exists():
         return folder
-    from vlmdpo.tiny_models import train_tokenizer
+    from vlmdpo.tiny.models import train_tokenizer
 
     torch.manual_seed(seed)
     tokenizer = train_tokenizer()
@@ -87,7 +87,7 @@ def _llava(tokenizer, text: dict, vision: dict, image_tokens: int):
         LlavaProcessor,
     )
 
-    from vlmdpo.tiny_models import LLAVA_CHAT_TEMPLATE
+    from vlmdpo.tiny.models import LLAVA_CHAT_TEMPLATE
 
     pixels = image_size(image_tokens, "llava")
     vision_config = CLIPVisionConfig(image_size=pixels, patch_size=PATCH, hidden_size=vision["hidden"],
@@ -117,7 +117,7 @@ def _qwen2_vl(tokenizer, text: dict, vision: dict, image_tokens: int):
         Qwen2VLVideoProcessor,
     )
 
-    from vlmdpo.tiny_families import CHATML_CHAT_TEMPLATE
+    from vlmdpo.tiny.families import CHATML_CHAT_TEMPLATE
 
     token = tokenizer.convert_tokens_to_ids
     head_dim = text["hidden"] // text["heads"]
@@ -162,7 +162,7 @@ def build_pairs(folder: Path, processor, side: int, num_pairs: int, seed: int = 
     import numpy as np
     from PIL import Image
 
-    from vlmdpo.tiny_models import _CORPUS
+    from vlmdpo.tiny.models import _CORPUS
 
     rng = random.Random(seed)
     vocabulary = sorted(set(_CORPUS.replace(".", " ").replace(",", " ").replace("?", " ").split()))
@@ -228,7 +228,7 @@ def add_data_arguments(parser) -> None:
 
 def prepare(args) -> tuple[Path, Path]:
     """The model and pairs that ``args`` (``add_data_arguments``) name, built where missing."""
-    from vlmdpo.modeling import load_processor
+    from vlmdpo.model.load import load_processor
 
     model_dir = model_folder(args.cache, args.model, args.scale, args.image_tokens)
     build_model(model_dir, args.model, args.scale, args.image_tokens, device=args.device)

@@ -3,7 +3,7 @@
     python benchmarks/bench_validate.py --rows 2000 --image-size 336 --workers 1 2
 
 Writes ``--rows`` pairs (a PNG of ``--image-size`` pixels a side each, every tenth row broken) into a temporary
-folder, then times ``vlmdpo.validate.validate_rows`` with the tiny model's processor for each worker count and
+folder, then times ``vlmdpo.data.validate.validate_rows`` with the tiny model's processor for each worker count and
 prints rows per second and the speed-up over one worker. Same bad rows found with every worker count is checked.
 """
 
@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from vlmdpo.collator import PreferenceCollator
+from vlmdpo.data.collator import PreferenceCollator
 from vlmdpo.config import load_config
-from vlmdpo.modeling import load_processor, resolve_model_path
-from vlmdpo.run_data import load_pairs
-from vlmdpo.validate import validate_rows
+from vlmdpo.model.load import load_processor, resolve_model_path
+from vlmdpo.train.run_data import load_pairs
+from vlmdpo.data.validate import validate_rows
 
 
 def write_rows(folder: Path, rows: int, size: int) -> Path:

@@ -15,7 +15,7 @@ pairs, from the same base and with the same adapter, steps and learning rate:
   arXiv 2312.00849);
 - ``iterative_sft``: ``--rounds`` rounds of on-policy DPO + SFT (RLAIF-V, arXiv 2405.17220): each round
   samples pairs from the current policy on its own share of the alignment images and trains its share of the
-  steps (``vlmdpo.iterative``).
+  steps (``vlmdpo.train.iterative``).
 
 Each is evaluated on the held-out images (CHAIR_i, recall, POPE F1), and compared with the control by a paired
 bootstrap over images (``chair_i_change``, ``pope_f1_change``, 95%). A method "beats the control" on a seed
@@ -85,7 +85,7 @@ def iterative_run(config, data, judge, base: Path, rounds: int, losses: str, fol
     from data_recipes.shapes.rlaif import rlaif_pairs
     from data_recipes.shapes.stages import _device, _plain, align_overrides
     from vlmdpo.config import load_config
-    from vlmdpo.iterative import iterative_dpo
+    from vlmdpo.train.iterative import iterative_dpo
 
     settings = config.pairs
     train = data["train"]
@@ -114,7 +114,7 @@ def evaluate(config, data, model_path: Path, adapter: Path | None) -> dict:
     from vlmdpo.eval.objects import ObjectVocabulary
     from vlmdpo.eval.rows import eval_row
     from vlmdpo.eval.suite import evaluate_model
-    from vlmdpo.modeling import load_model_and_processor
+    from vlmdpo.model.load import load_model_and_processor
 
     test = povid_pairs(data["test"], seed=config.seed + 1)
     rows = [eval_row(test[i], i) for i in range(len(test))]

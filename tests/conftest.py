@@ -44,7 +44,7 @@ def end_of_turn(family):
 @pytest.fixture(scope="session")
 def tiny_model_dir(family, vlmdpo_cache):
     """Folder of the tiny model of ``family``, loadable with ``from_pretrained`` (built once a session)."""
-    from vlmdpo.tiny_models import tiny_vlm
+    from vlmdpo.tiny.models import tiny_vlm
 
     return tiny_vlm(family)
 
@@ -52,7 +52,7 @@ def tiny_model_dir(family, vlmdpo_cache):
 @pytest.fixture(scope="session")
 def tiny_model_and_processor(tiny_model_dir):
     """``(model, processor)`` loaded from ``tiny_model_dir`` in float32; tests must not modify the model."""
-    from vlmdpo.modeling import load_model_and_processor
+    from vlmdpo.model.load import load_model_and_processor
 
     model, processor = load_model_and_processor(tiny_model_dir)
     model.requires_grad_(False)

@@ -3,8 +3,8 @@ reference). Random draws come from local generators, never from the global RNG."
 
 import torch
 
-from vlmdpo.data import normalize_row
-from vlmdpo.modeling import apply_lora
+from vlmdpo.data.rows import normalize_row
+from vlmdpo.model.lora import apply_lora
 
 
 def rows_from(images, specs):
@@ -46,8 +46,8 @@ def lora_policy(model, parts=("language",), seed=0, r=4, alpha=8):
 def assert_fast_path_equals_plain(policy, batch, pad_token_id, grad_scale=None):
     """Fast path against plain path on ``batch``: summed log-probs to 1e-5, LoRA gradients of the DPO margin
     to 1e-4 (relative to the largest gradient, at least 1, when ``grad_scale="relative"``)."""
-    from vlmdpo.fast_logps import fast_completion_logps
-    from vlmdpo.logps import completion_logps
+    from vlmdpo.forward.fast import fast_completion_logps
+    from vlmdpo.forward.logps import completion_logps
 
     lora = [p.requires_grad_(True) for n, p in policy.named_parameters() if "lora_" in n]
     plain = completion_logps(policy, batch, pad_token_id)

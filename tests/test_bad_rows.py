@@ -8,13 +8,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import vlmdpo.train as train_module
+import vlmdpo.train.loop as train_module
 from vlmdpo.cli import main
-from vlmdpo.collator import PreferenceCollator
+from vlmdpo.data.collator import PreferenceCollator
 from vlmdpo.config import ConfigError, load_config
-from vlmdpo.data import DataError, load_preference_dataset
-from vlmdpo.run_data import load_pairs
-from vlmdpo.validate import BadRowsError, validate_rows
+from vlmdpo.data.rows import DataError, PreferenceDataset, load_preference_dataset
+from vlmdpo.train.run_data import load_pairs
+from vlmdpo.data.validate import BadRowsError, validate_rows
 
 PROMPT = "describe the image."
 
@@ -164,7 +164,7 @@ def test_skip_trains_on_every_good_row_and_lists_the_skipped(family, corpora, ti
         seen.extend(batch["index"])
         return step(policy, reference, batch, *args, **kwargs)
 
-    original_getitem = train_module.PreferenceDataset.__getitem__
+    original_getitem = PreferenceDataset.__getitem__
 
     def remember(self, position):
         row = original_getitem(self, position)
@@ -174,7 +174,7 @@ def test_skip_trains_on_every_good_row_and_lists_the_skipped(family, corpora, ti
     out = tmp_path / "run"
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(train_module, "dpo_step", capture)
-        patch.setattr(train_module.PreferenceDataset, "__getitem__", remember)
+        patch.setattr(PreferenceDataset, "__getitem__", remember)
         train_module.train(config_for(tiny_model_dir, path, out, "data.on_bad_row=skip", "train.num_epochs=1"))
     good = [i for i, (_, kind) in enumerate(corpus) if kind is None]
     assert sorted(seen) == good  # every good row once in the epoch, no bad one

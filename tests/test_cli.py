@@ -29,9 +29,9 @@ def run_failing(argv, capsys):
     (["demo", "align.step=3"], "vlmdpo: unknown key 'align.step'; did you mean 'align.steps'?"),
 ])
 def test_a_bad_config_is_one_line_and_exit_code_2(argv, line, capsys, monkeypatch):
-    import vlmdpo.train as train_module
+    import vlmdpo.train.setup as setup_module
 
-    monkeypatch.setattr(train_module, "build_policy", lambda *a: pytest.fail("the model loaded"))
+    monkeypatch.setattr(setup_module, "build_policy", lambda *a: pytest.fail("the model loaded"))
     code, err = run_failing(argv, capsys)
     assert code == 2 and len(err) == 1 and err[0].startswith(line), err
 

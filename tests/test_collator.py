@@ -5,8 +5,8 @@ Mllama's per-image and per-token outputs too)."""
 import pytest
 import torch
 
-from vlmdpo.collator import PreferenceCollator
-from vlmdpo.data import DataError, normalize_row
+from vlmdpo.data.collator import PreferenceCollator
+from vlmdpo.data.rows import DataError, normalize_row
 
 RESPONSES = [
     ("a large red circle.", "a small blue square."),
@@ -202,9 +202,9 @@ def test_per_token_and_per_image_outputs_of_gemma4_and_mllama_processors(images,
     processor's ``model_input_names`` list them; Mllama's 4-D ``cross_attention_mask`` is per token, and the plain
     path continues it over the responses with the last prompt position's value (what the end of the prompt sees,
     the responses see)."""
-    from vlmdpo.logps import concatenated_inputs
-    from vlmdpo.modeling import load_processor
-    from vlmdpo.tiny_models import tiny_vlm
+    from vlmdpo.forward.logps import concatenated_inputs
+    from vlmdpo.model.load import load_processor
+    from vlmdpo.tiny.models import tiny_vlm
 
     rows = make_rows(images, [(["square"], "describe the image.", *RESPONSES[1]),
                               (["wide", "tall"], "what is in the picture?", *RESPONSES[2])])

@@ -8,7 +8,7 @@ import datasets
 import pytest
 from PIL import Image
 
-from vlmdpo.data import DataError, PreferenceDataset, load_preference_dataset, normalize_row
+from vlmdpo.data.rows import DataError, PreferenceDataset, load_preference_dataset, normalize_row
 
 PROMPT = "describe the image."
 CHOSEN = "a large red circle."

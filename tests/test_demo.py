@@ -60,7 +60,7 @@ def test_second_run_reuses_cached_stages(quick_demo, capsys):
 def test_open_clip_vision_tower_maps_exactly_onto_llava(tmp_path):
     from data_recipes.shapes.base_model import build_base_vlm
     from data_recipes.shapes.judge import TINY_CLIP_CONFIG
-    from vlmdpo.judge import ClipJudge
+    from vlmdpo.eval.judge import ClipJudge
 
     config = copy.deepcopy(TINY_CLIP_CONFIG)
     config["vision_cfg"].update(patch_size=16)
@@ -173,8 +173,8 @@ def test_pairs_need_at_least_one_recipe(tmp_path):
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
 def test_tied_embeddings_share_one_matrix_and_survive_save_and_load(family, tmp_path):
-    from vlmdpo.modeling import load_model_and_processor
-    from vlmdpo.tiny_models import build_tiny_vlm
+    from vlmdpo.model.load import load_model_and_processor
+    from vlmdpo.tiny.models import build_tiny_vlm
 
     model, processor = build_tiny_vlm(family, tie_word_embeddings=True)
     assert model.get_output_embeddings().weight is model.get_input_embeddings().weight

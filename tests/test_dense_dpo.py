@@ -1,7 +1,7 @@
 """RLHF-V dense DPO weights (arXiv:2312.00849): word diffs, weights carried to tokens of the tiny models'
 real tokenizers and into collated batches, and the normalised weighted log-likelihood.
 
-Hand-worked weighted log-likelihood (module docstring of vlmdpo.dense_weights):
+Hand-worked weighted log-likelihood (module docstring of vlmdpo.methods.dense):
     per-token log-probs (-1, -2, -3), weights (1, 5, 1), all response tokens:
         sum = -1 - 10 - 3 = -14, N = 1 + 5 + 1 = 7, normalised -14 / 7 = -2
     the last token masked out: sum = -11, N = 6, normalised -11 / 6
@@ -10,12 +10,12 @@ Hand-worked weighted log-likelihood (module docstring of vlmdpo.dense_weights):
 import pytest
 import torch
 
-from vlmdpo.collator import PreferenceCollator
-from vlmdpo.data import normalize_row
-from vlmdpo.dense_weights import (completion_token_weights, text_token_weights, token_weights, weighted_logps,
+from vlmdpo.data.collator import PreferenceCollator
+from vlmdpo.data.rows import normalize_row
+from vlmdpo.methods.dense import (completion_token_weights, text_token_weights, token_weights, weighted_logps,
                                   word_weights)
-from vlmdpo.logps import completion_logps
-from vlmdpo.losses import sigmoid_dpo
+from vlmdpo.forward.logps import completion_logps
+from vlmdpo.methods.losses import sigmoid_dpo
 
 CHOSEN = "a large red circle next to a small blue square."
 REJECTED = "a large green circle next to a small blue triangle on a table."

@@ -4,11 +4,12 @@ import pytest
 import torch
 
 from data_recipes.shapes import build_shapes_dataset, povid_pairs
-from vlmdpo.collator import PreferenceCollator
-from vlmdpo.data import PreferenceDataset
+from vlmdpo.data.collator import PreferenceCollator
+from vlmdpo.data.rows import PreferenceDataset
 from vlmdpo.eval.generation import generate_responses, with_prompt
-from vlmdpo.modeling import apply_lora, load_model_and_processor
-from vlmdpo.tiny_models import tiny_vlm
+from vlmdpo.model.load import load_model_and_processor
+from vlmdpo.model.lora import apply_lora
+from vlmdpo.tiny.models import tiny_vlm
 
 
 @pytest.fixture(scope="module")

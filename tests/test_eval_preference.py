@@ -4,12 +4,13 @@ import pytest
 import torch
 
 from data_recipes.shapes import build_shapes_dataset, povid_pairs
-from vlmdpo.collator import PreferenceCollator
-from vlmdpo.data import PreferenceDataset
+from vlmdpo.data.collator import PreferenceCollator
+from vlmdpo.data.rows import PreferenceDataset
 from vlmdpo.eval.preference import preference_fit
-from vlmdpo.logps import completion_logps
-from vlmdpo.modeling import apply_lora, load_model_and_processor
-from vlmdpo.tiny_models import tiny_vlm
+from vlmdpo.forward.logps import completion_logps
+from vlmdpo.model.load import load_model_and_processor
+from vlmdpo.model.lora import apply_lora
+from vlmdpo.tiny.models import tiny_vlm
 
 from helpers import randomize_lora
 

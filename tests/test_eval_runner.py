@@ -16,8 +16,8 @@ from vlmdpo.eval.config import EvalConfig, load_eval_config
 from vlmdpo.eval.runner import evaluate, resolve_checkpoints
 from vlmdpo.eval.store import eval_settings, settings_hash
 from data_recipes.shapes.judge import TINY_CLIP_CONFIG
-from vlmdpo.merge import merge_adapter
-from vlmdpo.train import train
+from vlmdpo.model.merge import merge_adapter
+from vlmdpo.train.loop import train
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,16 @@ import pytest
 import torch
 
 from data_recipes.shapes import SHAPES_VOCABULARY, build_shapes_dataset, povid_pairs
-from vlmdpo.data import PreferenceDataset
+from vlmdpo.data.rows import PreferenceDataset
 from vlmdpo.eval import ObjectVocabulary, pope_metrics, suite
 from vlmdpo.eval.during_training import evaluate_during_training
 from vlmdpo.eval.preference import preference_fit
 from vlmdpo.eval.report import comparison_tables
 from data_recipes.shapes.judge import TINY_CLIP_CONFIG
-from vlmdpo.judge import ClipJudge
-from vlmdpo.modeling import apply_lora, load_model_and_processor
-from vlmdpo.tiny_models import tiny_vlm
+from vlmdpo.eval.judge import ClipJudge
+from vlmdpo.model.load import load_model_and_processor
+from vlmdpo.model.lora import apply_lora
+from vlmdpo.tiny.models import tiny_vlm
 
 
 @pytest.fixture(scope="module")

@@ -14,15 +14,16 @@ import torch
 from PIL import Image
 
 from helpers import randomize_lora
-from vlmdpo.collator import PreferenceCollator
-from vlmdpo.data import normalize_row
+from vlmdpo.data.collator import PreferenceCollator
+from vlmdpo.data.rows import normalize_row
 from vlmdpo.eval.generation import generate_responses
-from vlmdpo.fast_logps import fast_completion_logps, fast_path_problem
-from vlmdpo.logps import completion_logps
-from vlmdpo.modeling import apply_lora, load_model_and_processor
-from vlmdpo.tiny_models import tiny_vlm
+from vlmdpo.forward.fast import fast_completion_logps, fast_path_problem
+from vlmdpo.forward.logps import completion_logps
+from vlmdpo.model.load import load_model_and_processor
+from vlmdpo.model.lora import apply_lora
+from vlmdpo.tiny.models import tiny_vlm
 
-from vlmdpo.support import NEEDS_AN_IMAGE_PER_BATCH, TESTED_FAMILIES, support_matrix_markdown
+from vlmdpo.tiny.support import NEEDS_AN_IMAGE_PER_BATCH, TESTED_FAMILIES, support_matrix_markdown
 
 FAMILY_MATRIX = list(TESTED_FAMILIES)
 EXPECTED_FAST_PATH = {family: reason for family, (_, reason) in TESTED_FAMILIES.items()}
@@ -132,7 +133,7 @@ def test_fast_path_equals_plain_or_states_why_not(built):
 
 def test_lora_training_steps_change_only_lora_and_generation_is_batch_invariant(built, tmp_path):
     from vlmdpo.config import LossConfig
-    from vlmdpo.step import dpo_step
+    from vlmdpo.train.step import dpo_step
 
     family, model, processor = built
     model = copy.deepcopy(model)
@@ -177,7 +178,7 @@ def test_mllama_is_refused_at_load_because_its_own_forward_is_batch_dependent(vl
     fixes this, this test fails: list the family in ``TESTED_FAMILIES`` and lift the refusal."""
     from transformers import AutoModelForImageTextToText
 
-    from vlmdpo.modeling import load_processor
+    from vlmdpo.model.load import load_processor
 
     path = tiny_vlm("mllama")
     with pytest.raises(ValueError, match="mllama model, which vlmdpo refuses: its forward is batch-dependent"):
@@ -195,5 +196,5 @@ def test_the_readme_support_matrix_is_rendered_from_the_tested_families():
     from pathlib import Path
 
     readme = (Path(__file__).parents[1] / "README.md").read_text()
-    assert support_matrix_markdown() in readme, "regenerate with python -c 'from vlmdpo.support import *; " \
+    assert support_matrix_markdown() in readme, "regenerate with python -c 'from vlmdpo.tiny.support import *; " \
         "print(support_matrix_markdown())'"

@@ -5,17 +5,18 @@ with prompts of different lengths, multi-image rows and responses of different l
 import pytest
 import torch
 
-import vlmdpo.lm_head as lm_head_module
-from vlmdpo.collator import PreferenceCollator
+import vlmdpo.forward.lm_head as lm_head_module
+from vlmdpo.data.collator import PreferenceCollator
 from vlmdpo.config import load_config
-from vlmdpo.fast_logps import (
+from vlmdpo.forward.fast import (
     choose_forward_path, fast_completion_logps, fast_path_problem, packed_completion_logps, shares_image_features,
 )
-from vlmdpo.lm_head import head_logps
-from vlmdpo.logps import completion_logps, selective_log_softmax
-from vlmdpo.modeling import apply_lora, load_model_and_processor
-from vlmdpo.packing import pack_pairs, padding_stats
-from vlmdpo.step import dpo_step, policy_and_reference_logps
+from vlmdpo.forward.lm_head import head_logps
+from vlmdpo.forward.logps import completion_logps, selective_log_softmax
+from vlmdpo.model.load import load_model_and_processor
+from vlmdpo.model.lora import apply_lora
+from vlmdpo.forward.packing import pack_pairs, padding_stats
+from vlmdpo.train.step import dpo_step, policy_and_reference_logps
 
 from helpers import LONGER, ONE_IMAGE, SHORT, assert_fast_path_equals_plain, lora_policy, rows_from
 
@@ -257,7 +258,7 @@ def test_auto_falls_back_when_the_probe_disagrees(model_and_processor, batch, mo
 
 def test_full_finetuning_matches(model_and_processor, batch):
     """Everything trains (the head too: the autograd path of head_logps), the reference is a frozen copy."""
-    from vlmdpo.modeling import frozen_copy
+    from vlmdpo.model.lora import frozen_copy
 
     model, processor = model_and_processor
     pad = processor.tokenizer.pad_token_id
@@ -306,8 +307,8 @@ def test_ddp_wrapped_model_lets_the_model_apply_its_head(model_and_processor, ba
 def test_logit_transforms_are_applied_on_the_fast_path(family, setting, value, images, monkeypatch):
     """Aya Vision scales its logits, Gemma 4 soft-caps them (set here so far below the logits' range that the
     transform moves every log-prob): the fast path applies both exactly, and without them it would differ."""
-    import vlmdpo.fast_logps as fast_module
-    from vlmdpo.tiny_models import tiny_vlm
+    import vlmdpo.forward.fast as fast_module
+    from vlmdpo.tiny.models import tiny_vlm
 
     model, processor = load_model_and_processor(tiny_vlm(family))
     setattr(model.config.get_text_config(), setting, value)

@@ -9,11 +9,11 @@ import pytest
 from PIL import Image
 
 from vlmdpo.config import load_config
-from vlmdpo.data import DataError, PreferenceDataset
-from vlmdpo.formats import FormatError, apply_format, detect_format, known_formats
-from vlmdpo.metrics_log import read_metrics
-from vlmdpo.run_data import load_pairs
-from vlmdpo.train import train
+from vlmdpo.data.rows import DataError, PreferenceDataset
+from vlmdpo.data.formats import FormatError, apply_format, detect_format, known_formats
+from vlmdpo.eval.metrics_log import read_metrics
+from vlmdpo.train.run_data import load_pairs
+from vlmdpo.train.loop import train
 
 QUESTION = "What is in the picture?"
 CHOSEN, REJECTED = "A red square on white.", "A blue dog on a bench."
@@ -182,7 +182,7 @@ def options_overrides(options):
 
 @pytest.mark.parametrize("name", sorted(FIXTURES))
 def test_each_format_is_detected_and_reads_rows_the_collator_accepts(name, tmp_path, tiny_model_and_processor):
-    from vlmdpo.collator import PreferenceCollator
+    from vlmdpo.data.collator import PreferenceCollator
 
     writer, expected, options, count = FIXTURES[name]
     path = writer(tmp_path)

@@ -11,12 +11,12 @@ import pytest
 import torch
 from accelerate.utils import send_to_device
 
-from vlmdpo.collator import PreferenceCollator
+from vlmdpo.data.collator import PreferenceCollator
 from vlmdpo.config import load_config
-from vlmdpo.fast_logps import fast_completion_logps
-from vlmdpo.logps import completion_logps
-from vlmdpo.modeling import load_model_and_processor
-from vlmdpo.step import dpo_step
+from vlmdpo.forward.fast import fast_completion_logps
+from vlmdpo.forward.logps import completion_logps
+from vlmdpo.model.load import load_model_and_processor
+from vlmdpo.train.step import dpo_step
 
 from helpers import LONGER, ONE_IMAGE, SHORT, lora_policy, rows_from
 

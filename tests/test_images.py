@@ -1,4 +1,4 @@
-"""``vlmdpo.images``: every legal image comes out as the RGB picture a viewer shows, the rest are refused by
+"""``vlmdpo.data.images``: every legal image comes out as the RGB picture a viewer shows, the rest are refused by
 name (and a huge image before its pixels are decoded)."""
 
 import io
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vlmdpo.images import ImageError, load_image
+from vlmdpo.data.images import ImageError, load_image
 
 
 def saved(image, path, **kwargs):

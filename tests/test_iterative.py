@@ -1,4 +1,4 @@
-"""On-policy iterative DPO (``vlmdpo.iterative``): each round samples from the policy the previous round made,
+"""On-policy iterative DPO (``vlmdpo.train.iterative``): each round samples from the policy the previous round made,
 trains an ordinary run on the new pairs with that policy as reference, and merges; a loop started again
 redoes only what had not finished."""
 
@@ -11,10 +11,10 @@ import torch
 
 from data_recipes.shapes import build_shapes_dataset
 from vlmdpo.config import load_config
-from vlmdpo.data import normalize_row
+from vlmdpo.data.rows import normalize_row
 from vlmdpo.eval.generation import generate_responses
-from vlmdpo.iterative import iterative_dpo
-from vlmdpo.tiny_models import tiny_vlm
+from vlmdpo.train.iterative import iterative_dpo
+from vlmdpo.tiny.models import tiny_vlm
 
 PROMPT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "describe the image."}]}]
 
@@ -64,7 +64,7 @@ def config(output_dir, **more):
 
 
 def policy_weight(folder):
-    from vlmdpo.modeling import load_model_and_processor
+    from vlmdpo.model.load import load_model_and_processor
 
     return attention_weight(load_model_and_processor(str(folder))[0])
 

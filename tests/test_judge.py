@@ -1,4 +1,4 @@
-"""Tests for vlmdpo.judge (ClipJudge: scoring, saving, loading) and the shapes world's judge trainer
+"""Tests for vlmdpo.eval.judge (ClipJudge: scoring, saving, loading) and the shapes world's judge trainer
 (data_recipes.shapes.judge): a tiny open_clip judge trained on the CPU on solid-colour shapes.
 
 The judge is trained once per module (64 steps, ~10 s of one core) and shared by the tests.
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw
 
 from data_recipes.shapes.judge import TINY_CLIP_CONFIG, TINY_CLIP_NAME, train_clip_judge
-from vlmdpo.judge import HUB_CONFIG_NAME, WEIGHTS_NAME, ClipJudge
+from vlmdpo.eval.judge import HUB_CONFIG_NAME, WEIGHTS_NAME, ClipJudge
 
 COLOURS = {"red": (220, 30, 30), "green": (30, 170, 40), "blue": (30, 60, 220), "yellow": (230, 200, 20)}
 SHAPES = ("circle", "square")

@@ -22,8 +22,8 @@ PROBE = """
 import json, sys
 from pathlib import Path
 from vlmdpo.config import load_config
-from vlmdpo.modeling import load_model_and_processor
-from vlmdpo.train import train
+from vlmdpo.model.load import load_model_and_processor
+from vlmdpo.train.loop import train
 
 def status(key):  # kB
     line = next(l for l in Path("/proc/self/status").read_text().splitlines() if l.startswith(key + ":"))
@@ -62,7 +62,7 @@ def rlaif_v_parquet(path, rows):
 
 def peak_memory(model_dir, data, out, cache):
     env = {**os.environ, "HF_DATASETS_CACHE": str(cache), "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
-    prepare = "import sys; from vlmdpo.data import load_preference_dataset; load_preference_dataset(sys.argv[1])"
+    prepare = "import sys; from vlmdpo.data.rows import load_preference_dataset; load_preference_dataset(sys.argv[1])"
     subprocess.run([sys.executable, "-c", prepare, str(data)], env=env, check=True, capture_output=True, timeout=600)
     done = subprocess.run([sys.executable, "-c", PROBE, str(model_dir), str(data), str(out)], env=env,
                           capture_output=True, text=True, timeout=600)
@@ -87,7 +87,7 @@ def test_twenty_thousand_rows_load_lazily_and_inspect_in_seconds(family, tiny_mo
     assert growth < 48, growth  # decoding every image would add ~220 MiB
     assert above_model < 400, above_model
 
-    from vlmdpo.dataset_tools import inspect_dataset
+    from vlmdpo.data.tools import inspect_dataset
 
     start = time.perf_counter()
     report = inspect_dataset(str(large), plot=tmp_path / "lengths.png")

@@ -1,8 +1,10 @@
-"""The library stands apart from the recipes: importing any ``vlmdpo`` module (but the demo hook, the CLI)
-loads no ``data_recipes`` module, and no two ``vlmdpo`` modules import each other, even lazily."""
+"""The library's layout: importing any ``vlmdpo`` module (but the demo hook, the CLI) loads no ``data_recipes``
+module; no two ``vlmdpo`` modules import each other, even lazily; imports run one way down the layers
+(``LAYERS``), folder by folder; the README's layout section names every folder the package has."""
 
 import ast
 import json
+import re
 import pkgutil
 import subprocess
 import sys
@@ -21,7 +23,7 @@ def library_modules() -> list[str]:
 
 def test_the_library_imports_no_recipe():
     modules = library_modules()
-    assert {"vlmdpo.train", "vlmdpo.step", "vlmdpo.checkpoints", "vlmdpo.eval.runner"} <= set(modules)
+    assert {"vlmdpo.train.loop", "vlmdpo.train.step", "vlmdpo.train.checkpoints", "vlmdpo.eval.runner"} <= set(modules)
     script = ("import importlib, json, sys\n"
               f"for name in {modules!r}: importlib.import_module(name)\n"
               "print(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] == 'data_recipes')))")
@@ -80,5 +82,61 @@ def test_find_cycle_finds_one():
 
 def test_no_import_circle_inside_the_library():
     graph = import_graph()
-    assert "vlmdpo.step" in graph["vlmdpo.train"]  # the graph sees real imports
+    assert "vlmdpo.train.step" in graph["vlmdpo.train.loop"]  # the graph sees real imports
     assert find_cycle(graph) is None, find_cycle(graph)
+
+
+LAYERS = [
+    ("vlmdpo", "vlmdpo.names"),
+    ("vlmdpo.tiny",),
+    ("vlmdpo.data",),
+    ("vlmdpo.model",),
+    ("vlmdpo.forward",),
+    ("vlmdpo.methods",),
+    ("vlmdpo.config", "vlmdpo.config_reference"),
+    ("vlmdpo.eval",),
+    ("vlmdpo.train",),
+    ("vlmdpo.show",),
+    ("vlmdpo.cli",),
+]
+"""Bottom to top: a module may import its own layer's modules and those of the layers below, never above."""
+
+
+def layer_of(module: str) -> int:
+    """The index in ``LAYERS`` of the longest entry that is ``module`` or a package holding it."""
+    matches = [(len(name), i) for i, names in enumerate(LAYERS) for name in names
+               if module == name or (module.startswith(name + ".") and name != "vlmdpo")]
+    assert matches, f"{module} is in no layer of tests/test_layout.py: add its folder to LAYERS"
+    return max(matches)[1]
+
+
+def test_layer_of_places_modules_by_folder():
+    assert layer_of("vlmdpo.data.readers.question") == layer_of("vlmdpo.data") == 2
+    assert layer_of("vlmdpo.config") == layer_of("vlmdpo.config_reference") < layer_of("vlmdpo.eval.config")
+    assert layer_of("vlmdpo") == 0
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """Every import that runs from a lower layer up to a higher one, as ``importer -> imported``."""
+    return sorted(f"{module} -> {target}" for module, targets in graph.items() for target in targets
+                  if layer_of(target) > layer_of(module))
+
+
+def test_upward_imports_are_found():
+    assert upward_imports({"vlmdpo.data.rows": {"vlmdpo.train.step"}, "vlmdpo.train.step": {"vlmdpo.data.rows"}}) \
+        == ["vlmdpo.data.rows -> vlmdpo.train.step"]
+
+
+def test_imports_run_one_way_down_the_layers():
+    graph = import_graph()
+    assert "vlmdpo.data.rows" in graph["vlmdpo.data.collator"]
+    assert upward_imports(graph) == []
+
+
+def test_the_readme_layout_names_every_folder():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    section = readme[readme.index("## Layout"):]
+    named = set(re.findall(r"`vlmdpo/(\w+)/`", section))
+    folders = {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
+    assert named == folders, f"README layout names {sorted(named)}, the package has {sorted(folders)}"
+    assert {names[0].split(".")[-1] for names in LAYERS[1:] if "." in names[0]} >= folders

@@ -4,10 +4,10 @@ selective log-softmax."""
 import pytest
 import torch
 
-import vlmdpo.logps as logps_module
-from vlmdpo.collator import PreferenceCollator
-from vlmdpo.data import normalize_row
-from vlmdpo.logps import completion_logps, selective_log_softmax
+import vlmdpo.forward.logps as logps_module
+from vlmdpo.data.collator import PreferenceCollator
+from vlmdpo.data.rows import normalize_row
+from vlmdpo.forward.logps import completion_logps, selective_log_softmax
 
 from helpers import LONGER, ONE_IMAGE, SHORT, rows_from
 

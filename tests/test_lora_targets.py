@@ -4,8 +4,9 @@ name, the vision tower and projector by part, and never a mixture-of-experts rou
 import pytest
 import torch.nn as nn
 
-from vlmdpo.modeling import is_router, linear_module_names, load_model_and_processor
-from vlmdpo.tiny_models import tiny_vlm
+from vlmdpo.model.load import load_model_and_processor
+from vlmdpo.model.lora import is_router, linear_module_names
+from vlmdpo.tiny.models import tiny_vlm
 
 
 @pytest.mark.parametrize("family, language_prefix", [("llava", "model.language_model."),

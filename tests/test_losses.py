@@ -11,7 +11,7 @@ import math
 import pytest
 import torch
 
-from vlmdpo.losses import LOSSES, MPO, combined_loss, rewards
+from vlmdpo.methods import LOSSES, MPO, combined_loss, rewards
 
 LN2, LN3, LN4_3, LN4 = math.log(2), math.log(3), math.log(4 / 3), math.log(4)
 
@@ -168,11 +168,16 @@ LENGTHS = dict(chosen_lengths=t(4.0, 6.0, 5.0), rejected_lengths=t(3.0, 8.0, 2.0
                policy_corrupted_chosen_logps=t(-5.0, -12.0, -7.5), ref_corrupted_chosen_logps=t(-5.0, -12.0, -7.5))
 
 
+def call(name, *logps, **inputs):
+    """``LOSSES[name]`` with the inputs it takes (as ``combined_loss`` hands them out)."""
+    return LOSSES[name](*logps, **{key: value for key, value in inputs.items() if key in LOSSES[name].keywords})
+
+
 @pytest.mark.parametrize("name", sorted(LOSSES))
 def test_low_precision_inputs_give_float32_per_pair_losses(name):
     inputs = [x.to(torch.bfloat16) for x in equal_policy_and_ref()]
     lengths = {k: v.to(torch.int64 if k.endswith("lengths") else torch.bfloat16) for k, v in LENGTHS.items()}
-    out = LOSSES[name](*inputs, beta=0.1, **lengths)
+    out = call(name, *inputs, beta=0.1, **lengths)
     assert out.shape == (3,) and out.dtype == torch.float32
 
 
@@ -181,7 +186,7 @@ def test_raising_chosen_logp_lowers_loss(name):
     # At pi == ref every loss still wants the chosen response likelier (hinge: 1 - beta h with h = 0).
     policy_chosen, *rest = equal_policy_and_ref()
     policy_chosen = policy_chosen.clone().requires_grad_(True)
-    LOSSES[name](policy_chosen, *rest, beta=0.1, **LENGTHS).sum().backward()
+    call(name, policy_chosen, *rest, beta=0.1, **LENGTHS).sum().backward()
     assert (policy_chosen.grad < 0).all()
 
 
@@ -253,3 +258,32 @@ def test_combined_unknown_name_lists_known_names():
 def test_combined_rejects_bad_specs(losses, match):
     with pytest.raises(ValueError, match=match):
         combined_loss(losses, *chosen_ratio_ln3())
+
+
+def test_combined_refuses_a_keyword_no_loss_takes():
+    with pytest.raises(TypeError, match=r"no registered loss takes \['betta'\]"):
+        combined_loss(MPO, *chosen_ratio_ln3(), betta=1.0)
+
+
+def test_each_term_gets_only_the_keywords_it_names():
+    # simpo's gamma reaches simpo and not sigmoid: h = ln 3 at beta 1 -> -log s(ln 3) = ln(4/3) for sigmoid;
+    # simpo: beta * (pi_c / 1 - pi_r / 1) - gamma = (-1 + 2) - 1 = 0 -> -log s(0) = ln 2
+    lengths = {"chosen_lengths": t(1.0), "rejected_lengths": t(1.0)}
+    _, parts = combined_loss([("sigmoid", 1.0), ("simpo", 1.0)], *chosen_ratio_ln3(), beta=1.0,
+                             simpo_gamma=1.0, **lengths)
+    check(parts["sigmoid"], LN4_3)
+    check(parts["simpo"], LN2)
+
+
+@pytest.mark.parametrize("name", sorted(LOSSES))
+def test_a_loss_called_directly_refuses_a_setting_it_does_not_take(name):
+    with pytest.raises(TypeError):
+        LOSSES[name](*chosen_ratio_ln3(), no_such_setting=1.0)
+
+
+def test_the_registry_says_what_each_term_reads():
+    reference_free = {name for name, term in LOSSES.items() if not term.reference}
+    chosen_only = {name for name, term in LOSSES.items() if not term.rejected}
+    assert reference_free == {"simpo", "sft"}
+    assert chosen_only == {"sft", "mdpo_conditional", "mdpo_anchor"}
+    assert LOSSES["bco_pair"].keywords == {"beta", "bco_delta"}

@@ -13,12 +13,14 @@ import numpy as np
 import pytest
 import torch
 
-from vlmdpo.collator import PreferenceCollator
+from vlmdpo.data.collator import PreferenceCollator
 from PIL import Image, ImageDraw
 
-from vlmdpo.corrupt import CORRUPTIONS, add_noise, corrupt_image, corrupt_row_images, crop_resize, mask_patches
-from vlmdpo.logps import completion_logps
-from vlmdpo.losses import CHOSEN_ONLY, CORRUPTED_IMAGE, LOSSES, MDPO, combined_loss
+from vlmdpo.methods.corrupt import CORRUPTIONS, add_noise, corrupt_image, corrupt_row_images, crop_resize, mask_patches
+from vlmdpo.forward.logps import completion_logps
+from vlmdpo.config import LossConfig
+from vlmdpo.methods import LOSSES, MDPO, build_methods, combined_loss
+from vlmdpo.methods.mdpo import CorruptedImages
 
 from helpers import LONGER, ONE_IMAGE, lora_policy, rows_from
 
@@ -89,7 +91,7 @@ def test_losses_are_float32_per_pair_from_bfloat16():
     pc, pr, rc, rr = (x.repeat(3).to(torch.bfloat16) for x in chosen_ratio_ln3())
     extra = {k: v.repeat(3).to(torch.bfloat16) for k, v in corrupted(-2.0, -2.0).items()}
     for name in ("mdpo_conditional", "mdpo_anchor"):
-        out = LOSSES[name](pc, pr, rc, rr, beta=0.1, **extra)
+        out = LOSSES[name](pc, pr, rc, rr, beta=0.1, **(extra if name == "mdpo_conditional" else {}))
         assert out.shape == (3,) and out.dtype == torch.float32
 
 
@@ -102,17 +104,22 @@ def test_mdpo_preset_sums_three_terms():
         check(value, LN4_3)
 
 
-def test_registry_sets():
-    assert {"mdpo_conditional", "mdpo_anchor"} <= CHOSEN_ONLY
-    assert CORRUPTED_IMAGE == {"mdpo_conditional"}
+def test_registry_says_what_the_terms_read():
+    assert not LOSSES["mdpo_conditional"].rejected and not LOSSES["mdpo_anchor"].rejected
+    assert LOSSES["mdpo_conditional"].reference and LOSSES["mdpo_anchor"].reference
+    # only the conditional term brings the corrupted-image pass
+    assert [type(m) for m in build_methods(LossConfig(losses="mdpo"))] == [CorruptedImages]
+    assert build_methods(LossConfig(losses="sigmoid+mdpo_anchor")) == []
+    assert LossConfig(losses="mdpo").responses == ("chosen", "rejected")
+    assert LossConfig(losses="mdpo_conditional+mdpo_anchor").responses == ("chosen",)
 
 
 # --- a real tiny model: the conditional term has no gradient when the images are equal ---------------
 
 @pytest.fixture(scope="module")
 def policy_and_collator():
-    from vlmdpo.modeling import load_model_and_processor
-    from vlmdpo.tiny_models import tiny_vlm
+    from vlmdpo.model.load import load_model_and_processor
+    from vlmdpo.tiny.models import tiny_vlm
 
     model, processor = load_model_and_processor(tiny_vlm("qwen2_vl"))  # our own copy: LoRA wraps it in place
     policy = lora_policy(model, seed=3).eval()  # eval: no dropout, so two forwards of one batch agree
@@ -189,7 +196,7 @@ def test_conditional_has_a_gradient_with_a_really_corrupted_image(policy_and_col
     assert any(torch.count_nonzero(g) > 0 for g in grads.values())
 
 
-# --- image corruptions (vlmdpo.corrupt) ---------------------------------------------------------------
+# --- image corruptions (vlmdpo.methods.corrupt) ---------------------------------------------------------------
 
 SIZES = [(32, 32), (64, 32), (24, 48), (57, 91), (100, 37)]
 
@@ -212,7 +219,7 @@ CASES = [("crop_resize", {}), ("crop_resize", {"keep": (0.0, 0.2)}), ("noise", {
 def qwen2_vl_image_processor():
     from transformers import AutoProcessor
 
-    from vlmdpo.tiny_models import tiny_vlm
+    from vlmdpo.tiny.models import tiny_vlm
 
     return AutoProcessor.from_pretrained(tiny_vlm("qwen2_vl")).image_processor
 

@@ -1,5 +1,5 @@
 """Dense DPO's token weights and mDPO's corrupted-image batch, from the collator to the step
-(``vlmdpo.method_batches``, ``vlmdpo.step.dpo_step``), on a real tiny model, both forward paths."""
+(``vlmdpo.methods``, ``vlmdpo.train.step.dpo_step``), on a real tiny model, both forward paths."""
 
 import copy
 import math
@@ -9,13 +9,13 @@ import torch
 from PIL import Image
 
 from helpers import lora_policy
-from vlmdpo.collator import PreferenceCollator
+from vlmdpo.data.collator import PreferenceCollator
 from vlmdpo.config import ConfigError, LossConfig, load_config
-from vlmdpo.data import normalize_row
-from vlmdpo.method_batches import MethodBatches
-from vlmdpo.modeling import load_model_and_processor
-from vlmdpo.step import dpo_step, policy_and_reference_logps
-from vlmdpo.tiny_models import tiny_vlm
+from vlmdpo.data.rows import normalize_row
+from vlmdpo.methods import MethodCollator, build_methods
+from vlmdpo.model.load import load_model_and_processor
+from vlmdpo.train.step import dpo_step, policy_and_reference_logps
+from vlmdpo.tiny.models import tiny_vlm
 
 PAIRS = [("describe the image.", "a red circle and a blue square.", "a red circle and a green square."),
          ("what is there?", "two small stars.", "two small stars and a big dog.")]
@@ -42,7 +42,7 @@ def weighted_words(batch, tokenizer, field, row):
 
 def test_dense_weights_fall_on_the_changed_words(built):
     _, processor = built
-    batch = MethodBatches(PreferenceCollator(processor), LossConfig(dense_gamma=5.0))(rows())
+    batch = MethodCollator(PreferenceCollator(processor), build_methods(LossConfig(dense_gamma=5.0)))(rows())
     tokenizer = processor.tokenizer
     assert weighted_words(batch, tokenizer, "chosen", 0) == ["blue"]
     assert weighted_words(batch, tokenizer, "rejected", 0) == ["green"]
@@ -57,7 +57,7 @@ def test_dense_logps_are_the_weighted_sums_and_gamma_one_is_dpo(built, path):
     policy = lora_policy(copy.deepcopy(model))
     pad = processor.tokenizer.pad_token_id
     collate = PreferenceCollator(processor)
-    dense = MethodBatches(collate, LossConfig(dense_gamma=5.0))(rows())
+    dense = MethodCollator(collate, build_methods(LossConfig(dense_gamma=5.0)))(rows())
     plain_batch = collate(rows())
     policy_out, _ = policy_and_reference_logps(policy, None, plain_batch, pad, path, with_reference=False)
     per_token, size = policy_out["per_token_logps"], len(rows())
@@ -83,14 +83,14 @@ def test_dense_logps_are_the_weighted_sums_and_gamma_one_is_dpo(built, path):
 
 def test_corrupted_batch_keeps_the_tokens_and_changes_the_pixels(built):
     _, processor = built
-    batch = MethodBatches(PreferenceCollator(processor), LossConfig(losses="mdpo"), seed=3)(
+    batch = MethodCollator(PreferenceCollator(processor), build_methods(LossConfig(losses="mdpo"), 3))(
         rows())
     corrupted = batch["corrupted"]
     assert "rejected_input_ids" not in corrupted
     assert torch.equal(corrupted["chosen_input_ids"], batch["chosen_input_ids"])
     assert torch.equal(corrupted["prompt_input_ids"], batch["prompt_input_ids"])  # same image-token count
     assert not torch.equal(corrupted["vision_inputs"]["pixel_values"], batch["vision_inputs"]["pixel_values"])
-    again = MethodBatches(PreferenceCollator(processor), LossConfig(losses="mdpo"), seed=3)(
+    again = MethodCollator(PreferenceCollator(processor), build_methods(LossConfig(losses="mdpo"), 3))(
         rows())
     assert torch.equal(again["corrupted"]["vision_inputs"]["pixel_values"], corrupted["vision_inputs"]["pixel_values"])
 
@@ -100,7 +100,7 @@ def test_mdpo_step_on_both_paths_and_no_signal_from_an_uncorrupted_image(built):
     policy = lora_policy(copy.deepcopy(model))
     pad = processor.tokenizer.pad_token_id
     config = LossConfig(losses="mdpo")
-    batch = MethodBatches(PreferenceCollator(processor), config)(rows())
+    batch = MethodCollator(PreferenceCollator(processor), build_methods(config))(rows())
     losses = {}
     for path in ("plain", "fast"):
         loss, metrics = dpo_step(policy, None, batch, config, pad_token_id=pad, forward_path=path)
@@ -121,8 +121,8 @@ def test_mdpo_step_on_both_paths_and_no_signal_from_an_uncorrupted_image(built):
 def test_training_runs_mdpo_with_dense_weights(tmp_path):
     import datasets
 
-    from vlmdpo.metrics_log import read_metrics
-    from vlmdpo.train import train
+    from vlmdpo.eval.metrics_log import read_metrics
+    from vlmdpo.train.loop import train
 
     data = datasets.Dataset.from_list([{"images": [Image.new("RGB", (32, 32), (40 * i, 90, 200))],
                                         "prompt": prompt, "chosen": chosen, "rejected": rejected}
@@ -148,8 +148,8 @@ def test_settings_that_cannot_work_together_are_refused():
 def test_a_row_without_an_image_stops_mdpo_before_training(tmp_path):
     import datasets
 
-    from vlmdpo.train import train
-    from vlmdpo.validate import BadRowsError
+    from vlmdpo.train.loop import train
+    from vlmdpo.data.validate import BadRowsError
 
     image = Image.linear_gradient("L").convert("RGB").resize((32, 32))
     data = datasets.Dataset.from_list([
@@ -169,7 +169,7 @@ def test_a_corrupted_images_column_is_what_the_conditional_term_sees(built):
     import datasets
 
     from data_recipes.pair_builders import conditional_pairs
-    from vlmdpo.data import DataError, PreferenceDataset
+    from vlmdpo.data.rows import DataError, PreferenceDataset
 
     _, processor = built
     source = datasets.Dataset.from_list([{"images": row["images"], "prompt": PAIRS[i][0], "chosen": PAIRS[i][1],
@@ -177,11 +177,11 @@ def test_a_corrupted_images_column_is_what_the_conditional_term_sees(built):
     pairs = PreferenceDataset(conditional_pairs(source, method="noise", seed=5))
     loaded = [pairs[i] for i in range(len(pairs))]
     collate = PreferenceCollator(processor)
-    batch = MethodBatches(collate, LossConfig(losses="mdpo"))(loaded)
+    batch = MethodCollator(collate, build_methods(LossConfig(losses="mdpo")))(loaded)
     given = collate([{k: v for k, v in {**row, "images": row["corrupted_images"]}.items()
                       if k not in ("rejected", "corrupted_images")} for row in loaded])
     assert torch.equal(batch["corrupted"]["vision_inputs"]["pixel_values"], given["vision_inputs"]["pixel_values"])
-    on_the_fly = MethodBatches(collate, LossConfig(losses="mdpo"))(
+    on_the_fly = MethodCollator(collate, build_methods(LossConfig(losses="mdpo")))(
         [{k: v for k, v in row.items() if k != "corrupted_images"} for row in loaded])
     assert not torch.equal(on_the_fly["corrupted"]["vision_inputs"]["pixel_values"],
                            given["vision_inputs"]["pixel_values"])

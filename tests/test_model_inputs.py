@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 
 from helpers import ONE_IMAGE, SHORT, rows_from
-from vlmdpo.collator import PreferenceCollator
+from vlmdpo.data.collator import PreferenceCollator
 from vlmdpo.eval.generation import generate_responses
-from vlmdpo.fast_logps import fast_completion_logps
-from vlmdpo.logps import completion_logps, concatenated_inputs, extend_per_token
+from vlmdpo.forward.fast import fast_completion_logps
+from vlmdpo.forward.logps import completion_logps, concatenated_inputs, extend_per_token
 
 
 @pytest.mark.parametrize("family", ["llava"], indirect=True)
@@ -82,7 +82,7 @@ def test_labels_are_dropped_and_a_4d_mask_continues_with_the_last_prompt_positio
 
 
 def test_cast_floating():
-    from vlmdpo.logps import cast_floating
+    from vlmdpo.forward.logps import cast_floating
 
     inputs = {"pixel_values": torch.ones(2, dtype=torch.bfloat16), "image_grid_thw": torch.ones(2, dtype=torch.long),
               "image_sizes": [(3, 4)]}
@@ -103,10 +103,10 @@ def test_causality_probe_catches_responses_that_attend_both_ways(vlmdpo_cache, i
     """Gemma 3 gives tokens of type 1 bidirectional attention (its images). Continued with 0 over the responses
     (the rule) they are scored causally; continued with 1, as a wrong rule would, they are not, and the probe
     that every training run makes says so."""
-    import vlmdpo.logps as logps
-    from vlmdpo.modeling import load_model_and_processor
-    from vlmdpo.probes import causality_problem
-    from vlmdpo.tiny_models import tiny_vlm
+    import vlmdpo.forward.logps as logps
+    from vlmdpo.model.load import load_model_and_processor
+    from vlmdpo.forward.probes import causality_problem
+    from vlmdpo.tiny.models import tiny_vlm
 
     model, processor = load_model_and_processor(tiny_vlm("gemma3"))
     batch = PreferenceCollator(processor)(rows_from(images, [ONE_IMAGE, SHORT]))

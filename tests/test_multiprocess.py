@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from vlmdpo.train import EpochShuffleSampler
+from vlmdpo.train.setup import EpochShuffleSampler
 
 NUM_ROWS, STEPS = 8, 6  # one row per process and micro-batch: 4 steps an epoch, step 5 starts the second
 

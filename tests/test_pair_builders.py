@@ -11,8 +11,8 @@ from PIL import Image, ImageDraw
 from data_recipes.pair_builders import (COCO_OBJECTS, COCO_STYLE_OBJECT_SETS, ai_feedback_pairs, conditional_pairs,
                                         cooccurrence, hallucinate_caption, hallucination_pairs, judge_scores,
                                         mentions, plural)
-from vlmdpo.collator import PreferenceCollator
-from vlmdpo.data import normalize_row
+from vlmdpo.data.collator import PreferenceCollator
+from vlmdpo.data.rows import normalize_row
 
 
 def scene(seed: int, size=(48, 40)) -> Image.Image:
@@ -103,8 +103,8 @@ def test_hallucination_pairs_rows(captioned):
 
 @pytest.fixture(scope="module")
 def qwen():
-    from vlmdpo.modeling import load_model_and_processor
-    from vlmdpo.tiny_models import tiny_vlm
+    from vlmdpo.model.load import load_model_and_processor
+    from vlmdpo.tiny.models import tiny_vlm
 
     model, processor = load_model_and_processor(tiny_vlm("qwen2_vl"))
     return model.eval(), processor
@@ -158,7 +158,7 @@ def test_ai_feedback_with_a_tiny_clip_judge(qwen, captioned, tmp_path):
     import open_clip
 
     from data_recipes.shapes.judge import TINY_CLIP_CONFIG
-    from vlmdpo.judge import ClipJudge
+    from vlmdpo.eval.judge import ClipJudge
 
     (tmp_path / "pair-builders-clip.json").write_text(json.dumps(TINY_CLIP_CONFIG))
     open_clip.add_model_config(str(tmp_path / "pair-builders-clip.json"))

@@ -8,11 +8,12 @@ import torch
 
 from data_recipes.shapes import build_shapes_dataset, povid_pairs
 from vlmdpo.config import load_config
-from vlmdpo.modeling import apply_lora, load_model_and_processor
-from vlmdpo.reference_cache import (
+from vlmdpo.model.load import load_model_and_processor
+from vlmdpo.model.lora import apply_lora
+from vlmdpo.train.reference_cache import (
     ReferenceLogps, cache_key, processor_fingerprint, weights_fingerprint,
 )
-from vlmdpo.train import train
+from vlmdpo.train.loop import train
 
 STEPS = 2
 

@@ -14,10 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from data_recipes.shapes import build_shapes_dataset, povid_pairs
-from vlmdpo.checkpoints import ResumeError, step_checkpoints
+from vlmdpo.train.checkpoints import ResumeError, step_checkpoints
 from vlmdpo.config import load_config
-from vlmdpo.metrics_log import read_metrics
-from vlmdpo.train import NonFiniteError, train
+from vlmdpo.eval.metrics_log import read_metrics
+from vlmdpo.train.loop import NonFiniteError, train
 
 COMPARED = ("loss", "rewards/chosen", "rewards/rejected", "logps/chosen", "logps/rejected", "learning_rate")
 
@@ -113,7 +113,7 @@ def extendable(model, data, out, max_steps, **more):
 @pytest.fixture(scope="module")
 def three_steps(tmp_path_factory, pairs_dir):
     """A run stopped after step 3 (checkpoints 1..3 kept) and the same run carried on to step 4."""
-    from vlmdpo.tiny_models import tiny_vlm
+    from vlmdpo.tiny.models import tiny_vlm
 
     model = tiny_vlm("llava")
     base = tmp_path_factory.mktemp("three")

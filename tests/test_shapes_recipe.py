@@ -327,7 +327,7 @@ def test_probe_rows_ask_every_pair_once_per_image(shapes_dataset):
 
 def test_yes_rate_by_kind_runs_a_real_model(shapes_dataset):
     from data_recipes.shapes.yes_no_probe import KINDS, yes_rate_by_kind
-    from vlmdpo.tiny_models import build_tiny_vlm
+    from vlmdpo.tiny.models import build_tiny_vlm
 
     model, processor = build_tiny_vlm("llava", image_size=64, patch_size=16)
     rates = yes_rate_by_kind(model.eval(), processor, shapes_dataset["test"], max_images=2, progress=False)

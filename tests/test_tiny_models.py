@@ -1,4 +1,4 @@
-"""vlmdpo.tiny_models: the builders behind ``tiny:<family>`` names, seeded without touching the global RNG."""
+"""vlmdpo.tiny.models: the builders behind ``tiny:<family>`` names, seeded without touching the global RNG."""
 
 import random
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from vlmdpo.tiny_models import build_tiny_vlm
+from vlmdpo.tiny.models import build_tiny_vlm
 
 
 @pytest.mark.parametrize("family", ["llava", "qwen2_vl"])
@@ -25,7 +25,7 @@ def test_the_same_seed_builds_the_same_weights_and_leaves_the_callers_rng_alone(
 def test_training_leaves_the_callers_rng_as_it_was(tmp_path, images):
     """``train`` seeds the run from ``train.seed``; the caller's Python, NumPy and torch streams come back."""
     from vlmdpo.config import load_config
-    from vlmdpo.train import train
+    from vlmdpo.train.loop import train
 
     rows = tmp_path / "pairs.jsonl"
     images["square"].save(tmp_path / "square.png")

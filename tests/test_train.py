@@ -11,13 +11,15 @@ import datasets
 import pytest
 import torch
 
-import vlmdpo.train as train_module
+import vlmdpo.train.loop as train_module
+import vlmdpo.train.setup as setup_module
 from data_recipes.shapes import build_shapes_dataset, povid_pairs
-from vlmdpo.collator import PreferenceCollator
+from vlmdpo.data.collator import PreferenceCollator
 from vlmdpo.config import load_config
-from vlmdpo.data import PreferenceDataset
-from vlmdpo.logps import completion_logps
-from vlmdpo.modeling import load_model_and_processor, reference_mode
+from vlmdpo.data.rows import PreferenceDataset
+from vlmdpo.forward.logps import completion_logps
+from vlmdpo.model.load import load_model_and_processor
+from vlmdpo.model.lora import reference_mode
 
 NUM_ROWS, BATCH_SIZE, STEPS = 12, 4, 4  # 3 micro-batches an epoch: step 4 is in the second epoch
 METRIC_KEYS = {"loss", "rewards/chosen", "rewards/rejected", "rewards/margins", "rewards/accuracies",
@@ -45,7 +47,7 @@ def run_train(config_overrides):
     """``train(config)``, keeping hold of the policy and reference it built (with their initial weights)
     and of the dataset rows of every micro-batch it trained on."""
     built, batches = {}, []
-    build_policy, dpo_step = train_module.build_policy, train_module.dpo_step
+    build_policy, dpo_step = setup_module.build_policy, train_module.dpo_step
 
     def capture_policy(config):
         policy, reference, processor = build_policy(config)
@@ -58,7 +60,7 @@ def run_train(config_overrides):
         return dpo_step(policy, reference, batch, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_module, "build_policy", capture_policy)
+        patch.setattr(setup_module, "build_policy", capture_policy)
         patch.setattr(train_module, "dpo_step", capture_batch)
         output_dir = train_module.train(load_config(None, config_overrides))
     return {"output_dir": output_dir, "batches": batches, **built}
@@ -223,7 +225,7 @@ def test_full_finetune_trains_the_weights_and_keeps_the_reference(
 # --- evaluation during training --------------------------------------------------------------------
 
 def test_eval_during_training_is_logged_with_the_training_metrics(tiny_model_dir, pairs_dir, tmp_path):
-    from vlmdpo.train import train
+    from vlmdpo.train.loop import train
 
     out = tmp_path / "run"
     train(load_config(None, overrides(tiny_model_dir, pairs_dir, out, max_steps=2, eval_steps=1,

@@ -13,13 +13,14 @@ from torch.nn.attention.bias import CausalBias
 
 from helpers import assert_fast_path_equals_plain, randomize_lora
 from test_families import matrix_rows
-from vlmdpo.collator import PreferenceCollator
-from vlmdpo.fast_logps import fast_completion_logps, fast_path_problem
-from vlmdpo.logps import completion_logps
-from vlmdpo.modeling import apply_lora, load_model_and_processor
-from vlmdpo.packing import pack_pairs
-from vlmdpo.tiny_models import tiny_vlm
-from vlmdpo.tree_attention import PairLayout, install_tree_attention, tree_attention, window_mask
+from vlmdpo.data.collator import PreferenceCollator
+from vlmdpo.forward.fast import fast_completion_logps, fast_path_problem
+from vlmdpo.forward.logps import completion_logps
+from vlmdpo.model.load import load_model_and_processor
+from vlmdpo.model.lora import apply_lora
+from vlmdpo.forward.packing import pack_pairs
+from vlmdpo.tiny.models import tiny_vlm
+from vlmdpo.forward.tree_attention import PairLayout, install_tree_attention, tree_attention, window_mask
 
 
 def close(actual, expected, tol=1e-5):
@@ -146,7 +147,7 @@ def test_the_models_own_prompt_masks_are_used_and_needed(gemma3, monkeypatch):
         plain = completion_logps(model, batch, processor.tokenizer.pad_token_id)["chosen_logps"]
         close(fast_completion_logps(model, batch)["chosen_logps"], plain)
         plain = completion_logps(model, batch, processor.tokenizer.pad_token_id)["per_token_logps"]
-        monkeypatch.setattr(sys.modules["vlmdpo.packing"], "model_prompt_masks", lambda *args: None)
+        monkeypatch.setattr(sys.modules["vlmdpo.forward.packing"], "model_prompt_masks", lambda *args: None)
         causal_only = fast_completion_logps(model, batch)["per_token_logps"]
     assert (causal_only - plain).abs().max() > 1e-5  # beyond the parity tests' tolerance
 

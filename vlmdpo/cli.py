@@ -14,7 +14,7 @@ from pathlib import Path
 
 def _train(args) -> None:
     from vlmdpo.config import load_config
-    from vlmdpo.train import train
+    from vlmdpo.train.loop import train
 
     items = list(args.items)
     path = items.pop(0) if items and "=" not in items[0] else None
@@ -24,7 +24,7 @@ def _train(args) -> None:
 
 def _iterate(args) -> None:
     from vlmdpo.config import load_config
-    from vlmdpo.iterative import iterative_dpo, named_callable
+    from vlmdpo.train.iterative import iterative_dpo, named_callable
 
     items = list(args.items)
     path = items.pop(0) if items and "=" not in items[0] else None
@@ -37,7 +37,7 @@ def _iterate(args) -> None:
 
 def _validate(args) -> None:
     from vlmdpo.config import load_config
-    from vlmdpo.run_data import validate_training_data
+    from vlmdpo.train.run_data import validate_training_data
 
     items = list(args.items)
     path = items.pop(0) if items and "=" not in items[0] else None
@@ -57,8 +57,8 @@ def _pairs(items: list[str], what: str) -> dict:
 
 
 def _data(args) -> None:
-    from vlmdpo import dataset_tools
-    from vlmdpo.formats import known_formats
+    from vlmdpo.data import tools as dataset_tools
+    from vlmdpo.data.formats import known_formats
 
     if args.action == "formats":
         for name, row_format in sorted(known_formats().items()):
@@ -92,13 +92,13 @@ def _eval(args) -> None:
 
 
 def _merge(args) -> None:
-    from vlmdpo.merge import merge_adapter
+    from vlmdpo.model.merge import merge_adapter
 
     print(f"merged model written to {merge_adapter(args.adapter, args.out, args.base, args.dtype)}")
 
 
 def _tiny_model(args) -> None:
-    from vlmdpo.tiny_models import tiny_vlm
+    from vlmdpo.tiny.models import tiny_vlm
 
     print(tiny_vlm(args.family, path=args.out, image_size=args.image_size))
 
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     merge.set_defaults(func=_merge)
     tiny = _subcommand(commands, "tiny-model", "write a random-weight tiny VLM for offline experiments")
-    from vlmdpo.tiny_models import FAMILIES
+    from vlmdpo.tiny.models import FAMILIES
 
     tiny.add_argument("family", choices=sorted(FAMILIES))
     tiny.add_argument("out")
@@ -200,11 +200,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from vlmdpo.checkpoints import ResumeError
+    from vlmdpo.train.checkpoints import ResumeError
     from vlmdpo.config import ConfigError
-    from vlmdpo.data import DataError
-    from vlmdpo.formats import FormatError
-    from vlmdpo.validate import BadRowsError
+    from vlmdpo.data.rows import DataError
+    from vlmdpo.data.formats import FormatError
+    from vlmdpo.data.validate import BadRowsError
 
     args = build_parser().parse_args(argv)
     try:

@@ -17,17 +17,15 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
-from vlmdpo.losses import CHOSEN_ONLY, CORRUPTED_IMAGE, LOSSES, MDPO, MPO, REFERENCE_FREE
-
-LOSS_PRESETS = {"dpo": "sigmoid", "mpo": "+".join(f"{name}:{weight}" for name, weight in MPO),
-                "mdpo": "+".join(f"{name}:{weight}" for name, weight in MDPO)}
+from vlmdpo.methods.corrupt import CORRUPTIONS
+from vlmdpo.methods.registry import LOSS_KEYWORDS, LOSSES, parse_spec
 
 
 @dataclass
 class ModelConfig:
     name_or_path: str = "tiny:llava"
     """Hub name or local folder of an ``AutoModelForImageTextToText`` model; ``tiny:<family>`` builds a
-    random-weight tiny model (``vlmdpo.tiny_models``: llava, llava_next, qwen2_vl, qwen2_5_vl, idefics3, smolvlm,
+    random-weight tiny model (``vlmdpo.tiny.models``: llava, llava_next, qwen2_vl, qwen2_5_vl, idefics3, smolvlm,
     llava_onevision, internvl, qwen3_vl, mistral3, gemma3, paligemma) for offline runs."""
     dtype: str = "float32"
     """Weights dtype: float32, bfloat16 or float16."""
@@ -128,7 +126,8 @@ class DataConfig:
 @dataclass
 class LossConfig:
     losses: str = "sigmoid"
-    """One loss name, a preset (dpo, mpo), or a weighted sum ``name:weight+name:weight``."""
+    """One loss name, a preset (dpo, mpo, mdpo), or a weighted sum ``name:weight+name:weight``
+    (``vlmdpo.methods.registry``)."""
     beta: float = 0.1
     """DPO temperature: how far the policy may move from the reference."""
     label_smoothing: float = 0.0
@@ -138,7 +137,7 @@ class LossConfig:
     anchor_margin: float = 0.0
     """mDPO's anchor (``mdpo_anchor``): the chosen reward is pushed above this value (0 in the paper)."""
     corruption: str = "crop_resize"
-    """How ``mdpo_conditional`` corrupts each image for its second forward (``vlmdpo.corrupt``): crop_resize
+    """How ``mdpo_conditional`` corrupts each image for its second forward (``vlmdpo.methods.corrupt``): crop_resize
     (a random crop of 20-60% of the area resized back, so the image-token count is kept), noise or
     mask_patches. Each row's corruption is seeded by ``train.seed`` and the row's index."""
     dense_gamma: float = 1.0
@@ -149,37 +148,30 @@ class LossConfig:
     makes it a weighted mean, so ``beta`` works on another scale than for summed DPO); false: the weighted sum."""
 
     def weighted(self) -> list[tuple[str, float]]:
-        """The loss spec as ``[(name, weight), ...]``; raises on unknown names."""
-        spec = LOSS_PRESETS.get(self.losses, self.losses)
-        pairs = []
-        for part in spec.split("+"):
-            name, _, weight = part.strip().partition(":")
-            if name not in LOSSES:
-                raise ValueError(f"loss.losses: unknown loss {name!r}; known: {sorted(LOSSES)} "
-                                 f"or presets {sorted(LOSS_PRESETS)}")
-            pairs.append((name, float(weight) if weight else 1.0))
-        return pairs
+        """The loss spec as ``[(name, weight), ...]``; raises on unknown names (parsed once per spec)."""
+        return list(parse_spec(self.losses))
+
+    @property
+    def names(self) -> frozenset[str]:
+        """The loss terms of the spec."""
+        return frozenset(name for name, _ in parse_spec(self.losses))
 
     @property
     def needs_reference(self) -> bool:
-        """False when every loss in the spec is reference-free (SFT, SimPO): the reference pass is skipped."""
-        return not {name for name, _ in self.weighted()} <= REFERENCE_FREE
+        """False when no loss in the spec reads the reference (SFT, SimPO): the reference pass is skipped."""
+        return any(LOSSES[name].reference for name in self.names)
 
     @property
     def responses(self) -> tuple[str, ...]:
-        """``("chosen",)`` when every loss reads only the chosen response (SFT), else both."""
-        names = {name for name, _ in self.weighted()}
-        return ("chosen",) if names <= CHOSEN_ONLY else ("chosen", "rejected")
+        """``("chosen",)`` when no loss reads the rejected response (SFT), else both."""
+        return ("chosen", "rejected") if any(LOSSES[name].rejected for name in self.names) else ("chosen",)
 
-    @property
-    def needs_corrupted_images(self) -> bool:
-        """True when a loss in the spec reads the chosen response's log-probs given corrupted images."""
-        return bool({name for name, _ in self.weighted()} & CORRUPTED_IMAGE)
+    def settings(self) -> dict:
+        """The fields the registered losses take as keywords (beta, label_smoothing, simpo_gamma, ...)."""
+        return {name: getattr(self, name) for name in sorted(LOSS_KEYWORDS) if hasattr(self, name)}
 
     def __post_init__(self):
-        from vlmdpo.corrupt import CORRUPTIONS
-
-        self.weighted()
+        parse_spec(self.losses)
         if self.beta <= 0:
             raise ValueError(f"loss.beta must be positive, got {self.beta}")
         if self.dense_gamma <= 0:
@@ -244,12 +236,12 @@ class TrainConfig:
     forward_path: str = "auto"
     """How response log-probs are computed. ``fast``: each pair packed as ``[prompt; chosen; rejected]``, so the
     image and prompt run once per pair, image features are shared by policy and reference, and the LM head runs
-    only at response positions (``vlmdpo.fast_logps``). ``plain``: ``[prompt; response]`` run twice per pair
-    (``vlmdpo.logps``, the reference implementation). ``auto``: fast when the model supports it and a probe batch
+    only at response positions (``vlmdpo.forward.fast``). ``plain``: ``[prompt; response]`` run twice per pair
+    (``vlmdpo.forward.logps``, the reference implementation). ``auto``: fast when the model supports it and a probe batch
     agrees with plain, else plain; the log says which and why."""
     precompute_ref_logps: bool = False
     """Compute the reference log-probs of every training pair once before training, in inference mode, and read
-    them from a cache instead of running the reference in every step (``vlmdpo.reference_cache``)."""
+    them from a cache instead of running the reference in every step (``vlmdpo.train.reference_cache``)."""
     ref_cache_dir: str | None = None
     """Folder of the precomputed reference log-probs, one file per dataset / reference weights / processor /
     settings combination; default ``$VLMDPO_CACHE/reference_logps`` (``~/.cache/vlmdpo``)."""

@@ -18,8 +18,8 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from vlmdpo.data import response_text
-from vlmdpo.metrics_log import read_metrics
+from vlmdpo.data.rows import response_text
+from vlmdpo.eval.metrics_log import read_metrics
 
 
 def _wrap(text: str, width: int = 38, lines: int = 4) -> str:

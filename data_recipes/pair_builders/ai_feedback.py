@@ -6,7 +6,7 @@ judge separates them by at least ``margin``. No ground truth is needed (RLAIF-V,
 arXiv:2405.17220, ranks a policy's own samples with an open model the same way).
 
 A judge is either an object with a batched ``score(images, texts)`` returning one score per pair, such
-as ``vlmdpo.judge.ClipJudge`` (CLIPScore), or any callable ``judge(image, text) -> float``.
+as ``vlmdpo.eval.judge.ClipJudge`` (CLIPScore), or any callable ``judge(image, text) -> float``.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def judge_scores(judge, images: Sequence, texts: Sequence[str]) -> list[float]:
 
 def _prompt_rows(dataset: datasets.Dataset, prompt_text: str, prompt_column: str | None,
                  image_root: str | None) -> list[dict]:
-    from vlmdpo.data import normalize_row
+    from vlmdpo.data.rows import normalize_row
 
     rows = []
     for i, row in enumerate(dataset):

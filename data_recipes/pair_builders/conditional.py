@@ -1,10 +1,10 @@
 """mDPO conditional pairs (Wang et al. 2024, arXiv:2406.11839): one response, the real image vs a corrupted one.
 
-Each preference row gains a ``corrupted_images`` column: its images corrupted by ``vlmdpo.corrupt`` (a
+Each preference row gains a ``corrupted_images`` column: its images corrupted by ``vlmdpo.methods.corrupt`` (a
 random crop resized back by default, so the image-token count is unchanged). The conditional loss
-``vlmdpo.losses.mdpo_conditional`` then prefers the chosen response given ``images`` over the same chosen
+``vlmdpo.methods.losses.mdpo_conditional`` then prefers the chosen response given ``images`` over the same chosen
 response given ``corrupted_images``. Building the column ahead of training fixes the corruption per row
-and lets it be inspected; training reads it when it is there (``vlmdpo.method_batches``) and otherwise
+and lets it be inspected; training reads it when it is there (``vlmdpo.methods.batches``) and otherwise
 corrupts on the fly by ``loss.corruption``.
 """
 
@@ -14,8 +14,8 @@ from collections.abc import Sequence
 
 import datasets
 
-from vlmdpo.corrupt import CORRUPTIONS, corrupt_image
-from vlmdpo.images import load_image
+from vlmdpo.methods.corrupt import CORRUPTIONS, corrupt_image
+from vlmdpo.data.images import load_image
 
 from .messages import row_images, to_dataset
 
@@ -27,7 +27,7 @@ def conditional_pairs(dataset: datasets.Dataset, *, method: str = "crop_resize",
 
     Args:
         dataset: rows with ``images`` (a list) or ``image``, plus whatever else (prompt, chosen, ...).
-        method: a name in ``vlmdpo.corrupt.CORRUPTIONS`` (``crop_resize``, ``noise``, ``mask_patches``).
+        method: a name in ``vlmdpo.methods.corrupt.CORRUPTIONS`` (``crop_resize``, ``noise``, ``mask_patches``).
         seed: image ``j`` of row ``i`` is corrupted with seed ``f"{seed}:{i}:{j}"``.
         options: keyword options of the corruption, e.g. ``{"keep": (0.0, 0.2)}`` for ``crop_resize``.
         image_root: folder that relative image paths are read from.

@@ -51,7 +51,7 @@ def build_base_vlm(judge, *, hidden_size: int = 128, num_layers: int = 3, seed: 
     The judge's config fixes the image size, patch size, width and depth of the vision tower; ``seed`` the
     random initial weights of the rest (drawn without touching the caller's global RNG).
     """
-    from vlmdpo.tiny_models import build_tiny_vlm
+    from vlmdpo.tiny.models import build_tiny_vlm
 
     vision_cfg = judge.model_config["vision_cfg"]
     width = vision_cfg["width"]

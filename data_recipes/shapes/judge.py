@@ -1,6 +1,6 @@
 """The shapes world's CLIP judge: a tiny open_clip model trained from scratch, NegCLIP-style.
 
-The judge scores captions against images (``vlmdpo.judge.ClipJudge``, CLIPScore). Here it is trained on
+The judge scores captions against images (``vlmdpo.eval.judge.ClipJudge``, CLIPScore). Here it is trained on
 shapes image-caption pairs with open_clip's own model and loss, with one binding-swapped caption per image as
 an extra negative, so it tells "a red circle and a blue square" from "a blue circle and a red square".
 """
@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from vlmdpo.judge import ClipJudge
+from vlmdpo.eval.judge import ClipJudge
 
 # open_clip model config format (same keys as open_clip/model_configs/*.json). Sized for 64x64
 # images of a few coloured shapes: 64 patches of 8x8, 2 ViT blocks, a 2-block text tower. The

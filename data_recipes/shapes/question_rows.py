@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import datasets
 
-from vlmdpo.data import response_text
+from vlmdpo.data.rows import response_text
 
 
 def yes_no_rows(split: datasets.Dataset) -> datasets.Dataset:

@@ -24,7 +24,7 @@ def rlaif_pairs(model, processor, judge, dataset_split: datasets.Dataset, *, num
 
     Args:
         model, processor: the policy that samples captions (usually the base model being aligned).
-        judge: a ``vlmdpo.judge.ClipJudge``.
+        judge: a ``vlmdpo.eval.judge.ClipJudge``.
         dataset_split: rows with ``images`` (one image) and ``objects`` (kept for evaluation only).
         num_samples: captions sampled per image at ``temperature``.
         margin: smallest CLIPScore gap between best and worst for a pair to be kept.

@@ -15,7 +15,7 @@ import datasets
 
 from data_recipes.shapes.settings import DemoConfig
 from data_recipes.shapes.question_rows import base_sft_rows, yes_no_pairs
-from vlmdpo.data import response_text
+from vlmdpo.data.rows import response_text
 
 
 def _done(path: Path) -> bool:
@@ -35,7 +35,7 @@ def _device() -> str:
 
 def _train(overrides: list[str]) -> Path:
     from vlmdpo.config import load_config
-    from vlmdpo.train import train
+    from vlmdpo.train.loop import train
 
     return train(load_config(None, overrides))
 
@@ -60,7 +60,7 @@ def train_judge(config: DemoConfig, data: datasets.DatasetDict, cache: Path):
 
     from data_recipes.shapes import Scene, binding_negatives
     from data_recipes.shapes.judge import TINY_CLIP_CONFIG, train_clip_judge
-    from vlmdpo.judge import ClipJudge
+    from vlmdpo.eval.judge import ClipJudge
 
     if not _done(cache):
         settings = config.judge
@@ -110,7 +110,7 @@ def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judg
     (base samples ranked by the judge)."""
     from data_recipes.shapes import povid_pairs
     from data_recipes.shapes.rlaif import rlaif_pairs
-    from vlmdpo.modeling import load_model_and_processor
+    from vlmdpo.model.load import load_model_and_processor
 
     if _done(cache):
         return cache / "pairs"
@@ -189,7 +189,7 @@ def evaluate_all(config: DemoConfig, data: datasets.DatasetDict, base: Path, jud
     from vlmdpo.eval.pope import pope_f1_change
     from vlmdpo.eval.rows import eval_row
     from vlmdpo.eval.suite import evaluate_model
-    from vlmdpo.modeling import load_model_and_processor
+    from vlmdpo.model.load import load_model_and_processor
 
     test = povid_pairs(data["test"], seed=config.seed + 1)
     rows = [eval_row(test[i], i) for i in range(len(test))]

@@ -39,7 +39,7 @@ def question_kind(scene: Scene, colour: str, shape: str) -> str:
 
 def probe_rows(split: datasets.Dataset, max_images: int | None = None) -> tuple[list[dict], list[str]]:
     """One prompt-only row per (image, colour, shape), worded as POPE words it, and each row's kind."""
-    from vlmdpo.data import normalize_row
+    from vlmdpo.data.rows import normalize_row
     from vlmdpo.eval.pope import pope_question_text
 
     if max_images is not None:

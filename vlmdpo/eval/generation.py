@@ -12,9 +12,9 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from vlmdpo.logps import cast_floating, model_dtype
+from vlmdpo.forward.logps import cast_floating, model_dtype
 
-from vlmdpo.collator import PreferenceCollator
+from vlmdpo.data.collator import PreferenceCollator
 
 
 def with_prompt(row: dict, text: str) -> dict:
@@ -69,7 +69,7 @@ def generate_responses(
         model: an ``AutoModelForImageTextToText`` model, a ``peft`` model around one, or either wrapped by
             DDP/accelerate. Its train/eval mode is restored afterwards.
         processor: the model's ``AutoProcessor``.
-        rows: normalized rows (``vlmdpo.data.normalize_row``): ``images`` (PIL images) and ``prompt``
+        rows: normalized rows (``vlmdpo.data.rows.normalize_row``): ``images`` (PIL images) and ``prompt``
             (conversational messages). Other keys are ignored.
         prompt: if given, replaces every row's prompt by one user turn with the row's images and this text.
         max_new_tokens: generation budget per response.

@@ -1,6 +1,6 @@
 """Preference fit on held-out pairs: does the policy prefer the chosen response more than the reference does?
 
-The same quantities the training loop logs (``vlmdpo.train.dpo_step``), computed over a whole split with no
+The same quantities the training loop logs (``vlmdpo.train.loop.dpo_step``), computed over a whole split with no
 gradients: implicit rewards ``beta * (policy_logps - ref_logps)`` (DPO, arXiv:2305.18290, sec. 5), reward
 accuracy (share of pairs whose chosen reward is strictly larger, as in TRL), and the mean reward margin.
 """
@@ -13,10 +13,10 @@ from collections.abc import Sequence
 import torch
 from tqdm.auto import tqdm
 
-from vlmdpo.collator import PreferenceCollator
-from vlmdpo.logps import completion_logps
-from vlmdpo.losses import rewards
-from vlmdpo.modeling import reference_mode
+from vlmdpo.data.collator import PreferenceCollator
+from vlmdpo.forward.logps import completion_logps
+from vlmdpo.methods.losses import rewards
+from vlmdpo.model.lora import reference_mode
 
 
 def _batched_logps(model, collator: PreferenceCollator, rows: Sequence[dict], batch_size: int,
@@ -71,10 +71,10 @@ def preference_fit(
     Args:
         model: the policy (a ``peft`` model, a merged checkpoint, or a model wrapped by DDP/accelerate).
         processor: its ``AutoProcessor``.
-        pairs_rows: normalized preference rows (``vlmdpo.data.normalize_row``); ``row["index"]`` is used as
+        pairs_rows: normalized preference rows (``vlmdpo.data.rows.normalize_row``); ``row["index"]`` is used as
             the row id in ``per_pair`` when present, else the position.
         beta: the DPO temperature of the implicit reward.
-        reference: ``None`` to use ``model`` with its adapter disabled (``vlmdpo.modeling.reference_mode``),
+        reference: ``None`` to use ``model`` with its adapter disabled (``vlmdpo.model.lora.reference_mode``),
             or an explicit reference model (the base model, for merged checkpoints). Passing ``model`` itself
             evaluates the base against itself: log-probs only, reward metrics are ``None``.
         reference_logps: precomputed ``{"chosen_logps": [...], "rejected_logps": [...]}`` per row (e.g. the

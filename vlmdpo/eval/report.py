@@ -166,7 +166,7 @@ def plot_margin_histograms(results: Mapping[str, Mapping], out_dir: Path) -> lis
 
 def read_metrics_jsonl(path: str | Path) -> list[dict]:
     """The records of a training ``metrics.jsonl``; blank or truncated last lines are skipped."""
-    from vlmdpo.metrics_log import read_metrics
+    from vlmdpo.eval.metrics_log import read_metrics
 
     return read_metrics(path)
 

@@ -1,17 +1,17 @@
 """Held-out evaluation rows and the object vocabulary, read once per run and shared by every checkpoint.
 
-An evaluation row is a normalized row (``vlmdpo.data.normalize_row``: RGB ``images`` and a conversational
+An evaluation row is a normalized row (``vlmdpo.data.rows.normalize_row``: RGB ``images`` and a conversational
 ``prompt``) plus ``index`` (its row id in the source), ``objects`` (ground-truth names or ``None``) and, when
 the data has pairs, ``chosen`` and ``rejected``.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
-from vlmdpo.data import load_preference_dataset, normalize_row
+from vlmdpo.data.rows import load_preference_dataset, normalize_row
 from vlmdpo.eval.objects import ObjectVocabulary
+from vlmdpo.names import resolve_name
 
 
 def load_vocabulary(choice: str) -> ObjectVocabulary:
@@ -22,14 +22,8 @@ def load_vocabulary(choice: str) -> ObjectVocabulary:
         return ObjectVocabulary.coco()
     if Path(choice).is_file():
         return ObjectVocabulary.from_json(choice)
-    if re.fullmatch(r"[\w.]+:\w+", choice):
-        import importlib
-
-        module_name, _, name = choice.partition(":")
-        try:
-            value = getattr(importlib.import_module(module_name), name)
-        except (ImportError, AttributeError) as error:
-            raise ValueError(f"vocabulary {choice!r}: cannot import {name} from {module_name} ({error})") from None
+    if ":" in choice:
+        value = resolve_name(choice, "vocabulary", (dict, ObjectVocabulary))
         return value if isinstance(value, ObjectVocabulary) else ObjectVocabulary.from_dict(value)
     raise ValueError(f"vocabulary {choice!r} is neither coco, an existing json file of "
                      "{canonical name: [surface forms]}, nor package.module:NAME (e.g. "
@@ -60,7 +54,7 @@ def eval_row(row: dict, index: int, *, images_column: str = "images", prompt_col
 
 def load_eval_rows(source: str, split: str = "test", *, max_rows: int | None = None,
                    image_root: str | None = None, **columns) -> list[dict]:
-    """Read ``source`` (see ``vlmdpo.data.load_preference_dataset``) as a list of evaluation rows.
+    """Read ``source`` (see ``vlmdpo.data.rows.load_preference_dataset``) as a list of evaluation rows.
 
     ``columns`` are :func:`eval_row`'s column names and ``default_prompt``. Images in json files with
     relative paths resolve against the file's folder unless ``image_root`` is given.

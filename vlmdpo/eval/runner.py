@@ -106,7 +106,7 @@ class _Models:
     @property
     def base(self):
         if self._base is None:
-            from vlmdpo.modeling import load_model_and_processor
+            from vlmdpo.model.load import load_model_and_processor
 
             model, processor = load_model_and_processor(self.base_path, self.config.dtype)
             self._base = (model.to(self.device).eval(), processor)
@@ -127,7 +127,7 @@ class _Models:
             finally:
                 self._base = (peft_model.unload(), processor)  # removes the LoRA layers again
         else:
-            from vlmdpo.modeling import load_model_and_processor
+            from vlmdpo.model.load import load_model_and_processor
 
             model, processor = load_model_and_processor(checkpoint.path, self.config.dtype)
             yield model.to(self.device).eval(), processor
@@ -150,7 +150,7 @@ def _training_metrics(checkpoints: list[Checkpoint]) -> dict[str, Path]:
 
 def evaluate(config: EvalConfig, log=tqdm.write) -> dict[str, dict]:
     """Evaluate every checkpoint of ``config`` (skipping finished ones), write the report; return results."""
-    from vlmdpo.modeling import resolve_model_path
+    from vlmdpo.model.load import resolve_model_path
 
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -240,7 +240,7 @@ class _Session:
 
 
 def _load_judge(config: EvalConfig, device: torch.device):
-    from vlmdpo.judge import ClipJudge
+    from vlmdpo.eval.judge import ClipJudge
 
     if Path(config.clip.model).is_dir():
         return ClipJudge.load(config.clip.model, device=device)

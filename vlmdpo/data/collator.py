@@ -1,0 +1,223 @@
+"""The processor-aware preference collator.
+
+Prompts (images included) go through the model's own ``AutoProcessor`` and chat template, left-padded, so
+the processor expands image placeholders into exactly the tokens the model expects. Responses are rendered
+by the same chat template, tokenized with the processor's tokenizer, right-padded, and get a
+``completion_mask`` that is 1 exactly on the response's text tokens, the whitespace separator (if any) the
+template puts between the generation prompt and the text (the model must generate it), and the end-of-turn
+token the template closes the turn with; 0 on chat scaffolding and padding. Image tokens and prompt never
+enter the mask because they never enter the completion tensors.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vlmdpo.data.rows import DataError, response_text
+
+# Processor outputs with one value per prompt token (the rest are per image: pixel_values, image_grid_thw...).
+_TEXT_KEYS = ("input_ids", "attention_mask")
+# Processor outputs that are not model inputs here: a processor's own training labels (PaliGemma's, with a
+# suffix) would reach the forward and clash with the loss computed from the completion mask.
+_NOT_MODEL_INPUTS = ("labels",)
+
+
+class PreferenceCollator:
+    """Turn normalized preference rows (see ``vlmdpo.data.rows.normalize_row``) into model-ready tensors.
+
+    Returns a dict with:
+        ``prompt_input_ids``, ``prompt_attention_mask``: (B, P), left-padded.
+        ``prompt_token_types``: dict of other per-token processor outputs, (B, P) or (B, P, ...) each
+            (``token_type_ids``, ``mm_token_type_ids``, Mllama's ``cross_attention_mask``...).
+        ``vision_inputs``: dict of per-image processor outputs (``pixel_values``, ``image_grid_thw``,
+            ``image_sizes``, ``pixel_attention_mask``, ...), rows in the order of the prompts' images.
+        ``chosen_input_ids``, ``chosen_attention_mask``, ``chosen_completion_mask``: (B, Cc), right-padded;
+            the same three for ``rejected``.
+        ``index``: list of the rows' dataset indices.
+        ``response_token_types``: ``{key: value}`` for per-token outputs whose response tokens are not 0
+            (PaliGemma's ``token_type_ids``: 1, the suffix), asked of the processor once.
+
+    Args:
+        processor: the model's ``AutoProcessor`` (with a chat template).
+        max_prompt_length: prompts with more tokens (image tokens included) raise ``DataError``; filter them
+            out beforehand with ``prompt_length`` if skipping is wanted. ``None`` for no limit.
+        max_response_length: responses are truncated to this many tokens. ``None`` for no limit.
+    """
+
+    def __init__(self, processor, max_prompt_length: int | None = None, max_response_length: int | None = None):
+        self.processor = processor
+        self.tokenizer = getattr(processor, "tokenizer", processor)
+        if self.tokenizer.pad_token_id is None:
+            raise ValueError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to eos_token)")
+        self.max_prompt_length = max_prompt_length
+        self.max_response_length = max_response_length
+        added = [token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special]
+        self._special_tokens = sorted(set(added) | set(self.tokenizer.all_special_tokens), key=len, reverse=True)
+        self.response_token_types = _response_token_types(processor, self.tokenizer)
+        # what the image and video processors output is per image, even where its first two dims happen to equal
+        # (batch, prompt length): Gemma 4's (images, patches, 2) image_position_ids, Idefics3's pixel_attention_mask
+        self._per_image_keys = {name for part in ("image_processor", "video_processor")
+                                for name in getattr(getattr(processor, part, None), "model_input_names", ())}
+        # the processor expands these into image features: typed into a row's text they would be doubled
+        self._image_tokens = [token for token in (getattr(processor, name, None) for name in (
+            "image_token", "boi_token", "video_token")) if isinstance(token, str) and token]
+
+    def _check_no_image_tokens(self, row: dict, field: str) -> None:
+        for message in row[field]:
+            for block in message["content"]:
+                found = [token for token in self._image_tokens if token in block.get("text", "")]
+                if found:
+                    raise DataError(row.get("index"), field, f"the text holds the model's image token {found[0]!r}, "
+                                    "which the processor expands only for real images", "remove it from the text: "
+                                    "images are placed by {'type': 'image'} blocks (or <image> in a plain-string "
+                                    "prompt)", kind="placeholder_mismatch")
+
+    def _chat(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        return self.processor.apply_chat_template(
+            messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+
+    def encode_prompts(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        """Run the processor on the prompts and images of ``rows`` (left padding)."""
+        for row in rows:
+            self._check_no_image_tokens(row, "prompt")
+        texts = [self._chat(row["prompt"], add_generation_prompt=True) for row in rows]
+        # images per row ([[a], [], [b, c]]): processors that count images per prompt (Idefics3, SmolVLM,
+        # Gemma 3, Mllama) need it, and those that take a flat list flatten it themselves
+        images = [list(row["images"]) for row in rows]
+        kwargs = {"images": images} if any(images) else {}
+        return self.processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
+
+    def prompt_length(self, row: dict) -> int:
+        """Number of prompt tokens of one row, image tokens included."""
+        return int(self.encode_prompts([row])["attention_mask"].sum())
+
+    def measure(self, row: dict) -> dict[str, int]:
+        """Token counts of one row, as training will see it: ``prompt`` (image tokens included) and each
+        response before truncation. Raises ``DataError`` where the collator would, including a prompt over
+        ``max_prompt_length``."""
+        counts = {"prompt": self.prompt_length(row)}
+        self._check_prompt_length(row, counts["prompt"])
+        for field in ("chosen", "rejected"):
+            if field in row:
+                counts[field] = sum(self.encode_response(row, field, truncate=False)[1])
+        return counts
+
+    def _check_prompt_length(self, row: dict, length: int) -> None:
+        if self.max_prompt_length is not None and length > self.max_prompt_length:
+            raise DataError(row.get("index"), "prompt", f"the prompt is {length} tokens with its image tokens, "
+                            f"more than max_prompt_length={self.max_prompt_length}", "raise max_prompt_length, "
+                            "shrink the images, set data.skip_long_prompts, or data.on_bad_row=skip",
+                            kind="prompt_too_long")
+
+    def encode_response(self, row: dict, field: str, truncate: bool = True) -> tuple[list[int], list[int]]:
+        """Token ids of ``row[field]`` as the chat template renders it after the prompt, and its mask
+        (cut to ``max_response_length`` response tokens when ``truncate``)."""
+        self._check_no_image_tokens(row, field)
+        prompt_text = self._chat(row["prompt"], add_generation_prompt=True)
+        full_text = self._chat(row["prompt"] + row[field], add_generation_prompt=False)
+        if not full_text.startswith(prompt_text):
+            raise DataError(row.get("index"), field, "the chat template renders the prompt differently when "
+                            "a response follows it, so the response cannot be located",
+                            "use a chat template whose generation prompt is a prefix of the full conversation",
+                            kind="chat_template")
+        suffix = full_text[len(prompt_text):]
+        text = response_text(row[field])
+        start = suffix.find(text)
+        if start < 0:
+            raise DataError(row.get("index"), field, "the chat template changed the response text",
+                            "check the template, or give responses already in the form it renders",
+                            kind="chat_template")
+        end = start + len(text)
+        tail = suffix[end:]
+        # the turn ends with the first special token after the response; templates that put none get EOS
+        hits = [(tail.find(tok), tok) for tok in self._special_tokens if tail.find(tok) >= 0]
+        if hits:
+            position, token = min(hits, key=lambda hit: (hit[0], -len(hit[1])))
+            if tail[:position].strip():
+                position, token = -1, None
+        if not hits or token is None:
+            suffix, end = suffix[:end] + self.tokenizer.eos_token, end + len(self.tokenizer.eos_token)
+        else:
+            end += position + len(token)
+            suffix = suffix[:end]
+        # whitespace the template puts between the generation prompt and the text is generated by the model
+        # too: left out of the loss, a separator that is its own token (" " before "No.") is never learned
+        # and generation starts with whatever first token the training did cover
+        # (byte-level tokenizers give such a token an empty offset span, so test starts, not spans)
+        leading_separator = not suffix[:start].strip()
+        encoded = self.tokenizer(suffix, add_special_tokens=False, return_offsets_mapping=True)
+        ids = encoded["input_ids"]
+        mask = [int(a < end and (leading_separator or b > start)) for a, b in encoded["offset_mapping"]]
+        if truncate and self.max_response_length is not None:
+            keep = _truncate_at(mask, self.max_response_length)
+            ids, mask = ids[:keep], mask[:keep]
+        return ids, mask
+
+    def __call__(self, rows: list[dict]) -> dict:
+        prompts = self.encode_prompts(rows)
+        lengths = prompts["attention_mask"].sum(dim=1)
+        for row, length in zip(rows, lengths.tolist()):
+            self._check_prompt_length(row, length)
+        batch_size, prompt_len = prompts["input_ids"].shape
+        batch = {
+            "prompt_input_ids": prompts["input_ids"],
+            "prompt_attention_mask": prompts["attention_mask"],
+            "prompt_token_types": {},
+            "vision_inputs": {},
+            "index": [row.get("index") for row in rows],
+            "response_token_types": dict(self.response_token_types),
+        }
+        for key, value in prompts.items():
+            if key in _TEXT_KEYS or key in _NOT_MODEL_INPUTS or not isinstance(value, torch.Tensor):
+                continue
+            is_per_token = (key not in self._per_image_keys and value.dim() >= 2
+                            and tuple(value.shape[:2]) == (batch_size, prompt_len) and not value.is_floating_point())
+            batch["prompt_token_types" if is_per_token else "vision_inputs"][key] = value
+        for field in ("chosen", "rejected"):
+            if field not in rows[0]:  # supervised rows carry only "chosen"
+                continue
+            encoded = [self.encode_response(row, field) for row in rows]
+            ids, mask = _right_pad([e[0] for e in encoded], self.tokenizer.pad_token_id)
+            completion_mask, _ = _right_pad([e[1] for e in encoded], 0)
+            batch[f"{field}_input_ids"] = ids
+            batch[f"{field}_attention_mask"] = mask
+            batch[f"{field}_completion_mask"] = completion_mask
+        return batch
+
+
+def _response_token_types(processor, tokenizer) -> dict[str, int]:
+    """The value each per-token processor output gives response tokens, asked of the processor itself: one that
+    takes a ``suffix`` (PaliGemma's) marks it, and that mark (1: causal suffix, not bidirectional prefix) is
+    what responses get. Processors without one give responses the default, 0 (text)."""
+    from PIL import Image
+
+    try:
+        out = processor(text=[" x"], images=[[Image.new("RGB", (32, 32))]], suffix=[" y"], return_tensors="pt")
+    except Exception:  # no suffix argument, or a processor that wants placeholders: the default holds
+        return {}
+    length = out["input_ids"].shape[1]
+    return {key: int(value[0, -1]) for key, value in out.items()
+            if key not in _TEXT_KEYS and key not in _NOT_MODEL_INPUTS and isinstance(value, torch.Tensor)
+            and value.dim() == 2 and value.shape[1] == length and not value.is_floating_point()
+            and int(value[0, -1]) != 0}
+
+
+def _truncate_at(mask: list[int], max_tokens: int) -> int:
+    """Length of the prefix of a completion that keeps at most ``max_tokens`` response tokens."""
+    count = 0
+    for position, value in enumerate(mask):
+        count += value
+        if count > max_tokens:
+            return position
+    return len(mask)
+
+
+def _right_pad(sequences: list[list[int]], pad_value: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, max_len) tensor of right-padded sequences and its attention mask."""
+    length = max(len(s) for s in sequences)
+    padded = torch.full((len(sequences), length), pad_value, dtype=torch.long)
+    attention = torch.zeros((len(sequences), length), dtype=torch.long)
+    for i, seq in enumerate(sequences):
+        padded[i, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+        attention[i, : len(seq)] = 1
+    return padded, attention

@@ -1,0 +1,323 @@
+"""Preference rows: loading with ``datasets``, and lazy but strict validation.
+
+A row has ``images`` (a list of PIL images, paths or bytes, or the ``datasets`` Image feature), ``prompt``,
+``chosen`` and ``rejected``, in TRL's conversational format (lists of ``{"role", "content"}`` messages whose
+content holds ``{"type": "image"}`` and ``{"type": "text"}`` blocks) or as plain strings. Every row is turned
+into the conversational form here, so the collator sees one format only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import datasets
+from PIL import Image
+
+from vlmdpo.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+
+RESPONSE_FIELDS = ("chosen", "rejected")
+
+
+IMAGE_PLACEHOLDER = "<image>"
+"""The image placeholder of plain-string prompts (TRL's and LLaVA's): each one stands for the next image."""
+PROMPT_ROLES, RESPONSE_ROLES = ("system", "user", "assistant"), ("assistant",)
+
+
+class DataError(ValueError):
+    """A preference row that cannot be used; the message names the row, the field and the fix.
+
+    ``kind`` is a short name for the problem (``missing_image``, ``empty_response``...), used to count bad
+    rows by kind; ``problem`` and ``fix`` are the two halves of the message."""
+
+    def __init__(self, index: int | None, field: str | None, problem: str, fix: str, kind: str = "invalid_row",
+                 where: str | None = None):
+        where = where or (f"row {index} (counted from 0)" if index is not None else "a row")
+        where += f", field {field!r}" if field else ""
+        super().__init__(f"{where}: {problem}. Fix: {fix}")
+        self.index, self.field, self.problem, self.fix, self.kind = index, field, problem, fix, kind
+
+
+def load_preference_dataset(source: str, split: str = "train", **load_kwargs) -> datasets.Dataset:
+    """Load preference rows with ``datasets``.
+
+    ``source`` may be a folder written by ``Dataset.save_to_disk``/``DatasetDict.save_to_disk``, a local
+    ``.json``/``.jsonl``/``.parquet``/``.csv`` file (or a glob of them), an ``imagefolder`` directory, or a
+    dataset name on the hub (``load_dataset(source, split=split)``); ``split`` is ignored for plain data files,
+    which have one. Images given as relative paths in json
+    files are resolved against the file's folder by ``PreferenceDataset(image_root=...)``.
+    """
+    path = Path(source)
+    if path.is_dir() and ((path / "dataset_info.json").exists() or (path / "dataset_dict.json").exists()):
+        loaded = datasets.load_from_disk(str(path))
+        return loaded[split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    suffix = path.suffix.lower()
+    builders = {".json": "json", ".jsonl": "json", ".parquet": "parquet", ".csv": "csv"}
+    if suffix in builders:  # a plain data file has one split, which datasets calls "train"
+        is_json = suffix in (".json", ".jsonl") and path.is_file()
+        try:
+            loaded = datasets.load_dataset(builders[suffix], data_files=str(source), split="train", **load_kwargs)
+        except Exception:
+            if is_json:
+                _raise_bad_json_line(path)  # datasets' error names neither the line nor the problem
+            raise
+        if is_json and not _is_utf8(path):  # pyarrow loads bad bytes; reading that row would crash mid-run
+            _raise_bad_json_line(path)
+        return loaded
+    if path.is_dir():
+        return datasets.load_dataset("imagefolder", data_dir=str(path), split=split, **load_kwargs)
+    return datasets.load_dataset(source, split=split, **load_kwargs)
+
+
+def _is_utf8(path: Path) -> bool:
+    import codecs
+
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    try:
+        with path.open("rb") as file:
+            while chunk := file.read(1 << 24):
+                decoder.decode(chunk)
+            decoder.decode(b"", final=True)
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def default_image_root(source: str, image_root: str | None = None) -> str | None:
+    """``image_root`` if given, else the folder of a data file, or a ``save_to_disk`` folder itself: where
+    relative image paths in ``source`` are looked up."""
+    if image_root:
+        return image_root
+    path = Path(source)
+    return str(path.parent) if path.is_file() else str(path) if path.is_dir() else None
+
+
+def _raise_bad_json_line(path: Path) -> None:
+    """``DataError`` naming the first line of a JSON-lines file that is not UTF-8 or not JSON (a file that is one
+    JSON document is left to ``datasets``' own error)."""
+    import json
+
+    lines = path.read_bytes().splitlines()
+    one_document = lines[0].lstrip()[:1] == b"[" if lines else False
+    for number, raw in enumerate(lines, start=1):
+        where = f"{path}, line {number} (counted from 1)"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise DataError(None, None, f"byte {err.start} is not UTF-8 ({raw[err.start:err.start + 4]!r})",
+                            "re-encode the file as UTF-8 (e.g. iconv -f latin1 -t utf-8), or drop the line",
+                            kind="bad_encoding", where=where) from None
+        if one_document or not text.strip():
+            continue
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise DataError(None, None, f"the line is not JSON ({err.msg} at column {err.colno})",
+                            "write one JSON object per line, or drop the line", kind="bad_json", where=where) from None
+        if not isinstance(value, dict):
+            raise DataError(None, None, f"the line is a JSON {type(value).__name__}, not an object",
+                            "write one JSON object per line (a row)", kind="bad_json", where=where)
+
+
+def _open_image(image, index: int, position: int, image_root: str | None, allow_outside: bool,
+                max_pixels: int | None) -> Image.Image:
+    try:
+        return load_image(image, image_root, allow_outside=allow_outside, max_pixels=max_pixels)
+    except ImageError as err:
+        raise DataError(index, f"images[{position}]", err.problem, err.fix, kind=err.kind) from err
+
+
+def _placeholder_blocks(text: str, num_images: int, index: int, field: str) -> list[dict]:
+    """Content blocks of a plain-string prompt: each ``<image>`` in the text becomes an image block in its place;
+    a text without any gets the images before it (TRL's layout)."""
+    pieces = text.split(IMAGE_PLACEHOLDER)
+    if len(pieces) == 1:
+        return [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": text}]
+    if len(pieces) - 1 != num_images:
+        raise DataError(index, field, f"the text holds {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholder(s) but the "
+                        f"row has {num_images} image(s)", f"give one {IMAGE_PLACEHOLDER} per image, or none (the "
+                        "images then come before the text)", kind="placeholder_mismatch")
+    return split_placeholders(text)
+
+
+def split_placeholders(text: str) -> list[dict]:
+    """Content blocks of ``text``: each ``<image>`` becomes an image block in its place."""
+    pieces = text.split(IMAGE_PLACEHOLDER)
+    blocks = [{"type": "text", "text": pieces[0]}] if pieces[0] else []
+    for piece in pieces[1:]:
+        blocks.append({"type": "image"})
+        if piece:
+            blocks.append({"type": "text", "text": piece})
+    return blocks
+
+
+def _as_messages(value, index: int, field: str, role: str, num_images: int = 0,
+                 roles: tuple[str, ...] = PROMPT_ROLES) -> list[dict]:
+    if isinstance(value, str):
+        blocks = (_placeholder_blocks(value, num_images, index, field) if role == "user"
+                  else [{"type": "text", "text": value}])
+        return [{"role": role, "content": blocks}]
+    if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m for m in value):
+        raise DataError(index, field, f"expected a string or a list of {{'role', 'content'}} messages, "
+                        f"got {type(value).__name__}", "use TRL's conversational or plain format", kind="bad_format")
+    messages = [_message(message, index, field, roles) for message in value]
+    string_contents = all(isinstance(message.get("content"), str) for message in value)
+    if role == "user" and num_images and string_contents and not count_image_blocks(messages):
+        # TRL's string-content messages without placeholders: the images go before the first user text
+        first_user = next((m for m in messages if m["role"] == "user"), None)
+        if first_user is not None:
+            first_user["content"] = [{"type": "image"} for _ in range(num_images)] + first_user["content"]
+    return messages
+
+
+def _message(message: dict, index: int, field: str, roles: tuple[str, ...]) -> dict:
+    if message["role"] not in roles:
+        raise DataError(index, field, f"a message has role {message['role']!r}", f"use one of {list(roles)} "
+                        f"in the {field}", kind="bad_role")
+    content = message.get("content")
+    if isinstance(content, str):  # a string content may carry <image> placeholders (TRL, LLaVA, ms-swift)
+        return {"role": message["role"], "content": split_placeholders(content)}
+    if not isinstance(content, list):
+        raise DataError(index, field, "a message has no 'content' list", "give each message a content",
+                        kind="bad_format")
+    # datasets stores blocks with every key of the union schema; keep only what each type needs
+    blocks = []
+    for block in content:
+        if block.get("type") == "image":
+            blocks.append({"type": "image"})
+        elif block.get("type") == "text":
+            text = block.get("text") or ""
+            if IMAGE_PLACEHOLDER in text:
+                raise DataError(index, field, f"a text block holds a literal {IMAGE_PLACEHOLDER}, in a message "
+                                "that marks its images with {'type': 'image'} blocks",
+                                f"remove {IMAGE_PLACEHOLDER} from the text (the image blocks place the images)",
+                                kind="placeholder_mismatch")
+            blocks.append({"type": "text", "text": text})
+        else:
+            raise DataError(index, field, f"unknown content block type {block.get('type')!r}",
+                            "use blocks of type 'image' or 'text'", kind="bad_format")
+    return {"role": message["role"], "content": blocks}
+
+
+def response_text(messages: list[dict]) -> str:
+    """The text of a response: the text blocks of its messages, joined."""
+    return "".join(b["text"] for m in messages for b in m["content"] if b["type"] == "text")
+
+
+def count_image_blocks(messages: list[dict]) -> int:
+    return sum(b["type"] == "image" for m in messages for b in m["content"])
+
+
+def normalize_row(row: dict, index: int, image_root: str | None = None,
+                  responses: Sequence[str] = RESPONSE_FIELDS, *, allow_outside_images: bool = False,
+                  max_image_pixels: int | None = DEFAULT_MAX_PIXELS, decode_images: bool = True) -> dict:
+    """Validate one preference row and return it as ``{images, prompt, chosen, rejected}``.
+
+    Images are decoded to RGB PIL images (``vlmdpo.data.images.load_image``; with an ``image_root``, paths must lie
+    inside it unless ``allow_outside_images``); a plain-string prompt gets an image block for each ``<image>``
+    in its text, or one per image before the text; plain-string responses become one assistant message.
+    Raises ``DataError`` on a missing field, an unreadable image, an unknown role, an empty response, a pair
+    whose two responses are the same text, or image placeholders that do not match the number of images.
+    ``responses=("chosen",)`` reads supervised rows, where a ``completion`` column may stand for ``chosen``;
+    ``responses=()`` reads prompt-only rows (for generation), returning ``{images, prompt}``.
+    ``decode_images=False`` checks the text only and returns the image values as given (for inspecting).
+    """
+    if tuple(responses) == ("chosen",) and row.get("chosen") is None and row.get("completion") is not None:
+        row = {**row, "chosen": row["completion"]}
+    for field in ("prompt", *responses):
+        if field not in row and not (field == "chosen" and "completion" in row):
+            raise DataError(index, field, f"the dataset has no {field!r} column (its columns: {sorted(row)})",
+                            f"add a {field!r} column, or rename the column that holds it", kind="missing_column")
+        if row.get(field) is None:
+            raise DataError(index, field, "the value is missing (null) in this row",
+                            "give the row a value, or drop the row", kind="null_value")
+    images = row.get("images")
+    if images is None and row.get("image") is not None:
+        images = [row["image"]]
+    images = [] if images is None else images
+    if not isinstance(images, Sequence) or isinstance(images, (str, bytes)):
+        images = [images]
+    if decode_images:
+        images = [_open_image(image, index, i, image_root, allow_outside_images, max_image_pixels)
+                  for i, image in enumerate(images)]
+    else:
+        images = list(images)
+
+    prompt = _as_messages(row["prompt"], index, "prompt", "user", num_images=len(images))
+    num_blocks = count_image_blocks(prompt)
+    if num_blocks != len(images):
+        raise DataError(index, "prompt", f"the prompt has {num_blocks} image placeholder(s) but the row has "
+                        f"{len(images)} image(s)", "add or remove {'type': 'image'} blocks so they match",
+                        kind="placeholder_mismatch")
+    normalized = {"images": images, "prompt": prompt}
+    for field in responses:
+        messages = _as_messages(row[field], index, field, "assistant", roles=RESPONSE_ROLES)
+        if count_image_blocks(messages):
+            raise DataError(index, field, "a response contains an image block", "put images in the prompt",
+                            kind="image_in_response")
+        if not response_text(messages).strip():
+            raise DataError(index, field, "the response is empty", "drop the row or give it a response",
+                            kind="empty_response")
+        normalized[field] = messages
+    if "rejected" in normalized and (response_text(normalized["chosen"]).strip()
+                                     == response_text(normalized["rejected"]).strip()):
+        raise DataError(index, "rejected", "the rejected response is the same text as the chosen one, so the pair "
+                        "states no preference (its DPO gradient is zero)", "drop the row, or give it a different "
+                        "rejected response", kind="identical_responses")
+    return normalized
+
+
+class PreferenceDataset:
+    """Map-style view over a ``datasets.Dataset`` that validates each row when it is read.
+
+    Validation is lazy (nothing is decoded up front) and strict (a bad row raises ``DataError`` naming its
+    index in the underlying dataset). ``indices`` restricts the view to those rows of ``dataset`` (the rows a
+    validation kept); errors and ``row["index"]`` still name the row's place in ``dataset``.
+    """
+
+    def __init__(self, dataset: datasets.Dataset, image_root: str | None = None,
+                 responses: Sequence[str] = RESPONSE_FIELDS, *, indices: Sequence[int] | None = None,
+                 allow_outside_images: bool = False, max_image_pixels: int | None = DEFAULT_MAX_PIXELS):
+        self.dataset = dataset
+        self.image_root = image_root
+        self.responses = tuple(responses)
+        self.indices = None if indices is None else [int(i) for i in indices]
+        self.allow_outside_images, self.max_image_pixels = allow_outside_images, max_image_pixels
+
+    def __len__(self) -> int:
+        return len(self.dataset) if self.indices is None else len(self.indices)
+
+    def source_index(self, position: int) -> int:
+        """The row's index in the underlying dataset."""
+        return int(position) if self.indices is None else self.indices[int(position)]
+
+    def subset(self, indices: Sequence[int]) -> PreferenceDataset:
+        """The same view restricted to ``indices`` (indices of the underlying dataset)."""
+        return PreferenceDataset(self.dataset, self.image_root, self.responses, indices=indices,
+                                 allow_outside_images=self.allow_outside_images,
+                                 max_image_pixels=self.max_image_pixels)
+
+    def __getitem__(self, position: int) -> dict:
+        index = self.source_index(position)
+        source = self.dataset[index]
+        row = normalize_row(source, index, self.image_root, self.responses,
+                            allow_outside_images=self.allow_outside_images, max_image_pixels=self.max_image_pixels)
+        if source.get("corrupted_images") is not None:  # mDPO's conditional pairs, built ahead of training
+            row["corrupted_images"] = self._corrupted_images(source, row, index)
+        row["index"] = index
+        return row
+
+    def _corrupted_images(self, source: dict, row: dict, index: int) -> list:
+        # decoded and checked as a row's images are (the stand-in prompt only carries them)
+        corrupted = normalize_row({"images": source["corrupted_images"], "prompt": "-"}, index,
+                                  self.image_root, (), allow_outside_images=self.allow_outside_images,
+                                  max_image_pixels=self.max_image_pixels)["images"]
+        if len(corrupted) != len(row["images"]):
+            raise DataError(index, "corrupted_images", f"{len(corrupted)} corrupted images for {len(row['images'])} "
+                            "images", "give one corrupted image per image, in the same order", kind="bad_corruption")
+        return corrupted
+
+    def validate(self) -> None:
+        """Read every row once (decoding images) so that a bad row fails now rather than mid-run."""
+        for position in range(len(self)):
+            self[position]

@@ -1,0 +1,191 @@
+"""The fast path to response log-probs: each pair's image and prompt run once, logits only where scored.
+
+    batch -> pack_pairs (one padding-free sequence, per pair [prompt; chosen; rejected])
+          -> shared_image_features (the vision tower once per batch, for policy and reference alike)
+          -> the model's own body with tree attention (vlmdpo.forward.tree_attention)
+          -> head_logps on the scored positions only (vlmdpo.forward.lm_head)
+
+It returns what ``vlmdpo.forward.logps.completion_logps`` (the plain path, kept as the reference implementation)
+returns, equal to it up to float rounding. ``choose_forward_path`` picks the path for a model and says why.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vlmdpo.forward.lm_head import head_logps
+from vlmdpo.forward.logps import cast_floating, completion_logps, model_dtype, selective_log_softmax
+from vlmdpo.model.load import hf_model
+from vlmdpo.model.lora import part_of
+from vlmdpo.forward.packing import PackedPairs, pack_pairs
+from vlmdpo.forward.tree_attention import LAYOUT_KWARG, SUPPORTED_ATTENTION, install_tree_attention, placeholder_mask
+
+FORWARD_PATHS = ("auto", "fast", "plain")
+
+
+def shares_image_features(model) -> bool:
+    """True when nothing in the vision tower or projector trains or is adapted, so that the policy and the
+    reference (adapter disabled) see the same image features."""
+    return not any(part_of(name) in ("vision", "projector") and (param.requires_grad or "lora_" in name)
+                   for name, param in hf_model(model).named_parameters())
+
+
+def image_features(model, vision_inputs: dict) -> dict | None:
+    """``mm_encoder_outputs`` for the model's forward, from its own ``get_image_features``; ``None`` when there
+    are no images or when the inputs hold more than images (videos go through the forward as they are)."""
+    if not vision_inputs or not any(key.startswith("pixel_values") for key in vision_inputs):
+        return None
+    if any("video" in key for key in vision_inputs):
+        return None
+    base = hf_model(model)
+    return {"image": base.get_image_features(**cast_floating(vision_inputs, model_dtype(base)), return_dict=True)}
+
+
+def shared_image_features(model, batch: dict) -> dict | None:
+    """Image features computed once, without gradients, for both the policy and the reference; ``None`` when
+    the vision side trains (each model then encodes the images itself, still once per pair)."""
+    if not shares_image_features(model):
+        return None
+    with torch.no_grad():
+        return image_features(model, batch["vision_inputs"])
+
+
+def _model_inputs(packed: PackedPairs, features: dict | None) -> dict:
+    inputs = {"input_ids": packed.input_ids, "position_ids": packed.position_ids, **packed.token_types,
+              "attention_mask": placeholder_mask(packed.input_ids.device), LAYOUT_KWARG: packed.layout,
+              "use_cache": False}
+    if features is not None:
+        inputs["mm_encoder_outputs"] = dict(features)  # the forward may add to the dict
+    else:
+        inputs.update(packed.vision_inputs)
+    return inputs
+
+
+def _cast_inputs(model, inputs: dict) -> dict:
+    """Processor outputs in the model's dtype (the placeholder attention mask stays as the tree attention made it)."""
+    cast = cast_floating({k: v for k, v in inputs.items() if k != "attention_mask"}, model_dtype(hf_model(model)))
+    return {**inputs, **cast}
+
+
+def packed_completion_logps(model, packed: PackedPairs, features: dict | None = None) -> dict[str, torch.Tensor]:
+    """Summed response log-probs of a packed batch; the same keys and values as ``completion_logps``.
+
+    ``features`` are image features from ``shared_image_features``; ``None``: the model encodes the images
+    itself, once per pair.
+    """
+    base = hf_model(model)
+    install_tree_attention(base)
+    if features is None:  # this model's own image features (with gradients if its vision side trains)
+        features = image_features(model, packed.vision_inputs)
+    inputs = _cast_inputs(model, _model_inputs(packed, features))
+    if isinstance(model, torch.nn.parallel.DistributedDataParallel):
+        # DDP synchronizes gradients only through its own forward: let the model apply its head
+        logits = model(**inputs, logits_to_keep=packed.score_index).logits[0]
+        logps = selective_log_softmax(logits, packed.labels)
+    else:
+        hidden = base.base_model(**inputs).last_hidden_state[0]
+        logps = head_logps(hidden[packed.score_index], base.get_output_embeddings(), packed.labels,
+                           **logit_transform(base.config.get_text_config()))
+    per_token_logps = torch.zeros(packed.shape, dtype=torch.float32, device=logps.device).index_put(
+        (packed.score_row.to(logps.device), packed.score_col.to(logps.device)), logps)
+    sums = per_token_logps.sum(dim=1)
+    batch_size = packed.shape[0] // len(packed.fields)
+    out = {"per_token_logps": per_token_logps}
+    for i, field in enumerate(packed.fields):
+        out[f"{field}_logps"] = sums[i * batch_size: (i + 1) * batch_size]
+        out[f"{field}_lengths"] = packed.lengths[i * batch_size: (i + 1) * batch_size].to(logps.device)
+    return out
+
+
+def fast_completion_logps(model, batch: dict) -> dict[str, torch.Tensor]:
+    """``completion_logps`` by the fast path, for one model (``pack_pairs`` + ``packed_completion_logps``)."""
+    return packed_completion_logps(model, pack_pairs(model, batch), image_features(model, batch["vision_inputs"]))
+
+
+ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def logit_transform(text_config) -> dict:
+    """What the model does to its LM head's output before the loss, as ``head_logps`` keywords: Cohere's and
+    Aya Vision's ``logit_scale`` (a factor), Granite's ``logits_scaling`` (a divisor), Gemma's
+    ``final_logit_softcapping``."""
+    scale = getattr(text_config, "logit_scale", None) or 1.0
+    divisor = getattr(text_config, "logits_scaling", None) or 1.0
+    return {"logit_scale": float(scale) / float(divisor),
+            "softcap": getattr(text_config, "final_logit_softcapping", None)}
+
+
+def fast_path_problem(model, batch: dict) -> str | None:
+    """Why the fast path cannot serve ``model`` on batches like ``batch``, or ``None`` when it can."""
+    base = hf_model(model)
+    config = base.config.get_text_config()
+    attention = config._attn_implementation or "eager"
+    if attention.startswith("vlmdpo_tree_"):
+        attention = attention[len("vlmdpo_tree_"):]
+    if attention not in SUPPORTED_ATTENTION:
+        return f"the language model uses {attention!r} attention (packed pairs need one of {SUPPORTED_ATTENTION})"
+    other_layers = sorted(set(getattr(config, "layer_types", None) or ()) - set(ATTENTION_LAYER_TYPES))
+    if other_layers:
+        return f"the language model has layers packed pairs do not split by pair ({', '.join(other_layers)})"
+    if any(value.dim() > 2 for value in batch["prompt_token_types"].values()):
+        return "a per-token input holds more than one value per token (Mllama's cross-attention mask)"
+    if hasattr(type(base), "create_masks_for_generate") and attention not in ("sdpa", "eager"):
+        return f"its prompt masks come from the model's own mask builder, read here from sdpa or eager masks " \
+               f"(not {attention!r})"
+    if getattr(config, "attn_logit_softcapping", None) is not None:
+        return "the attention soft-caps its logits (attn_logit_softcapping), which tree attention does not"
+    if getattr(config, "output_multiplier", None) not in (None, 1, 1.0):
+        return "the model transforms its logits (output_multiplier), which the fused LM head does not"
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    if logit_transform(config)["logit_scale"] != 1.0 and getattr(head, "bias", None) is not None:
+        return "the model scales the logits of an LM head with a bias, which the fused LM head does not"
+    if not hasattr(base, "get_image_features") or not hasattr(base, "get_output_embeddings"):
+        return f"{type(base).__name__} has no get_image_features / get_output_embeddings"
+    return None
+
+
+def parity_problem(model, batch: dict, pad_token_id: int) -> str | None:
+    """Run both paths on a small ``batch`` without gradients; a difference beyond float rounding (in mean
+    absolute per-token log-prob) means the model does something the fast path does not reproduce."""
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            fast = fast_completion_logps(model, batch)["per_token_logps"]
+            plain = completion_logps(model, batch, pad_token_id)["per_token_logps"]
+    finally:
+        model.train(was_training)
+    dtype = next(hf_model(model).parameters()).dtype
+    tolerance = 1e-3 if dtype == torch.float32 else 5e-2
+    scored = plain != 0
+    difference = float((fast - plain)[scored].abs().mean()) if scored.any() else 0.0
+    if difference > tolerance:
+        return f"on a probe batch its log-probs were {difference:.2g} per token away from the plain path's"
+    return None
+
+
+def choose_forward_path(requested: str, models: list, probe_batch: dict, pad_token_id: int, log=print) -> str:
+    """``"fast"`` or ``"plain"`` for ``requested`` (one of ``FORWARD_PATHS``), logged with the reason.
+
+    ``models`` are the models that will compute log-probs (the policy, and a frozen reference if there is
+    one). ``auto`` takes the fast path when every model supports it and agrees with the plain path on
+    ``probe_batch``; ``fast`` raises instead of falling back.
+    """
+    if requested not in FORWARD_PATHS:
+        raise ValueError(f"forward path must be one of {FORWARD_PATHS}, got {requested!r}")
+    if requested == "plain":
+        log("forward path: plain (train.forward_path=plain)")
+        return "plain"
+    problem = next((p for p in (fast_path_problem(m, probe_batch) for m in models) if p), None)
+    if problem is None and requested == "auto":
+        problem = next((p for p in (parity_problem(m, probe_batch, pad_token_id) for m in models) if p), None)
+    if problem is not None:
+        if requested == "fast":
+            raise ValueError(f"train.forward_path=fast, but {problem}; use forward_path=auto or plain")
+        log(f"forward path: plain, because {problem}")
+        return "plain"
+    shared = "shared by policy and reference" if shares_image_features(models[0]) else \
+        "encoded by each model (the vision side trains)"
+    log(f"forward path: fast (each pair's image and prompt run once, responses as two continuations; "
+        f"image features {shared}; logits only at response positions)")
+    return "fast"

@@ -1,0 +1,132 @@
+"""The one place training methods are registered: loss terms by name, presets, and the methods that need more
+than a loss (``METHODS``). Adding a method touches its own module and this file.
+
+A loss spec is ``name:weight+name:weight`` (or a preset name); :func:`combined_loss` sums the registered
+terms, handing each only the keywords its signature names, and refuses a keyword no registered loss takes.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+import vlmdpo.methods.bco as bco
+import vlmdpo.methods.dense as dense
+import vlmdpo.methods.mdpo as mdpo
+from vlmdpo.methods.base import Method
+from vlmdpo.methods.losses import apo_zero, cdpo, hinge, ipo, robust, sft, sigmoid_dpo, simpo
+
+_LOGPS = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
+
+
+@dataclass(frozen=True)
+class LossTerm:
+    """A registered loss: the pure function and what it reads, so a run skips the passes no term needs."""
+
+    fn: Callable[..., Tensor]
+    reference: bool = True
+    """Reads the reference log-probs (False: the reference pass is skipped when no other term reads them)."""
+    rejected: bool = True
+    """Reads the rejected response (False for every term: rows need no rejected response, SFT)."""
+    keywords: frozenset[str] = field(init=False)
+    """The keyword arguments the function takes beyond the four log-probs."""
+
+    def __post_init__(self):
+        names = [name for name in inspect.signature(self.fn).parameters if name not in _LOGPS]
+        object.__setattr__(self, "keywords", frozenset(names))
+
+    def __call__(self, *logps: Tensor, **keywords) -> Tensor:
+        return self.fn(*logps, **keywords)
+
+
+LOSSES: dict[str, LossTerm] = {
+    "sigmoid": LossTerm(sigmoid_dpo),
+    "cdpo": LossTerm(cdpo),
+    "ipo": LossTerm(ipo),
+    "hinge": LossTerm(hinge),
+    "robust": LossTerm(robust),
+    "simpo": LossTerm(simpo, reference=False),
+    "bco_pair": LossTerm(bco.bco_pair),
+    "apo_zero": LossTerm(apo_zero),
+    "sft": LossTerm(sft, reference=False, rejected=False),
+    "mdpo_conditional": LossTerm(mdpo.mdpo_conditional, rejected=False),
+    "mdpo_anchor": LossTerm(mdpo.mdpo_anchor, rejected=False),
+}
+
+LOSS_KEYWORDS = frozenset().union(*(term.keywords for term in LOSSES.values()))
+"""Every keyword some registered loss takes: a loss setting or input outside it is a mistake."""
+
+MPO: tuple[tuple[str, float], ...] = (("sigmoid", 0.8), ("bco_pair", 0.2), ("sft", 1.0))
+"""Mixed Preference Optimization, Wang et al. 2024 (arXiv:2411.10442): preference + quality + generation."""
+
+MDPO: tuple[tuple[str, float], ...] = (("sigmoid", 1.0), ("mdpo_conditional", 1.0), ("mdpo_anchor", 1.0))
+"""mDPO, Wang et al. 2024 (arXiv:2406.11839): its objective L_DPO + L_CoPO + L_AncPO, equal weights."""
+
+PRESETS = {"dpo": "sigmoid", "mpo": "+".join(f"{name}:{weight}" for name, weight in MPO),
+           "mdpo": "+".join(f"{name}:{weight}" for name, weight in MDPO)}
+"""Loss specs by name (``loss.losses=mpo``)."""
+
+METHODS: tuple[Callable[..., Method | None], ...] = (dense.from_config, mdpo.from_config, bco.from_config)
+"""``from_config(loss_config, seed) -> Method | None`` of every method that needs more than its loss terms."""
+
+
+@functools.lru_cache(maxsize=256)
+def parse_spec(spec: str) -> tuple[tuple[str, float], ...]:
+    """``"sigmoid:0.8+sft"`` (or a preset name) as ``(("sigmoid", 0.8), ("sft", 1.0))``; raises on unknown names."""
+    pairs = []
+    for part in PRESETS.get(spec, spec).split("+"):
+        name, _, weight = part.strip().partition(":")
+        if name not in LOSSES:
+            raise ValueError(f"loss.losses: unknown loss {name!r}; known: {sorted(LOSSES)} or presets {sorted(PRESETS)}")
+        pairs.append((name, float(weight) if weight else 1.0))
+    return tuple(pairs)
+
+
+def build_methods(loss_config, seed: int = 0) -> list[Method]:
+    """The methods a run with ``loss_config`` (a ``vlmdpo.config.LossConfig``) needs beyond its loss terms,
+    in the order their hooks run; ``seed`` seeds what they draw per row (mDPO's corruptions)."""
+    return [method for from_config in METHODS if (method := from_config(loss_config, seed)) is not None]
+
+
+def combined_loss(losses: Sequence[tuple[str, float]] | Mapping[str, float], policy_chosen_logps: Tensor,
+                  policy_rejected_logps: Tensor, ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
+                  **inputs) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted sum of registered losses, e.g. ``MPO``: ``sum_k w_k * mean_B(loss_k)``.
+
+    ``losses`` is ``[(name, weight), ...]`` or ``{name: weight}``; every name must be in :data:`LOSSES`,
+    weights must be >= 0 (a zero weight still computes the component, for logging). ``inputs`` (beta,
+    label_smoothing, chosen_lengths, bco_delta, ...) go to each component that names them in its signature; one
+    that no registered loss takes is an error (a misspelled setting never passes silently). Returns the scalar
+    total and ``{name: mean loss}`` detached, for logging.
+    """
+    pairs = list(losses.items()) if isinstance(losses, Mapping) else [tuple(p) for p in losses]
+    if not pairs:
+        raise ValueError("combined_loss needs at least one (name, weight) pair")
+    names = [name for name, _ in pairs]
+    unknown = [name for name in names if name not in LOSSES]
+    if unknown:
+        raise ValueError(f"unknown loss name(s) {unknown}; known losses: {sorted(LOSSES)}")
+    if len(set(names)) != len(names):
+        raise ValueError(f"each loss may appear once, got {names}")
+    negative = {name: weight for name, weight in pairs if weight < 0}
+    if negative:
+        raise ValueError(f"loss weights must be >= 0, got {negative}")
+    strange = sorted(set(inputs) - LOSS_KEYWORDS)
+    if strange:
+        raise TypeError(f"combined_loss: no registered loss takes {strange}; the keywords losses take are "
+                        f"{sorted(LOSS_KEYWORDS)}")
+
+    total = torch.zeros((), dtype=torch.float32, device=policy_chosen_logps.device)
+    components: dict[str, Tensor] = {}
+    for name, weight in pairs:
+        term = LOSSES[name]
+        mean = term(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                    **{key: value for key, value in inputs.items() if key in term.keywords}).mean()
+        total = total + weight * mean
+        components[name] = mean.detach()
+    return total, components

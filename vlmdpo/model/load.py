@@ -1,0 +1,97 @@
+"""Loading a VLM and its processor from a hub name, a local folder or ``tiny:<family>``; the families whose own
+forward is refused, and why."""
+
+from __future__ import annotations
+
+import torch
+
+def resolve_model_path(name_or_path: str) -> str:
+    """``tiny:<family>`` names a cached random-weight model built by ``vlmdpo.tiny.models``; anything else is
+    a hub name or a local folder and is returned as it is."""
+    if name_or_path.startswith("tiny:"):
+        from vlmdpo.tiny.models import tiny_vlm
+
+        return tiny_vlm(name_or_path.split(":", 1)[1])
+    return name_or_path
+
+
+def hf_model(model):
+    """The ``transformers`` model inside DDP / accelerate and ``peft`` wrappers."""
+    model = getattr(model, "module", model)
+    return model.get_base_model() if hasattr(model, "get_base_model") else model
+
+
+def load_model_and_processor(name_or_path: str, dtype: str | torch.dtype = "float32",
+                             attn_implementation: str | None = None, revision: str | None = None):
+    """``AutoModelForImageTextToText`` and ``AutoProcessor`` from a hub name or a local folder."""
+    from transformers import AutoModelForImageTextToText
+
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) and dtype != "auto" else dtype
+    kwargs = {"dtype": dtype, "revision": revision}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    refuse_broken_family(name_or_path, revision)
+    model = AutoModelForImageTextToText.from_pretrained(name_or_path, **kwargs)
+    return model, load_processor(name_or_path, revision)
+
+
+# model types whose own transformers forward was found unusable for DPO, refused before the weights load: Llama 4,
+# Gemma 3n and Phi-4-multimodal when families were tried with tiny models (5.24, not re-measured in this
+# repository's tests); Mllama on tiny:mllama (5.25, measured by tests/test_families.py)
+BROKEN_FAMILIES = {
+    "llama4": "its forward was found batch-dependent (a row's log-probs change with the other rows of the batch)",
+    "gemma3n": "with left padding, which batched prompts need, its forward was found batch-dependent (a row's "
+               "log-probs differ from the row alone)",
+    "phi4_multimodal": "its forward was found batch-dependent (a row's log-probs change with the other rows of the "
+                       "batch)",
+    "mllama": "its forward is batch-dependent: tokens that see no image (a text-only row, the prompt before the "
+              "image) cross-attend evenly to all of the batch's vision tokens, padding included, so a row's log-probs "
+              "change with the images of the other rows",
+}
+
+
+def refuse_broken_family(name_or_path: str, revision: str | None = None) -> None:
+    """``ValueError`` for a model whose family is in ``BROKEN_FAMILIES``, saying what is wrong (only the config is
+    read)."""
+    from transformers import AutoConfig
+
+    model_type = getattr(AutoConfig.from_pretrained(name_or_path, revision=revision), "model_type", None)
+    if model_type in BROKEN_FAMILIES:
+        raise ValueError(f"{name_or_path} is a {model_type} model, which vlmdpo refuses: {BROKEN_FAMILIES[model_type]}. "
+                         "Choose another family (the README's support matrix lists the tested ones)")
+
+
+def load_processor(name_or_path: str, revision: str | None = None):
+    """The model's ``AutoProcessor``, with the EOS token as pad token where it has none.
+
+    An image processor that fails on a batch whose first row has no image (Mllama's torchvision one, 5.25) is
+    swapped for the same processor's PIL backend when that one handles it: batches mix text-only and image rows.
+    """
+    from transformers import AutoProcessor
+
+    processor = AutoProcessor.from_pretrained(name_or_path, revision=revision)
+    if not handles_rows_without_images(processor):
+        try:
+            fallback = AutoProcessor.from_pretrained(name_or_path, revision=revision, backend="pil")
+        except Exception:  # noqa: BLE001 - no PIL backend: keep the processor as it is
+            fallback = None
+        processor = fallback if fallback is not None and handles_rows_without_images(fallback) else processor
+    tokenizer = getattr(processor, "tokenizer", processor)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return processor
+
+
+def handles_rows_without_images(processor) -> bool:
+    """Whether the processor's image processor takes images per row with an empty row first (``[[], [image]]``);
+    True for a processor without an image processor."""
+    from PIL import Image
+
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        return True
+    try:
+        image_processor([[], [Image.new("RGB", (32, 32))]], return_tensors="pt")
+    except Exception:  # noqa: BLE001 - any failure means the batch layout is not handled
+        return False
+    return True

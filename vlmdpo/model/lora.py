@@ -1,0 +1,123 @@
+"""The model's parts (language model, projector, vision tower), LoRA on the ones asked for, and the reference.
+
+The reference model is the policy with its adapter disabled (no second copy in memory); only full
+fine-tuning keeps a frozen copy. Which submodules are the language model, the vision tower and the
+projector is read from the model's own structure, not from its family name.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+
+import torch
+from torch import nn
+
+# Attribute names transformers uses for the parts of a VLM (LLaVA, Qwen2-VL, Idefics, PaliGemma, Gemma 3...).
+_LANGUAGE_NAMES = ("language_model", "text_model")
+_VISION_NAMES = ("vision_tower", "visual", "vision_model")
+_PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector", "mm_projector", "vision_projection",
+                    "embed_vision")  # Gemma 3n / Gemma 4's multimodal embedder
+
+PART_CHOICES = ("language", "projector", "vision")
+
+
+def part_of(name: str) -> str | None:
+    """Which part of a VLM the module called ``name`` belongs to, by name (projector wins over vision)."""
+    pieces = name.split(".")
+    if any(p in _PROJECTOR_NAMES for p in pieces):
+        return "projector"
+    if any(p in _VISION_NAMES for p in pieces):
+        return "vision"
+    if any(p in _LANGUAGE_NAMES for p in pieces):
+        return "language"
+    return None
+
+
+def _language_prefixes(model: nn.Module) -> set[str]:
+    """Names of the language model's module in ``model``, found by identity through ``get_decoder()`` (which
+    every transformers VLM defines), so its attribute name does not matter."""
+    get_decoder = getattr(model, "get_decoder", None)
+    try:
+        decoder = get_decoder() if callable(get_decoder) else None
+    except (AttributeError, NotImplementedError, TypeError):
+        decoder = None
+    return {name for name, module in model.named_modules() if decoder is not None and module is decoder and name}
+
+
+def _expert_counts(model: nn.Module) -> set[int]:
+    """Numbers of experts named in the model's configs (a mixture-of-experts router maps hidden -> experts)."""
+    config = getattr(model, "config", None)
+    configs = [config] + [getattr(config, name, None) for name in ("text_config", "vision_config")] if config else []
+    return {value for c in configs if c is not None for key in ("num_experts", "num_local_experts", "n_routed_experts")
+            if isinstance(value := getattr(c, key, None), int) and value > 1}
+
+
+def is_router(name: str, module: nn.Linear, expert_counts: set[int]) -> bool:
+    """A mixture-of-experts router or gate: a linear layer onto the experts (or a ``*Router`` subclass of
+    ``nn.Linear``, as in Llama 4). Never a LoRA target: adapting it changes which experts run."""
+    return "router" in type(module).__name__.lower() or module.out_features in expert_counts
+
+
+def linear_module_names(model: nn.Module, parts: tuple[str, ...] = ("language",)) -> list[str]:
+    """Full names of the ``nn.Linear`` layers in the given parts of the model: never the LM head, never a
+    mixture-of-experts router."""
+    unknown = set(parts) - set(PART_CHOICES)
+    if unknown:
+        raise ValueError(f"unknown model parts {sorted(unknown)}; choose from {PART_CHOICES}")
+    language = _language_prefixes(model)
+    experts = _expert_counts(model)
+
+    def part(name: str) -> str | None:
+        by_name = part_of(name)
+        if by_name in ("projector", "vision"):
+            return by_name
+        inside = any(name.startswith(prefix + ".") for prefix in language)
+        return "language" if inside or (by_name == "language" and not language) else None
+
+    names = [name for name, module in model.named_modules()
+             if isinstance(module, nn.Linear) and part(name) in parts and not is_router(name, module, experts)]
+    if not names:
+        raise ValueError(f"found no linear layers in parts {parts} of {type(model).__name__}; "
+                         "pass lora target_modules explicitly")
+    return names
+
+
+def apply_lora(model: nn.Module, *, r: int = 16, alpha: int = 32, dropout: float = 0.0,
+               parts: tuple[str, ...] = ("language",), target_modules: list[str] | None = None):
+    """Wrap ``model`` in a ``peft`` LoRA adapter; only the adapter's weights stay trainable."""
+    from peft import LoraConfig, get_peft_model
+
+    targets = target_modules or linear_module_names(model, parts)
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
+                        task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+def frozen_copy(model: nn.Module) -> nn.Module:
+    """A frozen, eval-mode copy, used as the reference model for full fine-tuning."""
+    reference = copy.deepcopy(model).eval()
+    reference.requires_grad_(False)
+    return reference
+
+
+@contextlib.contextmanager
+def reference_mode(policy: nn.Module, reference: nn.Module | None = None):
+    """Yield the model that computes reference log-probs, with no gradients.
+
+    For a ``peft`` policy this is the policy itself with its adapter disabled; otherwise ``reference``.
+    """
+    if reference is not None:
+        with torch.no_grad():
+            yield reference
+        return
+    unwrapped = getattr(policy, "module", policy)  # DDP / accelerate wrapper
+    if not hasattr(unwrapped, "disable_adapter"):
+        raise ValueError("the policy has no adapter to disable; pass a frozen reference model")
+    was_training = policy.training
+    policy.eval()  # the reference is the untrained model: no dropout
+    try:
+        with torch.no_grad(), unwrapped.disable_adapter():
+            yield policy
+    finally:
+        policy.train(was_training)

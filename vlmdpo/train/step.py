@@ -1,0 +1,112 @@
+"""One DPO step on one micro-batch: response log-probs of the policy and the reference, then the loss.
+
+The data path, end to end::
+
+    batch = PreferenceCollator(processor)(rows)              # prompt left-padded, responses right-padded
+    logps = logps_function(policy, batch, pad, "fast")       # packed [prompt; chosen; rejected] or plain
+    policy_out = logps(policy)                               # response tokens only (completion_mask)
+    with reference_mode(policy, reference) as ref_model:     # adapter disabled, or the frozen copy
+        ref_out = logps(ref_model)
+    loss, parts = combined_loss(spec, policy_out..., ref_out..., beta=...)
+    loss.backward()
+
+``dpo_step`` is that, plus the metrics the training loop logs, and the hooks of the run's methods
+(``vlmdpo.methods``): dense DPO reweights the log-probs, mDPO scores its corrupted-image responses, BCO hands
+its running shift to its loss.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from vlmdpo.config import LossConfig
+from vlmdpo.forward.fast import packed_completion_logps, shared_image_features
+from vlmdpo.forward.logps import completion_logps
+from vlmdpo.forward.packing import pack_pairs, padding_stats
+from vlmdpo.methods.base import Method
+from vlmdpo.methods.losses import rewards
+from vlmdpo.methods.registry import build_methods, combined_loss
+from vlmdpo.model.lora import reference_mode
+from vlmdpo.train.reference_cache import ReferenceLogps
+
+
+def logps_function(policy, batch: dict, pad_token_id: int, forward_path: str = "plain"):
+    """``model -> response log-probs of batch`` by ``forward_path``; the fast path packs the batch and encodes
+    its images once, for every model it is then called with (policy and reference)."""
+    if forward_path == "fast":
+        packed, features = pack_pairs(policy, batch), shared_image_features(policy, batch)
+        return lambda model: packed_completion_logps(model, packed, features)
+    return lambda model: completion_logps(model, batch, pad_token_id)
+
+
+def policy_and_reference_logps(policy, reference, batch: dict, pad_token_id: int, forward_path: str = "plain",
+                               with_reference: bool = True, ref_logps: ReferenceLogps | None = None):
+    """Response log-probs of the policy and of the reference (``None`` when ``with_reference`` is off);
+    precomputed ``ref_logps`` replace the reference pass."""
+    logps = logps_function(policy, batch, pad_token_id, forward_path)
+    policy_out = logps(policy)
+    if not with_reference:
+        return policy_out, None
+    if ref_logps is not None:
+        return policy_out, ref_logps.lookup(batch["index"], policy_out["chosen_logps"].device)
+    with reference_mode(policy, reference) as ref_model:
+        return policy_out, logps(ref_model)
+
+
+def dpo_step(policy, reference, batch: dict, loss_config: LossConfig, *, pad_token_id: int,
+             forward_path: str = "plain", methods: list[Method] | None = None,
+             ref_logps: ReferenceLogps | None = None):
+    """``(loss, metrics)`` for one micro-batch.
+
+    Args:
+        policy: the model being trained (LoRA-wrapped, or the full model).
+        reference: the frozen copy under full fine-tuning, or ``None`` (the policy with its adapter disabled).
+        batch: a ``PreferenceCollator`` batch on the model's device (a ``MethodCollator``'s when a method adds
+            to it: dense weights, corrupted images).
+        loss_config: the loss spec, ``beta`` and the losses' own settings.
+        pad_token_id: the tokenizer's pad id (the plain path pads chosen and rejected to one width).
+        forward_path: ``"fast"`` (packed pairs) or ``"plain"`` (see ``vlmdpo.forward.fast``).
+        methods: the run's methods (``vlmdpo.methods.build_methods``), whose state (BCO's shift) the training
+            loop keeps; ``None`` builds them afresh from ``loss_config``.
+        ref_logps: precomputed reference log-probs, which replace the reference pass.
+
+    Supervised batches (no rejected responses) and reference-free losses skip the passes they do not need;
+    the tensors they would have produced are zeros that no loss in the spec reads.
+    """
+    methods = build_methods(loss_config) if methods is None else methods
+    policy_out, ref_out = policy_and_reference_logps(policy, reference, batch, pad_token_id, forward_path,
+                                                     loss_config.needs_reference, ref_logps)
+    for method in methods:
+        policy_out, ref_out = method.reweight(policy_out, ref_out, batch)
+    inputs = {}
+    for method in methods:
+        inputs.update(method.loss_inputs(batch, lambda extra: policy_and_reference_logps(
+            policy, reference, extra, pad_token_id, forward_path)))
+    zeros = torch.zeros_like(policy_out["chosen_logps"])
+    policy_out.setdefault("rejected_logps", zeros)
+    policy_out.setdefault("rejected_lengths", policy_out["chosen_lengths"])
+    ref_out = ref_out or {"chosen_logps": zeros, "rejected_logps": zeros}
+    ref_out.setdefault("rejected_logps", zeros)
+    beta = loss_config.beta
+    loss, parts = combined_loss(
+        loss_config.weighted(), policy_out["chosen_logps"], policy_out["rejected_logps"],
+        ref_out["chosen_logps"], ref_out["rejected_logps"], **loss_config.settings(),
+        chosen_lengths=policy_out["chosen_lengths"], rejected_lengths=policy_out["rejected_lengths"], **inputs)
+    chosen_rewards = rewards(policy_out["chosen_logps"], ref_out["chosen_logps"], beta)
+    rejected_rewards = rewards(policy_out["rejected_logps"], ref_out["rejected_logps"], beta)
+    metrics = {
+        "loss": loss.detach(),
+        "rewards/chosen": chosen_rewards.mean(),
+        "rewards/rejected": rejected_rewards.mean(),
+        "rewards/margins": (chosen_rewards - rejected_rewards).mean(),
+        "rewards/accuracies": (chosen_rewards > rejected_rewards).float().mean(),
+        "logps/chosen": policy_out["chosen_logps"].detach().mean(),
+        "logps/rejected": policy_out["rejected_logps"].detach().mean(),
+        **{f"loss/{name}": value for name, value in parts.items()},
+    }
+    # share of the forward's token positions that are padding (the packed fast path has none)
+    padding = 0.0 if forward_path == "fast" else padding_stats(batch)["padding_fraction"]
+    metrics["padding/fraction"] = torch.tensor(padding, device=loss.device)
+    if "rejected_input_ids" not in batch:  # supervised: there is no preference to report
+        metrics = {k: v for k, v in metrics.items() if not k.startswith("rewards/") and k != "logps/rejected"}
+    return loss, metrics
