@@ -10,7 +10,7 @@ LLaVA or Qwen2-VL layout) with the same LoRA (r=16 on the language model's linea
 start values), on the same pairs in the same order (one image each, responses of 30-300 tokens, 50-400 at
 ``--scale large``), 4 pairs per step:
 
-- ``vlmdpo``: ``vlmdpo.train.loop.train`` as a user runs it (``train.forward_path=auto``);
+- ``vlmdpo``: ``vlmdpo.train.train`` as a user runs it (``train.forward_path=auto``);
 - ``trl``: TRL's ``DPOTrainer`` as shipped (``pip install -e .[bench]``);
 - ``trl_gpu_path``: the same, made to take the branch it takes on GPUs, where its fused LM head scores only
   completion positions (on CPUs it scores every position; its kernels fold to plain torch on a CPU).
@@ -44,12 +44,12 @@ RUNNERS = ("vlmdpo", "vlmdpo_precomputed", "trl", "trl_gpu_path")
 
 def run_vlmdpo(args, model_dir: Path, data_dir: Path, out_dir: Path, precompute: bool) -> dict:
     import vlmdpo.train.loop as train_module
-    import vlmdpo.train.setup as setup_module
+    import vlmdpo.train.setup as train_setup
     from vlmdpo.config import load_config
 
     clock = StepClock(args.device)
-    build_policy, dpo_step = setup_module.build_policy, train_module.dpo_step
-    precomputed = setup_module.precomputed_reference_logps
+    build_policy, dpo_step = train_setup.build_policy, train_module.dpo_step
+    precomputed = train_setup.precomputed_reference_logps
     precompute_seconds = []
 
     def timed_precompute(*precompute_args, **precompute_kwargs):
@@ -71,13 +71,13 @@ def run_vlmdpo(args, model_dir: Path, data_dir: Path, out_dir: Path, precompute:
         clock.loss(loss)
         return loss, metrics
 
-    class InOrder(setup_module.EpochShuffleSampler):  # the runners must see the same first batch
+    class InOrder(train_setup.EpochShuffleSampler):  # the runners must see the same first batch
         def __iter__(self):
             return iter(range(self.size))
 
-    setup_module.build_policy, train_module.dpo_step = build, step
-    setup_module.precomputed_reference_logps = timed_precompute
-    setup_module.EpochShuffleSampler = InOrder
+    train_setup.build_policy, train_module.dpo_step = build, step
+    train_setup.precomputed_reference_logps = timed_precompute
+    train_setup.EpochShuffleSampler = InOrder
     overrides = [
         f"model.name_or_path={model_dir}", f"model.dtype={args.dtype}", f"model.lora_r={bench_setup.LORA['r']}",
         f"model.lora_alpha={bench_setup.LORA['alpha']}", f"data.train={data_dir}", "data.max_response_length=null",

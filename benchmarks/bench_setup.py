@@ -1,5 +1,6 @@
-"""The benchmark's models and data, built from real ``transformers`` classes and saved where every runner loads
-them from (so each runner, in its own process, trains the same weights on the same pairs).
+"""The benchmark's models and data, saved where every runner loads them from (so each runner, in its own process,
+trains the same weights on the same pairs). The models are ``vlmdpo.tiny``'s ``llava`` and ``qwen2_vl`` builders
+(real ``transformers`` classes, random weights) at the sizes below.
 
 Two layouts (``MODELS``), the same language model shapes for both at each scale:
 
@@ -24,20 +25,26 @@ from pathlib import Path
 import torch
 
 MODELS = ("llava", "qwen2_vl")
-TEXT = {
-    "small": dict(hidden=256, layers=4, heads=8, kv_heads=2, intermediate=688),
-    "large": dict(hidden=1536, layers=28, heads=12, kv_heads=2, intermediate=8960),
+TEXT = {  # ``vlmdpo.tiny.TinySizes`` of the decoder, per scale
+    "small": dict(hidden_size=256, num_layers=4, num_heads=8, num_kv_heads=2, intermediate_size=688),
+    "large": dict(hidden_size=1536, num_layers=28, num_heads=12, num_kv_heads=2, intermediate_size=8960),
 }
-VISION = {  # per model and scale
-    ("llava", "small"): dict(hidden=128, layers=4, heads=2),
-    ("llava", "large"): dict(hidden=1024, layers=24, heads=16),
-    ("qwen2_vl", "small"): dict(hidden=128, layers=4, heads=2),
-    ("qwen2_vl", "large"): dict(hidden=1280, layers=32, heads=16),
+VISION = {  # ``TinySizes`` of the vision tower, per model and scale (CLIP's MLP is 4x wide in ``llava`` already)
+    ("llava", "small"): dict(vision_hidden_size=128, vision_layers=4, vision_heads=2),
+    ("llava", "large"): dict(vision_hidden_size=1024, vision_layers=24, vision_heads=16),
+    ("qwen2_vl", "small"): dict(vision_hidden_size=128, vision_layers=4, vision_heads=2, vision_intermediate_size=512),
+    ("qwen2_vl", "large"): dict(vision_hidden_size=1280, vision_layers=32, vision_heads=16,
+                                vision_intermediate_size=5120),
+}
+LAYOUT = {  # per model: the rest of the layout, as in the real model
+    "llava": dict(max_position_embeddings=4096),
+    "qwen2_vl": dict(max_position_embeddings=32768, rope_theta=1e6),
 }
 SCALES = tuple(TEXT)
 RESPONSE_TOKENS = {"small": (30, 300), "large": (50, 400)}
 PATCH = 14
 VOCAB = 32064
+MAX_IMAGE_TOKENS = 4096  # Qwen2-VL's processor keeps every image up to this many tokens at its own size
 LORA = dict(r=16, alpha=32)
 BETA = 0.1
 
@@ -56,6 +63,23 @@ def model_folder(root: Path, model: str, scale: str, image_tokens: int) -> Path:
     return Path(root) / name / "model"
 
 
+def sizes(model: str, scale: str, image_tokens: int) -> dict:
+    """The ``vlmdpo.tiny.build_tiny_vlm`` sizes of ``model``'s layout at ``scale``. LLaVA's image size is fixed
+    by ``image_tokens``; Qwen2-VL's processor takes images up to twice ``image_size`` a side, so one saved model
+    serves every ``--image-tokens`` up to ``MAX_IMAGE_TOKENS``."""
+    side = image_size(image_tokens, "llava") if model == "llava" else image_size(MAX_IMAGE_TOKENS, model) // 2
+    return dict(image_size=side, patch_size=PATCH, vocab_size=VOCAB, **TEXT[scale], **VISION[(model, scale)],
+                **LAYOUT[model])
+
+
+def build(model: str, scale: str, image_tokens: int, seed: int = 0):
+    """``(model, processor)`` of ``model``'s layout at ``scale``, random weights drawn from ``seed`` on the
+    current ``torch`` default device."""
+    from vlmdpo.tiny.models import build_tiny_vlm
+
+    return build_tiny_vlm(model, seed=seed, **sizes(model, scale, image_tokens))
+
+
 def build_model(folder: Path, model: str, scale: str, image_tokens: int, seed: int = 0,
                 device: str = "cpu") -> Path:
     """Random-weight model + processor of ``model``'s layout saved in ``folder`` (reused when already there).
@@ -65,13 +89,8 @@ def build_model(folder: Path, model: str, scale: str, image_tokens: int, seed: i
     """
     if (folder / "config.json").exists():
         return folder
-    from vlmdpo.tiny.models import train_tokenizer
-
-    torch.manual_seed(seed)
-    tokenizer = train_tokenizer()
-    build = _llava if model == "llava" else _qwen2_vl
     with torch.device(device):
-        built, processor = build(tokenizer, TEXT[scale], VISION[(model, scale)], image_tokens)
+        built, processor = build(model, scale, image_tokens, seed)
     if scale == "large":
         built.to(torch.bfloat16)
     tmp = folder.with_name(folder.name + ".tmp")
@@ -79,69 +98,6 @@ def build_model(folder: Path, model: str, scale: str, image_tokens: int, seed: i
     processor.save_pretrained(tmp)
     tmp.replace(folder)
     return folder
-
-
-def _llava(tokenizer, text: dict, vision: dict, image_tokens: int):
-    from transformers import (
-        CLIPImageProcessor, CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration,
-        LlavaProcessor,
-    )
-
-    from vlmdpo.tiny.models import LLAVA_CHAT_TEMPLATE
-
-    pixels = image_size(image_tokens, "llava")
-    vision_config = CLIPVisionConfig(image_size=pixels, patch_size=PATCH, hidden_size=vision["hidden"],
-                                     intermediate_size=4 * vision["hidden"], num_hidden_layers=vision["layers"],
-                                     num_attention_heads=vision["heads"], projection_dim=vision["hidden"])
-    text_config = LlamaConfig(vocab_size=VOCAB, hidden_size=text["hidden"], intermediate_size=text["intermediate"],
-                              num_hidden_layers=text["layers"], num_attention_heads=text["heads"],
-                              num_key_value_heads=text["kv_heads"], max_position_embeddings=4096,
-                              bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                              pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False)
-    config = LlavaConfig(vision_config=vision_config, text_config=text_config,
-                         image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                         vision_feature_select_strategy="default", vision_feature_layer=-1)
-    processor = LlavaProcessor(
-        image_processor=CLIPImageProcessor(size={"shortest_edge": pixels},
-                                           crop_size={"height": pixels, "width": pixels}),
-        tokenizer=tokenizer, patch_size=PATCH, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=LLAVA_CHAT_TEMPLATE)
-    return LlavaForConditionalGeneration(config), processor
-
-
-def _qwen2_vl(tokenizer, text: dict, vision: dict, image_tokens: int):
-    """Qwen2-VL-2B's layout. The processor keeps every benchmark image at its own size (256 to 4096 image
-    tokens), so one saved model serves every ``--image-tokens``."""
-    from transformers import (
-        Qwen2VLConfig, Qwen2VLForConditionalGeneration, Qwen2VLImageProcessor, Qwen2VLProcessor,
-        Qwen2VLVideoProcessor,
-    )
-
-    from vlmdpo.tiny.families import CHATML_CHAT_TEMPLATE
-
-    token = tokenizer.convert_tokens_to_ids
-    head_dim = text["hidden"] // text["heads"]
-    third = head_dim // 2 // 3  # 128 -> [16, 24, 24], Qwen2-VL-2B's split
-    mrope = {"rope_type": "default", "rope_theta": 1e6, "mrope_section": [head_dim // 2 - 2 * third, third, third]}
-    config = Qwen2VLConfig(
-        text_config=dict(vocab_size=VOCAB, hidden_size=text["hidden"], intermediate_size=text["intermediate"],
-                         num_hidden_layers=text["layers"], num_attention_heads=text["heads"],
-                         num_key_value_heads=text["kv_heads"], max_position_embeddings=32768,
-                         rope_parameters=mrope, bos_token_id=tokenizer.bos_token_id, eos_token_id=token("<|im_end|>"),
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=False),
-        vision_config=dict(depth=vision["layers"], embed_dim=vision["hidden"], hidden_size=text["hidden"],
-                           num_heads=vision["heads"], mlp_ratio=4, patch_size=PATCH, spatial_merge_size=2,
-                           temporal_patch_size=2),
-        image_token_id=token("<|image_pad|>"), video_token_id=token("<|video_pad|>"),
-        vision_start_token_id=token("<|vision_start|>"), vision_end_token_id=token("<|vision_end|>"),
-        tie_word_embeddings=False)
-    merged = (2 * PATCH) ** 2  # pixels per image token
-    image_processor = Qwen2VLImageProcessor(patch_size=PATCH, merge_size=2, temporal_patch_size=2,
-                                            min_pixels=4 * merged, max_pixels=4096 * merged)
-    processor = Qwen2VLProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, chat_template=CHATML_CHAT_TEMPLATE,
-        video_processor=Qwen2VLVideoProcessor(patch_size=PATCH, merge_size=2, temporal_patch_size=2))
-    return Qwen2VLForConditionalGeneration(config), processor
 
 
 def _words(tokenizer, rng: random.Random, target_tokens: int, vocabulary: list[str]) -> str:
@@ -162,10 +118,10 @@ def build_pairs(folder: Path, processor, side: int, num_pairs: int, seed: int = 
     import numpy as np
     from PIL import Image
 
-    from vlmdpo.tiny.models import _CORPUS
+    from vlmdpo.tiny.tokenizer import CORPUS
 
     rng = random.Random(seed)
-    vocabulary = sorted(set(_CORPUS.replace(".", " ").replace(",", " ").replace("?", " ").split()))
+    vocabulary = sorted(set(CORPUS.replace(".", " ").replace(",", " ").replace("?", " ").split()))
     tokenizer = processor.tokenizer
     noise = np.random.default_rng(seed)
     rows = {"images": [], "prompt": [], "chosen": [], "rejected": []}

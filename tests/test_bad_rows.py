@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 import vlmdpo.train.loop as train_module
+import vlmdpo.train.setup as train_setup
 from vlmdpo.cli import main
 from vlmdpo.data.collator import PreferenceCollator
 from vlmdpo.config import ConfigError, load_config
@@ -217,7 +218,7 @@ def test_paths_are_checked_before_the_model_loads(tmp_path, monkeypatch):
     def no_model(config):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(train_module, "build_policy", no_model)
+    monkeypatch.setattr(train_setup, "build_policy", no_model)
     (tmp_path / "file").write_text("")
     cases = [([f"data.train={tmp_path / 'missing.jsonl'}"], "does not exist"),
              ([f"data.train={tmp_path / 'file'}", f"train.output_dir={tmp_path / 'file'}"], "is a file"),

@@ -1,12 +1,15 @@
-"""The benchmarks' own measuring: a runner's peak memory is that of training, not of loading the model."""
+"""The benchmarks' own measuring (a runner's peak memory is that of training, not of loading the model) and
+their models (``vlmdpo.tiny``'s builders at benchmark sizes)."""
 
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import bench_clock  # noqa: E402
+import bench_setup  # noqa: E402
 
 
 @pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="Linux's /proc/self/clear_refs")
@@ -26,3 +29,19 @@ def test_the_peak_resident_set_is_counted_from_ready_on():
     assert result["peak_since_ready"]
     assert 95 <= result["train_mb"] < 300
     assert result["peak_mb"] < peak_with_loading - 250
+
+
+@pytest.mark.parametrize("model, scale, parameters", [
+    ("llava", "small", 20_188_672), ("qwen2_vl", "small", 20_527_360),
+    ("llava", "large", 1_715_898_880), ("qwen2_vl", "large", 2_074_112_512),
+])
+def test_the_benchmark_models_are_the_tiny_builders_at_their_sizes(model, scale, parameters):
+    """``bench_setup`` builds from ``vlmdpo.tiny`` (on the meta device: nothing allocated) at the shapes its
+    docstring names: about 20M parameters small, Qwen2-VL-2B's decoder at 1.7B (LLaVA) and 2.1B (Qwen2-VL)."""
+    with torch.device("meta"):
+        built, processor = bench_setup.build(model, scale, image_tokens=256)
+    text = built.config.text_config
+    assert (text.hidden_size, text.vocab_size) == (bench_setup.TEXT[scale]["hidden_size"], bench_setup.VOCAB)
+    assert sum(p.numel() for p in built.parameters()) == parameters
+    if model == "qwen2_vl":  # one saved model serves images up to MAX_IMAGE_TOKENS at their own size
+        assert processor.image_processor.size["longest_edge"] == bench_setup.MAX_IMAGE_TOKENS * (2 * 14) ** 2

@@ -29,9 +29,9 @@ def run_failing(argv, capsys):
     (["demo", "align.step=3"], "vlmdpo: unknown key 'align.step'; did you mean 'align.steps'?"),
 ])
 def test_a_bad_config_is_one_line_and_exit_code_2(argv, line, capsys, monkeypatch):
-    import vlmdpo.train.setup as setup_module
+    import vlmdpo.train.setup as train_setup
 
-    monkeypatch.setattr(setup_module, "build_policy", lambda *a: pytest.fail("the model loaded"))
+    monkeypatch.setattr(train_setup, "build_policy", lambda *a: pytest.fail("the model loaded"))
     code, err = run_failing(argv, capsys)
     assert code == 2 and len(err) == 1 and err[0].startswith(line), err
 
@@ -81,3 +81,15 @@ def test_help_says_where_keys_are_documented(capsys):
         with pytest.raises(SystemExit):
             main(argv)
         assert command in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("items, parsed", [
+    ([], (None, [])),
+    (["run.yaml"], ("run.yaml", [])),
+    (["run.yaml", "train.seed=1"], ("run.yaml", ["train.seed=1"])),
+    (["train.seed=1", "loss.beta=0.2"], (None, ["train.seed=1", "loss.beta=0.2"])),
+])
+def test_config_and_overrides_are_split_in_one_place(items, parsed):
+    from vlmdpo.cli import _config_items
+
+    assert _config_items(items) == parsed

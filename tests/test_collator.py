@@ -204,7 +204,7 @@ def test_per_token_and_per_image_outputs_of_gemma4_and_mllama_processors(images,
     the responses see)."""
     from vlmdpo.forward.logps import concatenated_inputs
     from vlmdpo.model.load import load_processor
-    from vlmdpo.tiny.models import tiny_vlm
+    from vlmdpo.tiny import tiny_vlm
 
     rows = make_rows(images, [(["square"], "describe the image.", *RESPONSES[1]),
                               (["wide", "tall"], "what is in the picture?", *RESPONSES[2])])

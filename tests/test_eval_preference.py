@@ -9,7 +9,7 @@ from vlmdpo.data.rows import PreferenceDataset
 from vlmdpo.eval.preference import preference_fit
 from vlmdpo.forward.logps import completion_logps
 from vlmdpo.model.load import load_model_and_processor
-from vlmdpo.model.lora import apply_lora
+from vlmdpo.model.lora import apply_lora, eval_mode
 from vlmdpo.tiny.models import tiny_vlm
 
 from helpers import randomize_lora
@@ -83,6 +83,17 @@ def test_mode_is_restored_and_batch_size_does_not_matter(policy, rows):
     five = preference_fit(model, processor, rows, batch_size=5, progress=False)
     for a, b in zip(one["per_pair"], five["per_pair"]):
         assert a["policy_chosen_logps"] == pytest.approx(b["policy_chosen_logps"], abs=1e-3)
+
+
+def test_eval_mode_puts_back_the_training_flag_even_on_error():
+    model = torch.nn.Dropout(0.5)
+    with pytest.raises(RuntimeError, match="inside"), eval_mode(model):
+        assert not model.training
+        raise RuntimeError("inside")
+    assert model.training
+    with eval_mode(model.eval()):
+        pass
+    assert not model.training
 
 
 def test_errors(policy, family, rows):

@@ -308,7 +308,7 @@ def test_logit_transforms_are_applied_on_the_fast_path(family, setting, value, i
     """Aya Vision scales its logits, Gemma 4 soft-caps them (set here so far below the logits' range that the
     transform moves every log-prob): the fast path applies both exactly, and without them it would differ."""
     import vlmdpo.forward.fast as fast_module
-    from vlmdpo.tiny.models import tiny_vlm
+    from vlmdpo.tiny import tiny_vlm
 
     model, processor = load_model_and_processor(tiny_vlm(family))
     setattr(model.config.get_text_config(), setting, value)

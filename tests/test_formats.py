@@ -301,6 +301,18 @@ def test_inspect_reports_layout_lengths_sizes_and_plots(tmp_path, capsys):
     assert (tmp_path / "lengths.png").stat().st_size > 5_000
 
 
+def test_inspect_without_plot_writes_no_file_and_says_how_to_get_one(tmp_path, capsys, monkeypatch):
+    from vlmdpo.cli import main
+
+    path = llava_rlhf(tmp_path / "data")
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    main(["data", "inspect", str(path)])
+    out = capsys.readouterr().out
+    assert "chosen words: p50 5, p90" in out and "length histogram: add --plot PATH to write one" in out
+    assert list((tmp_path / "here").iterdir()) == [] and not list(tmp_path.rglob("*_lengths.png"))
+
+
 @pytest.mark.parametrize("family", ["llava"], indirect=True)
 def test_held_out_pairs_in_a_public_layout_are_evaluated_during_training(family, tiny_model_dir, tmp_path):
     path = rlaif_v(tmp_path / "data")

@@ -3,6 +3,7 @@ trains an ordinary run on the new pairs with that policy as reference, and merge
 redoes only what had not finished."""
 
 import json
+import re
 import shutil
 
 import datasets
@@ -12,6 +13,7 @@ import torch
 from data_recipes.shapes import build_shapes_dataset
 from vlmdpo.config import load_config
 from vlmdpo.data.rows import normalize_row
+from vlmdpo.done_marker import is_done, mark_done
 from vlmdpo.eval.generation import generate_responses
 from vlmdpo.train.iterative import iterative_dpo
 from vlmdpo.tiny.models import tiny_vlm
@@ -168,3 +170,10 @@ def test_the_command_line_runs_the_rounds_and_names_a_bad_builder(tmp_path, caps
     with pytest.raises(SystemExit):
         main(["iterate", *overrides, "--pairs", "test_iterative:no_such_builder"])
     assert "--pairs 'test_iterative:no_such_builder'" in capsys.readouterr().err
+
+
+def test_the_done_marker_is_a_DONE_file_holding_the_time(tmp_path):
+    """Folders finished before the marker had a module of its own stay finished: the same file, the same text."""
+    assert not is_done(tmp_path)
+    mark_done(tmp_path)
+    assert is_done(tmp_path) and re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d", (tmp_path / "DONE").read_text())

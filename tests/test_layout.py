@@ -87,7 +87,7 @@ def test_no_import_circle_inside_the_library():
 
 
 LAYERS = [
-    ("vlmdpo", "vlmdpo.names"),
+    ("vlmdpo", "vlmdpo.names", "vlmdpo.done_marker"),
     ("vlmdpo.tiny",),
     ("vlmdpo.data",),
     ("vlmdpo.model",),
@@ -140,3 +140,27 @@ def test_the_readme_layout_names_every_folder():
     folders = {path.parent.name for path in PACKAGE.glob("*/__init__.py")}
     assert named == folders, f"README layout names {sorted(named)}, the package has {sorted(folders)}"
     assert {names[0].split(".")[-1] for names in LAYERS[1:] if "." in names[0]} >= folders
+
+
+def test_every_old_module_path_still_imports_and_names_the_new_one():
+    """Code written against the flat layout keeps working, told where each module lives now (one fresh
+    interpreter, so no test imported the modules first)."""
+    script = ("import importlib, json, warnings\n"
+              "import vlmdpo\n"
+              "out = {}\n"
+              "for old, new in vlmdpo.MOVED.items():\n"
+              "    with warnings.catch_warnings(record=True) as caught:\n"
+              "        warnings.simplefilter('always')\n"
+              "        module = importlib.import_module(old)\n"
+              "    out[old] = [module is importlib.import_module(new),\n"
+              "                [str(w.message) for w in caught if issubclass(w.category, FutureWarning)]]\n"
+              "print(json.dumps(out))")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    found = json.loads(result.stdout.splitlines()[-1])
+    assert set(found) == set(vlmdpo.MOVED) and len(found) > 20
+    for old, (same, messages) in found.items():
+        assert same, f"{old} is not the module at {vlmdpo.MOVED[old]}"
+        assert f"{old} moved to {vlmdpo.MOVED[old]}: import it from there" in messages
+    assert not any(name in {p.name for p in PACKAGE.glob("*.py")} for name in
+                   (old.split(".")[-1] + ".py" for old in vlmdpo.MOVED)), "an old module file is back"

@@ -6,7 +6,7 @@ import torch.nn as nn
 
 from vlmdpo.model.load import load_model_and_processor
 from vlmdpo.model.lora import is_router, linear_module_names
-from vlmdpo.tiny.models import tiny_vlm
+from vlmdpo.tiny import tiny_vlm
 
 
 @pytest.mark.parametrize("family, language_prefix", [("llava", "model.language_model."),

@@ -119,7 +119,7 @@ def test_registry_says_what_the_terms_read():
 @pytest.fixture(scope="module")
 def policy_and_collator():
     from vlmdpo.model.load import load_model_and_processor
-    from vlmdpo.tiny.models import tiny_vlm
+    from vlmdpo.tiny import tiny_vlm
 
     model, processor = load_model_and_processor(tiny_vlm("qwen2_vl"))  # our own copy: LoRA wraps it in place
     policy = lora_policy(model, seed=3).eval()  # eval: no dropout, so two forwards of one batch agree
@@ -219,7 +219,7 @@ CASES = [("crop_resize", {}), ("crop_resize", {"keep": (0.0, 0.2)}), ("noise", {
 def qwen2_vl_image_processor():
     from transformers import AutoProcessor
 
-    from vlmdpo.tiny.models import tiny_vlm
+    from vlmdpo.tiny import tiny_vlm
 
     return AutoProcessor.from_pretrained(tiny_vlm("qwen2_vl")).image_processor
 

@@ -15,7 +15,7 @@ from vlmdpo.data.rows import normalize_row
 from vlmdpo.methods import MethodCollator, build_methods
 from vlmdpo.model.load import load_model_and_processor
 from vlmdpo.train.step import dpo_step, policy_and_reference_logps
-from vlmdpo.tiny.models import tiny_vlm
+from vlmdpo.tiny import tiny_vlm
 
 PAIRS = [("describe the image.", "a red circle and a blue square.", "a red circle and a green square."),
          ("what is there?", "two small stars.", "two small stars and a big dog.")]

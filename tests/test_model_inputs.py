@@ -106,7 +106,7 @@ def test_causality_probe_catches_responses_that_attend_both_ways(vlmdpo_cache, i
     import vlmdpo.forward.logps as logps
     from vlmdpo.model.load import load_model_and_processor
     from vlmdpo.forward.probes import causality_problem
-    from vlmdpo.tiny.models import tiny_vlm
+    from vlmdpo.tiny import tiny_vlm
 
     model, processor = load_model_and_processor(tiny_vlm("gemma3"))
     batch = PreferenceCollator(processor)(rows_from(images, [ONE_IMAGE, SHORT]))

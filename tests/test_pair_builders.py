@@ -104,7 +104,7 @@ def test_hallucination_pairs_rows(captioned):
 @pytest.fixture(scope="module")
 def qwen():
     from vlmdpo.model.load import load_model_and_processor
-    from vlmdpo.tiny.models import tiny_vlm
+    from vlmdpo.tiny import tiny_vlm
 
     model, processor = load_model_and_processor(tiny_vlm("qwen2_vl"))
     return model.eval(), processor

@@ -113,7 +113,7 @@ def extendable(model, data, out, max_steps, **more):
 @pytest.fixture(scope="module")
 def three_steps(tmp_path_factory, pairs_dir):
     """A run stopped after step 3 (checkpoints 1..3 kept) and the same run carried on to step 4."""
-    from vlmdpo.tiny.models import tiny_vlm
+    from vlmdpo.tiny import tiny_vlm
 
     model = tiny_vlm("llava")
     base = tmp_path_factory.mktemp("three")
@@ -167,6 +167,25 @@ def test_other_data_or_settings_are_refused_unless_allowed(three_steps, pairs_di
     train(load_config(None, extendable(model, other, out, 4, resume_with_changes="true")))
     assert "resuming with changed settings: data fingerprint" in capsys.readouterr().out
     assert [r["step"] for r in read_metrics(out / "metrics.jsonl")] == [1, 2, 3, 4]
+
+
+def test_a_resumed_run_carries_on_bcos_running_reward_shift(three_steps, pairs_dir, tmp_path):
+    """MPO has a BCO term, whose shift is the running mean of every reward so far: a run stopped at step 2 and
+    carried on to step 4 must resume the shift from its checkpoint, not from 0."""
+    model = three_steps[0]
+    mpo = ["loss.losses=mpo"]
+    train(load_config(None, extendable(model, pairs_dir, tmp_path / "whole", 4) + mpo))
+    train(load_config(None, extendable(model, pairs_dir, tmp_path / "run", 2) + mpo))
+    state = json.loads((tmp_path / "run" / "checkpoint-2" / "trainer_state.json").read_text())
+    assert state["reward_count"] == 2 and state["bco_delta"] != 0.0  # one micro-batch a step
+    train(load_config(None, extendable(model, pairs_dir, tmp_path / "run", 4) + mpo))
+    expected = read_metrics(tmp_path / "whole" / "metrics.jsonl")
+    assert_same_steps(read_metrics(tmp_path / "run" / "metrics.jsonl"), expected)
+    resumed = read_metrics(tmp_path / "run" / "metrics.jsonl")
+    assert [r["loss/bco_pair"] for r in resumed] == pytest.approx([r["loss/bco_pair"] for r in expected], abs=1e-7)
+    final = json.loads((tmp_path / "run" / "checkpoint-4" / "trainer_state.json").read_text())
+    assert final["bco_delta"] == json.loads((tmp_path / "whole" / "checkpoint-4" / "trainer_state.json").read_text())[
+        "bco_delta"]
 
 
 # --- non-finite losses --------------------------------------------------------------------------

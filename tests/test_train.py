@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import vlmdpo.train.loop as train_module
-import vlmdpo.train.setup as setup_module
+import vlmdpo.train.setup as train_setup
 from data_recipes.shapes import build_shapes_dataset, povid_pairs
 from vlmdpo.data.collator import PreferenceCollator
 from vlmdpo.config import load_config
@@ -47,7 +47,7 @@ def run_train(config_overrides):
     """``train(config)``, keeping hold of the policy and reference it built (with their initial weights)
     and of the dataset rows of every micro-batch it trained on."""
     built, batches = {}, []
-    build_policy, dpo_step = setup_module.build_policy, train_module.dpo_step
+    build_policy, dpo_step = train_setup.build_policy, train_module.dpo_step
 
     def capture_policy(config):
         policy, reference, processor = build_policy(config)
@@ -60,7 +60,7 @@ def run_train(config_overrides):
         return dpo_step(policy, reference, batch, *args, **kwargs)
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(setup_module, "build_policy", capture_policy)
+        patch.setattr(train_setup, "build_policy", capture_policy)
         patch.setattr(train_module, "dpo_step", capture_batch)
         output_dir = train_module.train(load_config(None, config_overrides))
     return {"output_dir": output_dir, "batches": batches, **built}

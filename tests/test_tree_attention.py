@@ -19,7 +19,7 @@ from vlmdpo.forward.logps import completion_logps
 from vlmdpo.model.load import load_model_and_processor
 from vlmdpo.model.lora import apply_lora
 from vlmdpo.forward.packing import pack_pairs
-from vlmdpo.tiny.models import tiny_vlm
+from vlmdpo.tiny import tiny_vlm
 from vlmdpo.forward.tree_attention import PairLayout, install_tree_attention, tree_attention, window_mask
 
 

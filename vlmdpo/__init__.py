@@ -9,7 +9,8 @@ The library, by the path a training row takes:
 - ``vlmdpo.train``: one step, the loop on ``accelerate``, checkpoints, the reference cache, iterative DPO.
 - ``vlmdpo.eval``: hallucination and preference metrics, batch evaluation of checkpoints, reports.
 - ``vlmdpo.tiny``: tiny random-weight models of the real ``transformers`` classes, for offline runs and tests.
-- ``vlmdpo.config`` (typed run settings), ``vlmdpo.show`` (notebook figures), ``vlmdpo.cli`` (the command line).
+- ``vlmdpo.config`` (typed run settings), ``vlmdpo.show`` (notebook figures), ``vlmdpo.cli`` (the command line),
+  ``vlmdpo.names`` (``package.module:NAME`` settings), ``vlmdpo.done_marker`` (folders whose work finished).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ MOVED = {
     "vlmdpo.metrics_log": "vlmdpo.eval.metrics_log",
     "vlmdpo.judge": "vlmdpo.eval.judge",
     "vlmdpo.tiny_models": "vlmdpo.tiny",
-    "vlmdpo.tiny_families": "vlmdpo.tiny.families",
+    "vlmdpo.tiny_families": "vlmdpo.tiny.models",
     "vlmdpo.tiny_gemma_families": "vlmdpo.tiny.gemma",
     "vlmdpo.tiny_mrope_families": "vlmdpo.tiny.mrope",
     "vlmdpo.support": "vlmdpo.tiny.support",

@@ -1,5 +1,5 @@
-"""Command line: ``vlmdpo train``, ``vlmdpo validate``, ``vlmdpo data``, ``vlmdpo eval``, ``vlmdpo merge``, ``vlmdpo demo``, ``vlmdpo tiny-model``,
-``vlmdpo config``.
+"""Command line: ``vlmdpo train``, ``vlmdpo iterate``, ``vlmdpo validate``, ``vlmdpo data``, ``vlmdpo eval``,
+``vlmdpo merge``, ``vlmdpo demo``, ``vlmdpo tiny-model``, ``vlmdpo config``.
 
 ``vlmdpo train [CONFIG.yaml] [section.key=value ...]`` runs DPO; under ``accelerate launch -m vlmdpo.cli``
 the same command runs on several GPUs or machines.
@@ -9,16 +9,29 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
+
+
+def _config_items(items: list[str]) -> tuple[str | None, list[str]]:
+    """``[CONFIG.yaml] key=value ...`` (``train``, ``iterate``, ``validate``, ``eval``): the YAML file, or
+    ``None`` when the first item is already an override, and the overrides."""
+    if items and "=" not in items[0]:
+        return items[0], list(items[1:])
+    return None, list(items)
+
+
+def _pairs(items: list[str], what: str) -> dict:
+    """Repeated ``KEY=VALUE`` options (``--option``, ``--column``) as a dict."""
+    bad = [item for item in items if "=" not in item]
+    if bad:
+        raise SystemExit(f"vlmdpo: {what} must look like key=value, got {bad}")
+    return dict(item.split("=", 1) for item in items)
 
 
 def _train(args) -> None:
     from vlmdpo.config import load_config
     from vlmdpo.train.loop import train
 
-    items = list(args.items)
-    path = items.pop(0) if items and "=" not in items[0] else None
-    output = train(load_config(path, items))
+    output = train(load_config(*_config_items(args.items)))
     print(f"adapter and metrics written to {output}")
 
 
@@ -26,9 +39,7 @@ def _iterate(args) -> None:
     from vlmdpo.config import load_config
     from vlmdpo.train.iterative import iterative_dpo, named_callable
 
-    items = list(args.items)
-    path = items.pop(0) if items and "=" not in items[0] else None
-    config = load_config(path, items)
+    config = load_config(*_config_items(args.items))
     evaluate = named_callable(args.evaluate, "--evaluate") if args.evaluate else None
     iterative_dpo(config, named_callable(args.pairs, "--pairs"), args.rounds, evaluate=evaluate,
                   keep_policies=args.keep_policies)
@@ -39,21 +50,12 @@ def _validate(args) -> None:
     from vlmdpo.config import load_config
     from vlmdpo.train.run_data import validate_training_data
 
-    items = list(args.items)
-    path = items.pop(0) if items and "=" not in items[0] else None
-    report, written = validate_training_data(load_config(path, items), out=args.out)
+    report, written = validate_training_data(load_config(*_config_items(args.items)), out=args.out)
     print(report.summary())
     if written is not None:
         print(f"bad rows listed in {written}")
     if report.bad:
         raise SystemExit(1)
-
-
-def _pairs(items: list[str], what: str) -> dict:
-    bad = [item for item in items if "=" not in item]
-    if bad:
-        raise SystemExit(f"vlmdpo: {what} must look like key=value, got {bad}")
-    return dict(item.split("=", 1) for item in items)
 
 
 def _data(args) -> None:
@@ -70,10 +72,9 @@ def _data(args) -> None:
     common = {"split": args.split, "format": args.format, "options": _pairs(args.option, "--option"),
               "columns": _pairs(args.column, "--column"), "image_root": args.image_root}
     if args.action == "inspect":
-        plot = args.plot or f"{Path(args.source).stem or 'data'}_lengths.png"
-        report = dataset_tools.inspect_dataset(args.source, sample=args.sample, plot=plot, **common)
+        report = dataset_tools.inspect_dataset(args.source, sample=args.sample, plot=args.plot, **common)
         print(report.summary())
-        print(f"length histogram: {plot}")
+        print(f"length histogram: {args.plot}" if args.plot else "length histogram: add --plot PATH to write one")
     else:
         if args.out is None:
             raise SystemExit("vlmdpo: data convert needs OUT (a .jsonl file or a folder)")
@@ -86,9 +87,7 @@ def _data(args) -> None:
 def _eval(args) -> None:
     from vlmdpo.eval.runner import run_eval
 
-    items = list(args.items)
-    path = items.pop(0) if items and "=" not in items[0] else None
-    print(f"report written to {run_eval(path, items)}")
+    print(f"report written to {run_eval(*_config_items(args.items))}")
 
 
 def _merge(args) -> None:
@@ -121,7 +120,8 @@ def _config(args) -> None:
     print(config_reference(schema))
 
 
-KEYS_HELP = {"train": "vlmdpo config", "iterate": "vlmdpo config", "validate": "vlmdpo config", "eval": "vlmdpo config eval", "demo": "vlmdpo config demo"}
+KEYS_HELP = {"train": "vlmdpo config", "iterate": "vlmdpo config", "validate": "vlmdpo config",
+             "eval": "vlmdpo config eval", "demo": "vlmdpo config demo"}
 
 
 def _subcommand(commands, name: str, help: str):
@@ -130,19 +130,24 @@ def _subcommand(commands, name: str, help: str):
                                formatter_class=argparse.RawDescriptionHelpFormatter)
 
 
+def _config_subcommand(commands, name: str, help: str, items_help: str, func):
+    """A subcommand that takes ``[CONFIG.yaml] key=value ...`` as ``items`` (split by :func:`_config_items`)."""
+    command = _subcommand(commands, name, help)
+    command.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value", help=items_help)
+    command.set_defaults(func=func)
+    return command
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vlmdpo", description="DPO for vision-language models: LoRA, response-only log-probs.",
         epilog="Config keys are documented by `vlmdpo config` (train), `vlmdpo config eval` and "
                "`vlmdpo config demo`.", formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    train = _subcommand(commands, "train", "DPO-train a LoRA adapter (or the full model)")
-    train.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
-                       help="an optional YAML config, then overrides such as train.learning_rate=1e-5")
-    train.set_defaults(func=_train)
-    iterate = _subcommand(commands, "iterate", "on-policy iterative DPO: rounds of sample, score, pair, train")
-    iterate.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
-                         help="the training config each round uses (data.train is set per round)")
+    _config_subcommand(commands, "train", "DPO-train a LoRA adapter (or the full model)",
+                       "an optional YAML config, then overrides such as train.learning_rate=1e-5", _train)
+    iterate = _config_subcommand(commands, "iterate", "on-policy iterative DPO: rounds of sample, score, pair, train",
+                                 "the training config each round uses (data.train is set per round)", _iterate)
     iterate.add_argument("--rounds", type=int, default=3)
     iterate.add_argument("--keep-policies", choices=["all", "last"], default="all",
                          help="every round's merged policy (default), or only the newest one on disk")
@@ -150,13 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="build_pairs(model, processor, round) -> datasets.Dataset of preference rows")
     iterate.add_argument("--evaluate", default=None, metavar="package.module:NAME",
                          help="evaluate(model, processor, round) -> {name: number} for each round's policy")
-    iterate.set_defaults(func=_iterate)
-    validate = _subcommand(commands, "validate", "check every training row as training will read it, before training")
-    validate.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
-                          help="the training config (and overrides) whose data.train to check")
+    validate = _config_subcommand(commands, "validate",
+                                  "check every training row as training will read it, before training",
+                                  "the training config (and overrides) whose data.train to check", _validate)
     validate.add_argument("--out", default=None, help="where to list the bad rows (default: "
                           "<train.output_dir>/bad_rows.jsonl)")
-    validate.set_defaults(func=_validate)
     data = _subcommand(commands, "data", "look at a dataset in any known layout, or convert it to the package's")
     data.add_argument("action", choices=["inspect", "convert", "formats"])
     data.add_argument("source", nargs="?", help="a data file, save_to_disk folder or hub name")
@@ -167,13 +170,12 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--split", default="train")
     data.add_argument("--image-root", default=None, help="folder image paths are relative to")
     data.add_argument("--sample", type=int, default=2000, help="inspect: rows read, spread over the dataset")
-    data.add_argument("--plot", default=None, help="inspect: where to write the length histogram PNG")
+    data.add_argument("--plot", default=None, metavar="PATH", help="inspect: write a histogram of response "
+                      "lengths to this PNG (without it, the summary gives the lengths' percentiles)")
     data.add_argument("--skip-bad", action="store_true", help="convert: leave bad rows out (and list them)")
     data.set_defaults(func=_data)
-    evaluate = _subcommand(commands, "eval", "evaluate a base model and its adapters or merged checkpoints")
-    evaluate.add_argument("items", nargs="*", metavar="CONFIG.yaml | key=value",
-                          help="an optional YAML eval config, then overrides such as 'checkpoints=[runs/*]'")
-    evaluate.set_defaults(func=_eval)
+    _config_subcommand(commands, "eval", "evaluate a base model and its adapters or merged checkpoints",
+                       "an optional YAML eval config, then overrides such as 'checkpoints=[runs/*]'", _eval)
     merge = _subcommand(commands, "merge", "merge an adapter into its base model")
     merge.add_argument("adapter", help="folder with adapter_config.json (a train output_dir)")
     merge.add_argument("out", help="where to write the merged model")

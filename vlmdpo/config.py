@@ -25,8 +25,8 @@ from vlmdpo.methods.registry import LOSS_KEYWORDS, LOSSES, parse_spec
 class ModelConfig:
     name_or_path: str = "tiny:llava"
     """Hub name or local folder of an ``AutoModelForImageTextToText`` model; ``tiny:<family>`` builds a
-    random-weight tiny model (``vlmdpo.tiny.models``: llava, llava_next, qwen2_vl, qwen2_5_vl, idefics3, smolvlm,
-    llava_onevision, internvl, qwen3_vl, mistral3, gemma3, paligemma) for offline runs."""
+    random-weight tiny model of a real ``transformers`` class (``vlmdpo.tiny``; ``vlmdpo tiny-model --help`` lists
+    the families: llava, qwen2_vl, gemma3, ...) for offline runs."""
     dtype: str = "float32"
     """Weights dtype: float32, bfloat16 or float16."""
     finetune: str = "lora"

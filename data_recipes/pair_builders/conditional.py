@@ -4,7 +4,7 @@ Each preference row gains a ``corrupted_images`` column: its images corrupted by
 random crop resized back by default, so the image-token count is unchanged). The conditional loss
 ``vlmdpo.methods.losses.mdpo_conditional`` then prefers the chosen response given ``images`` over the same chosen
 response given ``corrupted_images``. Building the column ahead of training fixes the corruption per row
-and lets it be inspected; training reads it when it is there (``vlmdpo.methods.batches``) and otherwise
+and lets it be inspected; training reads it when it is there (``vlmdpo.methods.mdpo.CorruptedImages``) and otherwise
 corrupts on the fly by ``loss.corruption``.
 """
 

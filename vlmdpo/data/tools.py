@@ -1,8 +1,8 @@
 """``vlmdpo data``: look at a preference dataset in any known layout, and write it in the package's own.
 
 ``inspect_dataset`` reads a sample of rows without decoding images (sizes come from the image headers) and
-reports the layout detected, counts, response lengths, image sizes and bad rows in the sample, with a histogram
-PNG of response lengths. ``convert_dataset`` writes every row as a conversational TRL-layout row, to a
+reports the layout detected, counts, response lengths (percentiles; a histogram PNG only where asked for), image
+sizes and bad rows in the sample. ``convert_dataset`` writes every row as a conversational TRL-layout row, to a
 ``save_to_disk`` folder or to a jsonl file with its images beside it.
 """
 
@@ -48,6 +48,9 @@ def load_rows(source: str, split: str = "train", format: str = "auto", options: 
 
 @dataclass
 class Inspection:
+    """What ``inspect_dataset`` found in a sample of rows: word counts per part, images per row, image sizes,
+    bad rows by kind, and a few example rows."""
+
     source: str
     format: str
     rows: int
@@ -60,6 +63,7 @@ class Inspection:
     bad: dict[str, int] = field(default_factory=dict)
 
     def summary(self) -> str:
+        """The report as text: word-count percentiles, image counts and sizes, bad rows, examples."""
         lines = [f"{self.source}: format {self.format}, {self.rows} rows (sampled {self.sampled}); source columns: "
                  f"{', '.join(self.columns)}"]
         for part, values in self.words.items():

@@ -22,6 +22,7 @@ from omegaconf import OmegaConf
 
 METRICS = ("preference", "chair", "pope", "clipscore", "length")
 GENERATION_METRICS = ("chair", "clipscore", "length")
+"""The metrics scored on generated captions: asking for any of them generates once, for all of them."""
 POPE_STRATEGIES = ("random", "popular", "adversarial")
 
 

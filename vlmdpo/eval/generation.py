@@ -6,15 +6,14 @@ image placeholders expand exactly as they did during DPO; only the newly generat
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
 from tqdm.auto import tqdm
 
-from vlmdpo.forward.logps import cast_floating, model_dtype
-
 from vlmdpo.data.collator import PreferenceCollator
+from vlmdpo.forward.logps import cast_floating, model_dtype
+from vlmdpo.model.lora import eval_mode
 
 
 def with_prompt(row: dict, text: str) -> dict:
@@ -25,16 +24,6 @@ def with_prompt(row: dict, text: str) -> dict:
 
 def _unwrap(model):
     return getattr(model, "module", model)  # DDP / accelerate wrapper; generate lives on the inner model
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _sampling_kwargs(do_sample: bool, temperature: float, top_p: float) -> dict:
@@ -95,7 +84,7 @@ def generate_responses(
                     pad_token_id=tokenizer.pad_token_id, **_sampling_kwargs(do_sample, temperature, top_p))
     responses: list[str] = []
     devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices), _eval_mode(model), torch.inference_mode():
+    with torch.random.fork_rng(devices=devices), eval_mode(model), torch.inference_mode():
         torch.manual_seed(seed)
         for start in tqdm(range(0, len(rows), batch_size), desc="generate", disable=not progress,
                           leave=False, dynamic_ncols=True):

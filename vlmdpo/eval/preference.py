@@ -1,13 +1,12 @@
 """Preference fit on held-out pairs: does the policy prefer the chosen response more than the reference does?
 
-The same quantities the training loop logs (``vlmdpo.train.loop.dpo_step``), computed over a whole split with no
+The same quantities the training loop logs (``vlmdpo.train.step.dpo_step``), computed over a whole split with no
 gradients: implicit rewards ``beta * (policy_logps - ref_logps)`` (DPO, arXiv:2305.18290, sec. 5), reward
 accuracy (share of pairs whose chosen reward is strictly larger, as in TRL), and the mean reward margin.
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Sequence
 
 import torch
@@ -16,7 +15,7 @@ from tqdm.auto import tqdm
 from vlmdpo.data.collator import PreferenceCollator
 from vlmdpo.forward.logps import completion_logps
 from vlmdpo.methods.losses import rewards
-from vlmdpo.model.lora import reference_mode
+from vlmdpo.model.lora import eval_mode, reference_mode
 
 
 def _batched_logps(model, collator: PreferenceCollator, rows: Sequence[dict], batch_size: int,
@@ -42,16 +41,6 @@ def _to(value, device):
     if isinstance(value, dict):
         return {key: _to(v, device) for key, v in value.items()}
     return value
-
-
-@contextlib.contextmanager
-def _eval_mode(model):
-    was_training = model.training
-    model.eval()  # no dropout: the numbers must not depend on the RNG
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def preference_fit(
@@ -91,7 +80,7 @@ def preference_fit(
     if not pairs_rows:
         raise ValueError("preference_fit needs at least one pair")
     collator = PreferenceCollator(processor, max_response_length=max_response_length)
-    with _eval_mode(model):
+    with eval_mode(model):  # no dropout: the numbers must not depend on the RNG
         policy = _batched_logps(model, collator, pairs_rows, batch_size, progress, "policy log-probs")
     self_reference = reference is model
     if reference_logps is not None:
@@ -102,7 +91,7 @@ def preference_fit(
     elif self_reference:
         ref = policy
     else:
-        with _eval_mode(model), reference_mode(model, reference) as ref_model:
+        with eval_mode(model), reference_mode(model, reference) as ref_model:
             ref = _batched_logps(ref_model, collator, pairs_rows, batch_size, progress, "reference log-probs")
     return summarize_fit(policy, ref, beta, [row.get("index", i) for i, row in enumerate(pairs_rows)],
                          has_rewards=not self_reference)

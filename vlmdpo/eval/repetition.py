@@ -11,8 +11,9 @@ mistake, so compare checkpoints by this number rather than reading it as an erro
     repetition   = sum_c repeats_c / sum_c mentions_c    (share of claimed mentions that are repeats)
     repetition_s = #{c : repeats_c > 0} / N              (share of captions with at least one repeat)
 
-where ``repeats_c`` = caption c's claimed mentions minus its distinct claimed objects. A ratio whose denominator is zero is 0.0: a caption without
-objects (or an empty one) repeats nothing, and it still counts among the N captions of ``repetition_s``.
+where ``repeats_c`` = caption c's claimed mentions minus its distinct claimed objects. A ratio whose denominator
+is zero is 0.0: a caption without objects (or an empty one) repeats nothing, and it still counts among the N
+captions of ``repetition_s``.
 """
 
 from __future__ import annotations

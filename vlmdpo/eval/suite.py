@@ -10,6 +10,7 @@ import statistics
 from collections.abc import Sequence
 
 from vlmdpo.eval.chair import chair
+from vlmdpo.eval.config import GENERATION_METRICS
 from vlmdpo.eval.generation import generate_responses, with_prompt
 from vlmdpo.eval.objects import ObjectVocabulary
 from vlmdpo.eval.pope import build_pope_questions, parse_pope_answer, pope_metrics
@@ -142,7 +143,7 @@ def evaluate_model(model, processor, rows: Sequence[dict], *, metrics: Sequence[
         result["preference"] = preference_fit(
             model, processor, pairs, beta=beta, batch_size=preference_batch_size, reference=reference,
             reference_logps=reference_logps, max_response_length=max_response_length, progress=progress)
-    if any(metric in metrics for metric in ("chair", "clipscore", "length")):
+    if any(metric in metrics for metric in GENERATION_METRICS):
         responses = generate_responses(model, processor, rows, progress=progress, **generation)
         records["generations"] = [{"index": row["index"], "response": text} for row, text in zip(rows, responses)]
         if "chair" in metrics:

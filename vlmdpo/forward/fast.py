@@ -16,7 +16,7 @@ import torch
 from vlmdpo.forward.lm_head import head_logps
 from vlmdpo.forward.logps import cast_floating, completion_logps, model_dtype, selective_log_softmax
 from vlmdpo.model.load import hf_model
-from vlmdpo.model.lora import part_of
+from vlmdpo.model.lora import eval_mode, part_of
 from vlmdpo.forward.packing import PackedPairs, pack_pairs
 from vlmdpo.forward.tree_attention import LAYOUT_KWARG, SUPPORTED_ATTENTION, install_tree_attention, placeholder_mask
 
@@ -147,14 +147,9 @@ def fast_path_problem(model, batch: dict) -> str | None:
 def parity_problem(model, batch: dict, pad_token_id: int) -> str | None:
     """Run both paths on a small ``batch`` without gradients; a difference beyond float rounding (in mean
     absolute per-token log-prob) means the model does something the fast path does not reproduce."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            fast = fast_completion_logps(model, batch)["per_token_logps"]
-            plain = completion_logps(model, batch, pad_token_id)["per_token_logps"]
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        fast = fast_completion_logps(model, batch)["per_token_logps"]
+        plain = completion_logps(model, batch, pad_token_id)["per_token_logps"]
     dtype = next(hf_model(model).parameters()).dtype
     tolerance = 1e-3 if dtype == torch.float32 else 5e-2
     scored = plain != 0

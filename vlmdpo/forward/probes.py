@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 
 from vlmdpo.forward.logps import completion_logps, model_dtype
+from vlmdpo.model.lora import eval_mode
 
 
 def _changed_last_tokens(batch: dict) -> tuple[dict, list[tuple[int, int]]]:
@@ -36,14 +37,9 @@ def causality_problem(model, batch: dict, pad_token_id: int) -> str | None:
     altered, changed = _changed_last_tokens(batch)
     if not changed:
         return None
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            before = completion_logps(model, batch, pad_token_id)["per_token_logps"]
-            after = completion_logps(model, altered, pad_token_id)["per_token_logps"]
-    finally:
-        model.train(was_training)
+    with eval_mode(model), torch.no_grad():
+        before = completion_logps(model, batch, pad_token_id)["per_token_logps"]
+        after = completion_logps(model, altered, pad_token_id)["per_token_logps"]
     tolerance = 1e-4 if model_dtype(model) == torch.float32 else 5e-2
     moved = max(float((after[row, :last] - before[row, :last]).abs().max()) for row, last in changed)
     if moved > tolerance:

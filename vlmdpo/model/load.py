@@ -35,9 +35,11 @@ def load_model_and_processor(name_or_path: str, dtype: str | torch.dtype = "floa
     return model, load_processor(name_or_path, revision)
 
 
-# model types whose own transformers forward was found unusable for DPO, refused before the weights load: Llama 4,
-# Gemma 3n and Phi-4-multimodal when families were tried with tiny models (5.24, not re-measured in this
-# repository's tests); Mllama on tiny:mllama (5.25, measured by tests/test_families.py)
+# model types whose own transformers forward gives a row log-probs that depend on the rest of its batch, which
+# DPO's per-row log-probs cannot use; refused before the weights load. Mllama's is checked on tiny:mllama by
+# tests/test_families.py (upstream: huggingface/transformers#39379, rows masked out of cross-attention still get
+# its output through the residual); Llama 4's, Gemma 3n's and Phi-4-multimodal's were found with tiny models and
+# are not re-checked by this repository's tests.
 BROKEN_FAMILIES = {
     "llama4": "its forward was found batch-dependent (a row's log-probs change with the other rows of the batch)",
     "gemma3n": "with left padding, which batched prompts need, its forward was found batch-dependent (a row's "
@@ -64,8 +66,8 @@ def refuse_broken_family(name_or_path: str, revision: str | None = None) -> None
 def load_processor(name_or_path: str, revision: str | None = None):
     """The model's ``AutoProcessor``, with the EOS token as pad token where it has none.
 
-    An image processor that fails on a batch whose first row has no image (Mllama's torchvision one, 5.25) is
-    swapped for the same processor's PIL backend when that one handles it: batches mix text-only and image rows.
+    An image processor that fails on a batch whose first row has no image (Mllama's torchvision one) is swapped
+    for the same processor's PIL backend when that one handles it: batches mix text-only and image rows.
     """
     from transformers import AutoProcessor
 

@@ -102,6 +102,17 @@ def frozen_copy(model: nn.Module) -> nn.Module:
 
 
 @contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """Run the block with ``model`` in eval mode (no dropout), then put back its training flag, even on error."""
+    was_training = model.training
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train(was_training)
+
+
+@contextlib.contextmanager
 def reference_mode(policy: nn.Module, reference: nn.Module | None = None):
     """Yield the model that computes reference log-probs, with no gradients.
 
@@ -114,10 +125,6 @@ def reference_mode(policy: nn.Module, reference: nn.Module | None = None):
     unwrapped = getattr(policy, "module", policy)  # DDP / accelerate wrapper
     if not hasattr(unwrapped, "disable_adapter"):
         raise ValueError("the policy has no adapter to disable; pass a frozen reference model")
-    was_training = policy.training
-    policy.eval()  # the reference is the untrained model: no dropout
-    try:
-        with torch.no_grad(), unwrapped.disable_adapter():
-            yield policy
-    finally:
-        policy.train(was_training)
+    # the reference is the untrained model: no dropout
+    with eval_mode(policy), torch.no_grad(), unwrapped.disable_adapter():
+        yield policy

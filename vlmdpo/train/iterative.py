@@ -6,7 +6,7 @@ Round ``k`` lives in ``<train.output_dir>/round-<k>/``:
 - ``pairs/``: the preference pairs ``build_pairs(model, processor, k)`` made from the round's starting policy
   (usually: sample several responses per prompt, score them, keep best vs worst above a margin;
   ``data_recipes.pair_builders.ai_feedback`` does this for any model and judge);
-- ``run/``: an ordinary ``vlmdpo.train.loop.train`` run on those pairs (adapter, ``metrics.jsonl``, checkpoints);
+- ``run/``: an ordinary ``vlmdpo.train.train`` run on those pairs (adapter, ``metrics.jsonl``, checkpoints);
   its reference is the round's starting policy, as in RLAIF-V;
 - ``policy/``: the round's starting policy with the adapter merged in (a plain checkpoint): the next round
   samples from it and trains on it;
@@ -27,12 +27,12 @@ from __future__ import annotations
 
 import json
 import shutil
-import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
 from vlmdpo.config import Config, ConfigError
+from vlmdpo.done_marker import MARKER, is_done, mark_done
 from vlmdpo.names import resolve_name
 
 PairBuilder = Callable[[object, object, int], "datasets.Dataset"]  # noqa: F821
@@ -46,14 +46,6 @@ Evaluator = Callable[[object, object, int], dict]
 def named_callable(spec: str, what: str) -> Callable:
     """The callable ``package.module:NAME`` names (for the command line)."""
     return resolve_name(spec, what, callable, error=ConfigError)
-
-
-def _done(path: Path) -> bool:
-    return (path / "DONE").exists()
-
-
-def _mark_done(path: Path) -> None:
-    (path / "DONE").write_text(time.strftime("%Y-%m-%d %H:%M:%S"))
 
 
 KEEP_POLICIES = ("all", "last")
@@ -103,7 +95,7 @@ def iterative_dpo(config: Config, build_pairs: PairBuilder, rounds: int, *,
 def _round_pairs(folder: Path, build: Callable, index: int) -> Path:
     import datasets
 
-    if not _done(folder):
+    if not is_done(folder):
         pairs = build()
         if not isinstance(pairs, datasets.Dataset):
             raise TypeError(f"round {index}: build_pairs must return a datasets.Dataset, got {type(pairs).__name__}")
@@ -111,28 +103,28 @@ def _round_pairs(folder: Path, build: Callable, index: int) -> Path:
             raise ConfigError(f"round {index}: build_pairs returned no pairs (every candidate pair was dropped: "
                              "lower the judge margin or sample more responses per prompt)")
         pairs.save_to_disk(str(folder))
-        _mark_done(folder)
+        mark_done(folder)
     return folder
 
 
 def _round_run(config: Config, policy: str, pairs: Path, folder: Path, index: int) -> Path:
     from vlmdpo.train.loop import train
 
-    if not _done(folder):
+    if not is_done(folder):
         round_config = replace(config, model=replace(config.model, name_or_path=policy),
                                data=replace(config.data, train=str(pairs)),
                                train=replace(config.train, output_dir=str(folder), seed=config.train.seed + index))
         train(round_config)
-        _mark_done(folder)
+        mark_done(folder)
     return folder
 
 
 def _merged_policy(run: Path, policy: str, folder: Path, dtype: str) -> Path:
     from vlmdpo.model.merge import merge_adapter
 
-    if not _done(folder):
+    if not is_done(folder):
         merge_adapter(str(run), str(folder), base=policy, dtype=dtype)
-        _mark_done(folder)
+        mark_done(folder)
     return folder
 
 
@@ -141,7 +133,7 @@ def _prune_policy(folder: Path, successor: Path) -> None:
     the rounds after it are done) and a ``PRUNED`` note that says which policy replaced it."""
     if not (folder / "PRUNED").exists():
         for path in folder.iterdir():
-            if path.name != "DONE":
+            if path.name != MARKER:
                 shutil.rmtree(path) if path.is_dir() else path.unlink()
         (folder / "PRUNED").write_text(f"deleted (keep_policies=last); the newest policy is {successor}\n")
 
@@ -158,7 +150,8 @@ def _round_report(folder: Path, index: int, policy: str, pairs: Path, run: Path,
         return json.loads(path.read_text())
     training = [r for r in read_metrics(run / "metrics.jsonl") if "loss" in r]
     report = {"round": index, "start_policy": policy, "policy": str(merged),
-              "pairs": len(datasets.load_from_disk(str(pairs))), "last_training_record": training[-1] if training else None}
+              "pairs": len(datasets.load_from_disk(str(pairs))),
+              "last_training_record": training[-1] if training else None}
     if evaluate is not None:
         model, processor = load_model_and_processor(str(merged), dtype)
         report["eval"] = evaluate(model.eval(), processor, index)
