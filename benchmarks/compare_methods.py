@@ -2,7 +2,7 @@
 model's own best samples rather than ground truth: python benchmarks/compare_methods.py --seeds 0 1 2
 
 The demo's stages build the data, the CLIP judge and the base model (cached as the demo caches them). The
-pairs are RLAIF-style only (``pairs.povid_pairs=0 pairs.yes_no_images=0``): the base samples captions of
+pairs are RLAIF-style only (``pairs.caption_pairs=0 pairs.yes_no_images=0``): the base samples captions of
 alignment images it never saw, the judge ranks them, best vs worst above a margin. Imitating the chosen
 captions copies whatever they still get wrong; the preference between them points away from it. On those
 pairs, from the same base and with the same adapter, steps and learning rate:
@@ -60,7 +60,7 @@ def prepare(seed: int, overrides: list[str]):
     from data_recipes.shapes.settings import load_config
     from data_recipes.shapes.stages import build_data, build_pairs, train_base, train_judge
 
-    config = load_config([f"seed={seed}", "pairs.povid_pairs=0", "pairs.yes_no_images=0", "progress=false",
+    config = load_config([f"seed={seed}", "pairs.caption_pairs=0", "pairs.yes_no_images=0", "progress=false",
                           *overrides])
     cache = stage_folders(config)
     data = build_data(config, cache["data"])

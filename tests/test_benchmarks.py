@@ -45,3 +45,18 @@ def test_the_benchmark_models_are_the_tiny_builders_at_their_sizes(model, scale,
     assert sum(p.numel() for p in built.parameters()) == parameters
     if model == "qwen2_vl":  # one saved model serves images up to MAX_IMAGE_TOKENS at their own size
         assert processor.image_processor.size["longest_edge"] == bench_setup.MAX_IMAGE_TOKENS * (2 * 14) ** 2
+
+
+def test_the_demo_benchmark_table_reads_the_control_comparison():
+    import bench_demo
+
+    change = {"change": -0.1, "low": -0.15, "high": -0.05}
+    model = {"chair_i": 0.1, "recall": 0.99, "pope_f1": 0.9, "mean_words": 12.0}
+    metrics = {"base": dict(model), "sft_control": dict(model, chair_i=0.2),
+               "aligned": dict(model, vs_control={"chair_i": change, "pope_f1": change},
+                               pope_f1_change={"change": 0.01, "low": -0.01, "high": 0.03}, pope_f1=0.91, chair_i=0.1)}
+    rows = bench_demo.table([{"seed": 1, "threads": 2, "seconds": 90, "metrics": metrics},
+                             {"seed": 2, "threads": 1, "seconds": 30, "error": "exit 1: boom"}]).splitlines()
+    assert rows[2] == ("| 1 | 2 | 1.5 min | 0.100 / 0.200 / 0.100 | -0.100 [-0.150, -0.050] | 0.990 -> 0.990 "
+                       "| 0.900 -> 0.910 [-0.010, +0.030] | 12.0 / 12.0 | PPP |")
+    assert rows[3].startswith("| 2 | 1 | 0.5 min | failed: exit 1: boom")

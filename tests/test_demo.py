@@ -32,6 +32,16 @@ def test_quick_demo_writes_report_metrics_and_plots(quick_demo):
         assert 0.0 <= values["pope_accuracy"] <= 1.0
     report = (out / "report.md").read_text()
     assert "| aligned |" in report and "| sft_control |" in report and "## Acceptance" in report
+    # the preference method against imitation first: headline, then its table, then against the base
+    for metric in ("chair_i", "pope_f1"):
+        change = metrics["aligned"]["vs_control"][metric]
+        assert change["low"] <= change["change"] <= change["high"]
+    headline = report.split("\n\n")[1]
+    assert "the SFT control" in headline and f"{metrics['sft_control']['chair_i']:.3f}" in headline
+    sections = [report.index(s) for s in ("## Aligned against the SFT control", "## Aligned against the base",
+                                          "## Acceptance", "## Every model")]
+    assert sections == sorted(sections)
+    assert "CHAIR_i below the SFT control's beyond the 95% paired bootstrap interval" in report
     pngs = sorted(out.glob("*.png"))
     assert any(p.name == "training_curves.png" for p in pngs)
     for png in pngs:
@@ -89,8 +99,15 @@ def test_a_stage_version_bump_invalidates_that_stage_and_every_later_one(monkeyp
     assert [stage for stage in demo.CACHED_STAGES if before[stage] != after[stage]] == ["base", "pairs"]
 
 
-def _changed(value):
+VALID_CHANGES = {"caption_regime": {"habit": "ground_truth", "ground_truth": "habit"},
+                 "chosen_hallucination_rate": {0.6: 0.3}}
+"""Settings whose values are checked: a different valid value."""
+
+
+def _changed(value, name=""):
     """A different value of the same type (for every settings field of the demo)."""
+    if name in VALID_CHANGES:
+        return VALID_CHANGES[name][value]
     if isinstance(value, bool):
         return not value
     if isinstance(value, (int, float)):
@@ -115,7 +132,7 @@ def test_every_setting_of_a_stage_is_in_its_key_and_every_later_ones(stage):
     later = demo.CACHED_STAGES[demo.CACHED_STAGES.index(stage):]
     assert fields(settings)
     for f in fields(settings):
-        changed = replace(config, **{stage: replace(settings, **{f.name: _changed(getattr(settings, f.name))})})
+        changed = replace(config, **{stage: replace(settings, **{f.name: _changed(getattr(settings, f.name), f.name)})})
         after = demo.stage_keys(changed)
         assert [s for s in demo.CACHED_STAGES if before[s] != after[s]] == list(later), f"{stage}.{f.name}"
 
@@ -162,7 +179,7 @@ def test_pairs_need_at_least_one_recipe(tmp_path):
     from data_recipes.shapes.stages import build_pairs
 
     data = build_shapes_dataset(seed=0, num_train=12, num_test=0, image_size=32)
-    small = ["data.num_train=12", "base.images=8", "pairs.povid_pairs=0", "pairs.rlaif_images=0"]
+    small = ["data.num_train=12", "base.images=8", "pairs.caption_pairs=0", "pairs.rlaif_images=0"]
     config = load_config(small + ["pairs.yes_no_images=0"])
     with pytest.raises(ValueError, match="set at least one above 0"):
         build_pairs(config, data, None, None, tmp_path)

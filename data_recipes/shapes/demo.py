@@ -31,12 +31,12 @@ CACHED_STAGES = ("data", "judge", "base", "pairs")
 RUN_WIDE = ("seed", "mixed_precision")
 """Top-level settings every cached stage's key holds (``out``, ``cache`` and ``progress`` change no result)."""
 
-STAGE_VERSIONS = {"data": 2, "judge": 1, "base": 6, "pairs": 8}
+STAGE_VERSIONS = {"data": 2, "judge": 1, "base": 6, "pairs": 9}
 """Bumped when a stage's code changes what it produces, so caches written by older code are not reused
 (data 2, base 2: popular-object caption noise; base 3: one yes and one no question per image; base 4: the
 separator token before each answer is trained; pairs 2: the insert_object rewrite; pairs 5: yes/no pairs;
 pairs 6: their hard negatives; base 5: questions written from noisy captions; pairs 7: popular negatives;
-base 6, pairs 8: settings by stage)."""
+base 6, pairs 8: settings by stage; pairs 9: imperfect-chosen caption pairs)."""
 
 
 def stage_keys(config: DemoConfig) -> dict[str, str]:

@@ -71,8 +71,17 @@ class BaseSettings:
 class PairSettings:
     """Preference pairs, all from alignment images the base model never saw."""
 
-    povid_pairs: int = 1000
-    """Ground truth vs hallucination-injected rewrite pairs, one per alignment image from the first."""
+    caption_pairs: int = 1000
+    """Caption pairs, one per alignment image from the first."""
+    caption_regime: str = "habit"
+    """How caption pairs are made. ``habit`` (``data_recipes.shapes.habit_pairs``): the chosen caption is better
+    than the rejected one but not right, as in public preference sets: a share ``chosen_hallucination_rate``
+    of chosen captions ends with the popular absent object the base model's habit adds, and the rejected one
+    drops a true object for one more such object (the same length). ``ground_truth`` (POVID-style,
+    ``povid_pairs``): the true caption against a hallucinated rewrite; when the chosen caption is already
+    right, SFT on it does as well as DPO (``docs/shapes_world.md``)."""
+    chosen_hallucination_rate: float = 0.6
+    """``habit`` regime: the exact share of chosen captions that name one absent object."""
     yes_no_images: int = 500
     """Alignment images (from the first) whose one yes and one no question become pairs: the true answer vs
     the opposite one, the absent object drawn by how often noisy captions add it."""
@@ -84,6 +93,13 @@ class PairSettings:
     """Smallest CLIPScore gap between the best and worst sample for a pair."""
     rlaif_max_new_tokens: int = 48
     """Length limit of the sampled captions."""
+
+    def __post_init__(self) -> None:
+        if self.caption_regime not in ("habit", "ground_truth"):
+            raise ValueError(f"pairs.caption_regime must be habit or ground_truth, got {self.caption_regime!r}")
+        if not 0.0 <= self.chosen_hallucination_rate <= 1.0:
+            raise ValueError(f"pairs.chosen_hallucination_rate must lie in [0, 1], got "
+                             f"{self.chosen_hallucination_rate}")
 
 
 @dataclass
@@ -153,7 +169,7 @@ class DemoConfig:
 
 
 QUICK = ["data.num_train=48", "data.num_test=12", "judge.epochs=1", "base.images=32", "base.steps=4",
-         "base.batch_size=8", "pairs.povid_pairs=16", "pairs.yes_no_images=8", "pairs.rlaif_images=8",
+         "base.batch_size=8", "pairs.caption_pairs=16", "pairs.yes_no_images=8", "pairs.rlaif_images=8",
          "pairs.rlaif_samples=2", "pairs.rlaif_max_new_tokens=16", "align.steps=2", "align.batch_size=4",
          "eval.max_new_tokens=16", "eval.probe_images=4"]
 """Settings of ``vlmdpo demo --quick``: every stage runs, on a few rows and steps (for tests)."""

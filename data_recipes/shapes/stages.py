@@ -1,14 +1,13 @@
 """The stages of the shapes-world demo (see ``data_recipes.shapes.demo``); each one reads what the previous wrote.
 
-Cached stages write a ``DONE`` marker last, so a killed stage is redone (base-model training resumes from
-its last checkpoint) and a finished one is loaded.
+Cached stages write a ``DONE`` marker last (``vlmdpo.done_marker``), so a killed stage is redone (base-model
+training resumes from its last checkpoint) and a finished one is loaded.
 """
 
 from __future__ import annotations
 
 import json
 import shutil
-import time
 from pathlib import Path
 
 import datasets
@@ -16,14 +15,7 @@ import datasets
 from data_recipes.shapes.settings import DemoConfig
 from data_recipes.shapes.question_rows import base_sft_rows, yes_no_pairs
 from vlmdpo.data.rows import response_text
-
-
-def _done(path: Path) -> bool:
-    return (path / "DONE").exists()
-
-
-def _mark_done(path: Path) -> None:
-    (path / "DONE").write_text(time.strftime("%Y-%m-%d %H:%M:%S"))
+from vlmdpo.done_marker import is_done, mark_done
 
 
 def _device() -> str:
@@ -44,13 +36,13 @@ def build_data(config: DemoConfig, cache: Path) -> datasets.DatasetDict:
     """The shapes-world train/test splits (``data_recipes.shapes.build_shapes_dataset``)."""
     from data_recipes.shapes import build_shapes_dataset
 
-    if not _done(cache):
+    if not is_done(cache):
         settings = config.data
         data = build_shapes_dataset(seed=config.seed, num_train=settings.num_train, num_test=settings.num_test,
                                     image_size=settings.image_size,
                                     noisy_background_fraction=settings.noisy_background_fraction)
         data.save_to_disk(str(cache / "dataset"))
-        _mark_done(cache)
+        mark_done(cache)
     return datasets.load_from_disk(str(cache / "dataset"))
 
 
@@ -62,7 +54,7 @@ def train_judge(config: DemoConfig, data: datasets.DatasetDict, cache: Path):
     from data_recipes.shapes.judge import TINY_CLIP_CONFIG, train_clip_judge
     from vlmdpo.eval.judge import ClipJudge
 
-    if not _done(cache):
+    if not is_done(cache):
         settings = config.judge
         judge_config = copy.deepcopy(TINY_CLIP_CONFIG)
         judge_config["vision_cfg"].update(image_size=config.data.image_size, patch_size=settings.patch_size,
@@ -73,7 +65,7 @@ def train_judge(config: DemoConfig, data: datasets.DatasetDict, cache: Path):
         train_clip_judge([row[0] for row in train["images"]], train["caption"], cache, config=judge_config,
                          model_name=f"shapes-judge-{cache.name}", epochs=settings.epochs, seed=config.seed,
                          progress=config.progress, hard_negatives=negatives)
-        _mark_done(cache)
+        mark_done(cache)
     return ClipJudge.load(cache)
 
 
@@ -81,7 +73,7 @@ def train_base(config: DemoConfig, data: datasets.DatasetDict, judge, cache: Pat
     """The base VLM: LLaVA-style, vision tower from the judge, trained with loss ``sft`` (full)."""
     from data_recipes.shapes.base_model import build_base_vlm
 
-    if _done(cache):
+    if is_done(cache):
         return cache / "model"
     settings = config.base
     if not (cache / "rows" / "dataset_info.json").exists():
@@ -101,18 +93,20 @@ def train_base(config: DemoConfig, data: datasets.DatasetDict, judge, cache: Pat
             f"train.mixed_precision={config.mixed_precision}"])
     for checkpoint in (cache / "model").glob("checkpoint-*"):  # optimizer state is not needed any more
         shutil.rmtree(checkpoint)
-    _mark_done(cache)
+    mark_done(cache)
     return cache / "model"
 
 
 def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judge, cache: Path) -> Path:
-    """POVID pairs (truth vs injected hallucination), yes/no pairs (hard negatives included) and RLAIF pairs
-    (base samples ranked by the judge)."""
+    """Caption pairs (``pairs.caption_regime``: imperfect chosen captions with the base's habit, or the truth
+    against an injected hallucination), yes/no pairs (hard negatives included) and RLAIF pairs (base samples
+    ranked by the judge)."""
     from data_recipes.shapes import povid_pairs
+    from data_recipes.shapes.habit_pairs import habit_pairs
     from data_recipes.shapes.rlaif import rlaif_pairs
     from vlmdpo.model.load import load_model_and_processor
 
-    if _done(cache):
+    if is_done(cache):
         return cache / "pairs"
     settings = config.pairs
     train = data["train"]
@@ -125,8 +119,13 @@ def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judg
         return align.select(range(max(0, len(align) - count), len(align)))
 
     recipes = {}  # a recipe set to 0 images is left out
-    if settings.povid_pairs > 0:
-        recipes["povid"] = _plain(povid_pairs(first(settings.povid_pairs), seed=config.seed), "povid")
+    if settings.caption_pairs > 0:
+        images = first(settings.caption_pairs)
+        if settings.caption_regime == "habit":
+            recipes["habit"] = _plain(habit_pairs(images, settings.chosen_hallucination_rate, seed=config.seed),
+                                      "habit")
+        else:
+            recipes["povid"] = _plain(povid_pairs(images, seed=config.seed), "povid")
     if settings.yes_no_images > 0:
         yes_no = yes_no_pairs(first(settings.yes_no_images), seed=config.seed)
         recipes["yes_no"] = yes_no.add_column("source", ["yes_no"] * len(yes_no))
@@ -139,14 +138,14 @@ def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judg
         if len(rlaif):
             recipes["rlaif"] = _plain(rlaif, "rlaif")
     if not recipes:
-        raise ValueError("no preference pairs: pairs.povid_pairs, pairs.yes_no_images and pairs.rlaif_images "
+        raise ValueError("no preference pairs: pairs.caption_pairs, pairs.yes_no_images and pairs.rlaif_images "
                          "are all 0 (or RLAIF kept none); set at least one above 0")
     features = next(iter(recipes.values())).features
     pairs = datasets.concatenate_datasets([part.cast(features) for part in recipes.values()])
     pairs = pairs.shuffle(seed=config.seed)
     pairs.save_to_disk(str(cache / "pairs"))
     (cache / "summary.json").write_text(json.dumps({name: len(part) for name, part in recipes.items()}))
-    _mark_done(cache)
+    mark_done(cache)
     return cache / "pairs"
 
 
@@ -180,12 +179,15 @@ def evaluate_all(config: DemoConfig, data: datasets.DatasetDict, base: Path, jud
                  adapters: dict[str, Path]) -> dict[str, dict]:
     """Base and each adapter on held-out images: preference fit, CHAIR, POPE, CLIPScore, lengths, the
     share of "yes" answers per kind of yes/no question (``data_recipes.shapes.yes_no_probe``) and, for each
-    adapter, its POPE F1 change from the base with a paired bootstrap interval (``pope_f1_change``)."""
+    adapter, its CHAIR_i and POPE F1 changes from the base with paired bootstrap intervals over images, and for
+    ``aligned`` the same changes from ``sft_control`` (``vs_control``): the preference method against imitation
+    of the same pairs' chosen responses."""
     from peft import PeftModel
 
     from data_recipes.shapes import SHAPES_VOCABULARY, povid_pairs
     from data_recipes.shapes.yes_no_probe import yes_rate_by_kind
     from vlmdpo.eval.objects import ObjectVocabulary
+    from vlmdpo.eval.chair import chair_i_change
     from vlmdpo.eval.pope import pope_f1_change
     from vlmdpo.eval.rows import eval_row
     from vlmdpo.eval.suite import evaluate_model
@@ -198,22 +200,27 @@ def evaluate_all(config: DemoConfig, data: datasets.DatasetDict, base: Path, jud
     settings = dict(metrics=["preference", "chair", "pope", "clipscore", "length"], vocabulary=vocabulary,
                     judge=judge, beta=config.align.beta, progress=config.progress,
                     generation={"max_new_tokens": max_new_tokens, "batch_size": 50})
-    results, base_pope = {}, []
+    results, records = {}, {}
     for name, adapter in {"base": None, **adapters}.items():
         model, processor = load_model_and_processor(str(base))
         if adapter is not None:
             model = PeftModel.from_pretrained(model, str(adapter))
         model = model.to(_device())
-        result, records = evaluate_model(model.eval(), processor, rows,
-                                         reference=model if adapter is None else None, **settings)
+        result, records[name] = evaluate_model(model.eval(), processor, rows,
+                                               reference=model if adapter is None else None, **settings)
         result["generation"] = {"prompt": "Describe the image.", "max_new_tokens": max_new_tokens,
-                                "do_sample": False, "examples": records["generations"][:8]}
-        if adapter is None:
-            base_pope = records["pope"]
-        else:
-            result["pope_f1_change"] = pope_f1_change(base_pope, records["pope"], seed=config.seed)
+                                "do_sample": False, "examples": records[name]["generations"][:8]}
+        if adapter is not None:
+            result["pope_f1_change"] = pope_f1_change(records["base"]["pope"], records[name]["pope"], seed=config.seed)
+            result["chair_i_change"] = chair_i_change(records["base"]["generations"], records[name]["generations"],
+                                                      seed=config.seed)
         result["yes_rate_by_question"] = yes_rate_by_kind(model.eval(), processor, data["test"],
                                                           max_images=config.eval.probe_images,
                                                           progress=config.progress)
         results[name] = result
+    if "aligned" in records and "sft_control" in records:  # the preference method against imitation
+        aligned, control = records["aligned"], records["sft_control"]
+        results["aligned"]["vs_control"] = {
+            "chair_i": chair_i_change(control["generations"], aligned["generations"], seed=config.seed),
+            "pope_f1": pope_f1_change(control["pope"], aligned["pope"], seed=config.seed)}
     return results
