@@ -80,8 +80,10 @@ class PairSettings:
     drops a true object for one more such object (the same length). ``ground_truth`` (POVID-style,
     ``povid_pairs``): the true caption against a hallucinated rewrite; when the chosen caption is already
     right, SFT on it does as well as DPO (``docs/shapes_world.md``)."""
-    chosen_hallucination_rate: float = 0.6
-    """``habit`` regime: the exact share of chosen captions that name one absent object."""
+    chosen_hallucination_rate: float = 0.7
+    """``habit`` regime: the exact share of chosen caption pairs whose chosen caption names one absent object
+    (with the RLAIF pairs' mostly clean chosen captions, about half of all chosen captions: enough for the SFT
+    control to learn the habit on seed 0, which 0.6 was not; ``docs/shapes_world.md``)."""
     yes_no_images: int = 500
     """Alignment images (from the first) whose one yes and one no question become pairs: the true answer vs
     the opposite one, the absent object drawn by how often noisy captions add it."""
