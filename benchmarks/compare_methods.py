@@ -25,6 +25,10 @@ when either interval lies wholly on the better side of zero and its recall is at
 text alone: plain DPO can then fit them without looking at the image, and mDPO's conditional term is what
 should still make the model use it.
 
+``pairs.caption_pairs=1000 pairs.yes_no_images=500`` (overrides go last) gives the demo's own pairs instead: the
+imperfect-chosen caption pairs (``data_recipes.shapes.habit_pairs``), yes/no and RLAIF pairs; the record of both
+is ``docs/preference_methods.md``.
+
 Results accumulate in ``--out`` (one JSON per seed, world and method; a finished one is not rerun), and the
 table is printed and written to ``<out>/comparison.md``.
 """
