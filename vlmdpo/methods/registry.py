@@ -32,7 +32,7 @@ class LossTerm:
     reference: bool = True
     """Reads the reference log-probs (False: the reference pass is skipped when no other term reads them)."""
     rejected: bool = True
-    """Reads the rejected response (False for every term: rows need no rejected response, SFT)."""
+    """Reads the rejected response (when no term of a spec does, rows need no rejected response: SFT)."""
     keywords: frozenset[str] = field(init=False)
     """The keyword arguments the function takes beyond the four log-probs."""
 
