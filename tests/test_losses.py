@@ -7,10 +7,12 @@ h = (pi_c - pi_r) - (ref_c - ref_r) is the log-ratio difference.
 """
 
 import math
+import re
 
 import pytest
 import torch
 
+from vlmdpo.config import LossConfig
 from vlmdpo.methods import LOSSES, MPO, combined_loss, rewards
 
 LN2, LN3, LN4_3, LN4 = math.log(2), math.log(3), math.log(4 / 3), math.log(4)
@@ -156,11 +158,202 @@ def test_sft_is_per_token_nll_with_lengths_and_summed_without():
     check(LOSSES["sft"](*inputs), [6.0, 1.0])
 
 
+# --- length-normalised DPO, EXO, DiscoPOP ---------------------------------------------------------
+
+def test_sigmoid_norm_divides_each_log_ratio_by_its_length():
+    # chosen_logratio = -4 - (-2) = -2 over 2 tokens = -1; rejected_logratio = -9 - (-3) = -6 over 3 tokens = -2.
+    # margin -1 - (-2) = 1; beta = ln 3: -log s(ln 3) = ln(4/3).  Unnormalised h = -2 + 6 = 4 would differ.
+    inputs = (t(-4.0), t(-9.0), t(-2.0), t(-3.0))
+    check(LOSSES["sigmoid_norm"](*inputs, beta=LN3, chosen_lengths=t(2.0), rejected_lengths=t(3.0)), [LN4_3])
+    with pytest.raises(ValueError, match="sigmoid_norm needs chosen_lengths and rejected_lengths"):
+        LOSSES["sigmoid_norm"](*inputs, beta=LN3, chosen_lengths=t(2.0))
+
+
+def test_exo_pair_is_the_kl_from_the_policy_preference_to_the_smoothed_label():
+    # q = (s(beta h), s(-beta h)), p = (1 - eps, eps), loss = KL(q || p).
+    # beta h = ln 3, eps = 1/4: q = (3/4, 1/4) = p, so 0.
+    # h = 0, eps = 1/4: q = (1/2, 1/2): ln(1/2) - 0.5 ln(3/4 * 1/4) = -ln 2 - 0.5 ln(3/16)
+    #   = -0.693147 + 0.5 * 1.673976 = 0.143841.
+    # beta h = ln 3, eps = 1e-3 (the default): 3/4 (ln(3/4) - ln 0.999) + 1/4 (ln(1/4) - ln 0.001)
+    #   = 0.75 (-0.287682 + 0.001001) + 0.25 (-1.386294 + 6.907755) = -0.215011 + 1.380365 = 1.165354.
+    check(LOSSES["exo_pair"](*chosen_ratio_ln3(), beta=1.0, label_smoothing=0.25), [0.0])
+    check(LOSSES["exo_pair"](*equal_policy_and_ref(), label_smoothing=0.25), [0.143841] * 3)
+    check(LOSSES["exo_pair"](*chosen_ratio_ln3(), beta=1.0), [1.165354])
+
+
+@pytest.mark.parametrize("eps", [0.0, 1.0, -0.1])
+def test_exo_pair_needs_a_smoothed_label(eps):
+    with pytest.raises(ValueError, match="exo_pair: label_smoothing"):
+        LOSSES["exo_pair"](*chosen_ratio_ln3(), label_smoothing=eps)
+
+
+def test_discopop_blends_logistic_and_exponential_losses():
+    # loss = (1 - m) (-log s(x)) + m exp(-x), m = s(x / tau), x = beta h.
+    # x = 0, any tau: m = 1/2: (ln 2 + 1) / 2 = 0.846574.
+    # x = ln 3, tau = 1: m = 3/4: ln(4/3) / 4 + (3/4)(1/3) = 0.071921 + 0.25 = 0.321921.
+    # x = -ln 3, tau = 1: m = 1/4: (3/4) ln 4 + (1/4) 3 = 1.039721 + 0.75 = 1.789721.
+    check(LOSSES["discopop"](*equal_policy_and_ref()), [0.846574] * 3)
+    check(LOSSES["discopop"](*chosen_ratio_ln3(), beta=1.0, discopop_tau=1.0), [0.321921])
+    check(LOSSES["discopop"](t(-1.0 - LN3), t(-2.0), t(-1.0), t(-2.0), beta=1.0, discopop_tau=1.0), [1.789721])
+    with pytest.raises(ValueError, match="discopop_tau must be > 0"):
+        LOSSES["discopop"](*chosen_ratio_ln3(), discopop_tau=0.0)
+
+
+def test_discopop_slope_at_h_zero_is_positive():
+    # d/dx at x = 0 with A = -log s(x), E = exp(-x), m' = s'(0) / tau = 1/4 / 0.05 = 5:
+    #   m' (E - A) + (1 - m) A' + m E' = 5 (1 - ln 2) + (1/2)(-1/2) + (1/2)(-1) = 1.534264 - 0.75 = 0.784264;
+    # d/d pi_c = beta * 0.784264 = 0.0784264 at beta = 0.1: raising the chosen log-prob raises the loss here.
+    policy_chosen, *rest = equal_policy_and_ref()
+    policy_chosen = policy_chosen.clone().requires_grad_(True)
+    LOSSES["discopop"](policy_chosen, *rest, beta=0.1).sum().backward()
+    check(policy_chosen.grad, [0.0784264] * 3)
+
+
+# --- losses on each response's own reward: APO-down, NCA, SPPO-hard ------------------------------
+
+def test_apo_down_values():
+    # s(beta chosen_logratio) + 1 - s(beta (chosen_logratio - rejected_logratio)), beta = 1:
+    # pi == ref: 1/2 + 1 - 1/2 = 1
+    # chosen_logratio = -ln 3, rejected_logratio = -2 ln 3: s(-ln 3) + 1 - s(ln 3) = 1/4 + 1/4 = 0.5
+    # both ln 3: 3/4 + 1 - 1/2 = 1.25
+    check(LOSSES["apo_down"](*equal_policy_and_ref()), [1.0] * 3)
+    check(LOSSES["apo_down"](t(-LN3), t(-2 * LN3), t(0.0), t(0.0), beta=1.0), [0.5])
+    check(LOSSES["apo_down"](t(LN3), t(LN3), t(0.0), t(0.0), beta=1.0), [1.25])
+
+
+def test_apo_down_at_pi_equals_ref_pushes_only_the_rejected_response_down():
+    # d/d pi_c = beta s'(0) - beta s'(0) = 0; d/d pi_r = +beta s'(0) = 0.1 * 1/4 = 0.025.
+    policy_chosen, policy_rejected, *refs = equal_policy_and_ref()
+    policy_chosen = policy_chosen.clone().requires_grad_(True)
+    policy_rejected = policy_rejected.clone().requires_grad_(True)
+    LOSSES["apo_down"](policy_chosen, policy_rejected, *refs, beta=0.1).sum().backward()
+    check(policy_chosen.grad, [0.0] * 3)
+    check(policy_rejected.grad, [0.025] * 3)
+
+
+def test_nca_pair_values():
+    # -log s(r_c) - 0.5 log s(-r_c) - 0.5 log s(-r_r), r = beta * logratio.
+    # pi == ref: ln 2 (1 + 0.5 + 0.5) = 2 ln 2
+    # beta = 1, r_c = ln 3, r_r = -ln 3: ln(4/3) + 0.5 ln 4 + 0.5 ln(4/3) = 0.431523 + 0.693147 = 1.124670
+    check(LOSSES["nca_pair"](*equal_policy_and_ref()), [2 * LN2] * 3)
+    check(LOSSES["nca_pair"](t(LN3), t(-LN3), t(0.0), t(0.0), beta=1.0), [1.124670])
+
+
+def test_sppo_hard_values():
+    # (chosen_logratio - 1/(2 beta))^2 + (rejected_logratio + 1/(2 beta))^2
+    # pi == ref, beta = 0.1: 5^2 + 5^2 = 50
+    # beta = 0.5 (targets +-1): chosen_logratio 1, rejected -1: 0; chosen 3, rejected 1: 2^2 + 2^2 = 8
+    check(LOSSES["sppo_hard"](*equal_policy_and_ref(), beta=0.1), [50.0] * 3)
+    check(LOSSES["sppo_hard"](t(1.0, 3.0), t(-1.0, 1.0), t(0.0, 0.0), t(0.0, 0.0), beta=0.5), [0.0, 8.0])
+
+
+# --- AOT: sorted across the batch -----------------------------------------------------------------
+
+def test_aot_matches_sorted_policy_margins_with_sorted_reference_margins():
+    # policy margins pi_c - pi_r = (3, 1), sorted (1, 3); reference margins (0, 2), sorted (0, 2): d = (1, 1).
+    # beta = ln 3: -log s(ln 3) = ln(4/3) on both rows (pair by pair, h = (3, -1) would give two other values).
+    # eps = 0.1: 0.9 ln(4/3) + 0.1 ln 4 = 0.397543.
+    inputs = (t(3.0, 1.0), t(0.0, 0.0), t(0.0, 2.0), t(0.0, 0.0))
+    check(LOSSES["aot"](*inputs, beta=LN3), [LN4_3, LN4_3])
+    check(LOSSES["aot"](*inputs, beta=LN3, label_smoothing=0.1), [0.397543, 0.397543])
+
+
+def test_aot_unpaired_matches_sorted_chosen_with_sorted_rejected_log_ratios():
+    # chosen_logratio (2, 0), sorted (0, 2); rejected_logratio (0, 1), sorted (0, 1): d = (0, 1).
+    # beta = ln 3: (-log s(0), -log s(ln 3)) = (ln 2, ln(4/3)).
+    inputs = (t(2.0, 0.0), t(0.0, 1.0), t(0.0, 0.0), t(0.0, 0.0))
+    check(LOSSES["aot_unpaired"](*inputs, beta=LN3), [LN2, LN4_3])
+
+
+@pytest.mark.parametrize("name", ["aot", "aot_unpaired"])
+def test_aot_on_one_pair_is_dpo(name):
+    check(LOSSES[name](*chosen_ratio_ln3(), beta=1.0), [LN4_3])
+
+
+# --- f-divergences (f-DPO) ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("f_divergence,alpha,logratios,beta", [
+    # forward KL, f'(u) = 1 - 1/u: u_c = 2 -> 1/2, u_r = 2/3 -> -1/2, h = 1; beta = ln 3
+    ("forward_kl", 0.5, (math.log(2), math.log(2 / 3)), LN3),
+    # JS, f'(u) = log(2u / (1 + u)): u_c = 3 -> ln(3/2), u_r = 1/3 -> ln(1/2), h = ln 3; beta = 1
+    ("js_divergence", 0.5, (LN3, -LN3), 1.0),
+    # alpha = 1/2, f'(u) = (u^(-1/2) - 1) / (-1/2): u_c = 4 -> 1, u_r = 1 -> 0, h = 1; beta = ln 3
+    ("alpha_divergence", 0.5, (math.log(4), 0.0), LN3),
+    # alpha = 1 is the reverse KL: h = ln 3 - 0; beta = 1
+    ("alpha_divergence", 1.0, (LN3, 0.0), 1.0),
+    # alpha = 0 is the forward KL (the first case)
+    ("alpha_divergence", 0.0, (math.log(2), math.log(2 / 3)), LN3),
+])
+def test_sigmoid_with_an_f_divergence(f_divergence, alpha, logratios, beta):
+    # each case makes beta * h = ln 3, so -log s(ln 3) = ln(4/3)
+    chosen_logratio, rejected_logratio = logratios
+    inputs = (t(-1.0 + chosen_logratio), t(-2.0 + rejected_logratio), t(-1.0), t(-2.0))
+    out = LOSSES["sigmoid"](*inputs, beta=beta, f_divergence=f_divergence, f_divergence_alpha=alpha)
+    check(out, [LN4_3])
+
+
+def test_ipo_divides_the_f_divergence_score_not_the_log_ratio():
+    # forward KL: chosen score 1 - 1/2 = 1/2 over 2 tokens = 1/4; rejected score 1 - 3/2 = -1/2 over 1 token.
+    # h = 3/4, beta = 2: (3/4 - 1/4)^2 = 1/4.  (Scoring ln(2)/2 instead would give 1 - 2^(-1/2) = 0.292893.)
+    inputs = (t(math.log(2)), t(math.log(2 / 3)), t(0.0), t(0.0))
+    out = LOSSES["ipo"](*inputs, beta=2.0, f_divergence="forward_kl", chosen_lengths=t(2.0), rejected_lengths=t(1.0))
+    check(out, [0.25])
+
+
+def test_the_losses_on_the_reward_difference_take_an_f_divergence():
+    takers = {name for name, term in LOSSES.items() if "f_divergence" in term.keywords}
+    assert takers == {"sigmoid", "cdpo", "ipo", "hinge", "robust", "sigmoid_norm", "exo_pair", "discopop"}
+    assert all("f_divergence_alpha" in LOSSES[name].keywords for name in takers)
+
+
+def test_an_unknown_f_divergence_is_refused_by_the_loss_and_the_config():
+    with pytest.raises(ValueError, match="f_divergence must be one of"):
+        LOSSES["sigmoid"](*chosen_ratio_ln3(), f_divergence="kl")
+    with pytest.raises(ValueError, match="loss.f_divergence must be one of"):
+        LossConfig(f_divergence="kl")
+    with pytest.raises(ValueError, match="f_divergence_alpha must be a finite number"):
+        LossConfig(f_divergence="alpha_divergence", f_divergence_alpha=float("nan"))
+
+
+@pytest.mark.parametrize("spec,refused", [
+    ("bco_pair", "does not apply to ['bco_pair']"),
+    ("sigmoid+apo_zero", "does not apply to ['apo_zero']"),
+    ("mdpo", "does not apply to ['mdpo_conditional', 'mdpo_anchor']"),
+    ("aot", "does not apply to ['aot']"),
+    ("sft", "has none of them"),
+])
+def test_an_f_divergence_is_refused_where_it_does_not_apply(spec, refused):
+    with pytest.raises(ValueError, match=re.escape(refused)):
+        LossConfig(losses=spec, f_divergence="forward_kl")
+    with pytest.raises(ValueError, match=re.escape(refused)):
+        combined_loss(LossConfig(losses=spec).weighted(), *chosen_ratio_ln3(), f_divergence="forward_kl",
+                      chosen_lengths=t(1.0), rejected_lengths=t(1.0))
+    LossConfig(losses=spec, f_divergence="reverse_kl")
+
+
+def test_an_f_divergence_composes_with_sft_beside_a_difference_loss():
+    # js at chosen_logratio = ln 3, rejected 0: h = ln(3/2) - 0; sft with length 1: -(-1) = 1.
+    # total = -log s(ln 1.5) + 1 = log(1 + 2/3) + 1 = 0.510826 + 1 = 1.510826
+    config = LossConfig(losses="sigmoid+sft", f_divergence="js_divergence", beta=1.0)
+    total, _ = combined_loss(config.weighted(), *chosen_ratio_ln3(), **config.settings(),
+                             chosen_lengths=t(1.0), rejected_lengths=t(1.0))
+    check(total, 1.510826)
+
+
+def test_the_config_refuses_what_exo_pair_and_discopop_cannot_run_with():
+    with pytest.raises(ValueError, match="loss.label_smoothing is EXO's epsilon"):
+        LossConfig(losses="exo_pair")
+    assert LossConfig(losses="exo_pair:1+sft:1", label_smoothing=1e-3).names == {"exo_pair", "sft"}
+    with pytest.raises(ValueError, match="loss.discopop_tau must be > 0"):
+        LossConfig(losses="discopop", discopop_tau=0.0)
+
+
 # --- properties over the whole registry -----------------------------------------------------------
 
 def test_registry_contains_all_names():
-    assert set(LOSSES) == {"sigmoid", "cdpo", "ipo", "hinge", "robust", "simpo", "bco_pair", "apo_zero", "sft",
-                           "mdpo_conditional", "mdpo_anchor"}
+    assert set(LOSSES) == {"sigmoid", "cdpo", "ipo", "hinge", "robust", "sigmoid_norm", "exo_pair", "discopop",
+                           "simpo", "aot", "aot_unpaired", "bco_pair", "apo_zero", "apo_down", "nca_pair",
+                           "sppo_hard", "sft", "mdpo_conditional", "mdpo_anchor"}
 
 
 # the extra inputs some losses need: response lengths (IPO, SimPO, SFT), corrupted-image log-probs (mDPO)
@@ -181,9 +374,10 @@ def test_low_precision_inputs_give_float32_per_pair_losses(name):
     assert out.shape == (3,) and out.dtype == torch.float32
 
 
-@pytest.mark.parametrize("name", sorted(LOSSES))
+# apo_down lowers the rejected response only there, and DiscoPOP's slope at h = 0 is positive (tests above).
+@pytest.mark.parametrize("name", sorted(set(LOSSES) - {"apo_down", "discopop"}))
 def test_raising_chosen_logp_lowers_loss(name):
-    # At pi == ref every loss still wants the chosen response likelier (hinge: 1 - beta h with h = 0).
+    # At pi == ref every other loss still wants the chosen response likelier (hinge: 1 - beta h with h = 0).
     policy_chosen, *rest = equal_policy_and_ref()
     policy_chosen = policy_chosen.clone().requires_grad_(True)
     call(name, policy_chosen, *rest, beta=0.1, **LENGTHS).sum().backward()

@@ -59,7 +59,8 @@ def test_a_run_builds_the_methods_its_loss_settings_need(settings, expected):
 
 def test_loss_settings_handed_to_the_losses_are_the_config_fields_they_take():
     settings = LossConfig(losses="mpo", beta=0.2, simpo_gamma=0.7).settings()
-    assert settings == {"anchor_margin": 0.0, "beta": 0.2, "label_smoothing": 0.0, "simpo_gamma": 0.7}
+    assert settings == {"anchor_margin": 0.0, "beta": 0.2, "discopop_tau": 0.05, "f_divergence": "reverse_kl",
+                        "f_divergence_alpha": 0.5, "label_smoothing": 0.0, "simpo_gamma": 0.7}
     assert set(settings) <= LOSS_KEYWORDS
 
 

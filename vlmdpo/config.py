@@ -18,7 +18,8 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from vlmdpo.methods.corrupt import CORRUPTIONS
-from vlmdpo.methods.registry import LOSS_KEYWORDS, LOSSES, parse_spec
+from vlmdpo.methods.fdivergence import F_DIVERGENCES
+from vlmdpo.methods.registry import LOSS_KEYWORDS, LOSSES, check_f_divergence, parse_spec
 
 
 @dataclass
@@ -41,6 +42,9 @@ class ModelConfig:
     """Parts whose linear layers get LoRA: any of language, projector, vision."""
     lora_target_modules: list[str] | None = None
     """Explicit module names for LoRA (overrides ``lora_parts``)."""
+    frozen_parts: list[str] = field(default_factory=list)
+    """``finetune=full`` only: parts whose weights stay fixed, any of language, projector, vision (``[vision]``
+    is LLaVA's recipe: projector and language model trained on a pretrained vision tower)."""
     gradient_checkpointing: bool = False
     """Recompute activations in the backward pass to save memory."""
     attn_implementation: str | None = None
@@ -54,6 +58,12 @@ class ModelConfig:
         bad = set(self.lora_parts) - {"language", "projector", "vision"}
         if bad:
             raise ValueError(f"model.lora_parts has unknown parts {sorted(bad)}; use language/projector/vision")
+        bad = set(self.frozen_parts) - {"language", "projector", "vision"}
+        if bad:
+            raise ValueError(f"model.frozen_parts has unknown parts {sorted(bad)}; use language/projector/vision")
+        if self.frozen_parts and self.finetune != "full":
+            raise ValueError("model.frozen_parts applies to model.finetune=full (LoRA already trains only the "
+                             "parts in model.lora_parts); drop it or set model.finetune=full")
 
 
 @dataclass
@@ -131,9 +141,21 @@ class LossConfig:
     beta: float = 0.1
     """DPO temperature: how far the policy may move from the reference."""
     label_smoothing: float = 0.0
-    """Assumed label-noise rate for conservative / robust DPO."""
+    """Assumed label-noise rate: the flip probability of conservative DPO (sigmoid, cdpo), robust DPO (robust) and
+    AOT (aot, aot_unpaired), and EXO's epsilon (exo_pair needs it above 0; the paper uses 1e-3)."""
     simpo_gamma: float = 0.5
     """Target reward margin of SimPO."""
+    discopop_tau: float = 0.05
+    """DiscoPOP's temperature (``discopop``): how sharply its loss turns from logistic to exponential as the
+    reward margin turns positive; 0.05 in the paper."""
+    f_divergence: str = "reverse_kl"
+    """f-DPO (arXiv 2309.16240): the divergence from the reference that the losses on the chosen-minus-rejected
+    reward difference regularise with: reverse_kl (DPO), forward_kl, js_divergence or alpha_divergence
+    (``vlmdpo.methods.fdivergence``). Any but reverse_kl needs every loss of the spec to be one of sigmoid,
+    cdpo, ipo, hinge, robust, sigmoid_norm, exo_pair, discopop, with sft or simpo beside them if wanted."""
+    f_divergence_alpha: float = 0.5
+    """The alpha of ``f_divergence=alpha_divergence`` (TRL's ``f_alpha_divergence_coef``): 1 gives the reverse
+    KL, 0 the forward KL."""
     anchor_margin: float = 0.0
     """mDPO's anchor (``mdpo_anchor``): the chosen reward is pushed above this value (0 in the paper)."""
     corruption: str = "crop_resize"
@@ -178,6 +200,16 @@ class LossConfig:
             raise ValueError(f"loss.dense_gamma must be > 0 (1 turns dense weights off), got {self.dense_gamma}")
         if self.corruption not in CORRUPTIONS:
             raise ValueError(f"loss.corruption must be one of {sorted(CORRUPTIONS)}, got {self.corruption!r}")
+        if "exo_pair" in self.names and not 0 < self.label_smoothing < 1:
+            raise ValueError("loss.label_smoothing is EXO's epsilon for exo_pair and must be > 0 and < 1 (the paper "
+                             f"uses 1e-3), got {self.label_smoothing}")
+        if self.discopop_tau <= 0:
+            raise ValueError(f"loss.discopop_tau must be > 0, got {self.discopop_tau}")
+        if self.f_divergence not in F_DIVERGENCES:
+            raise ValueError(f"loss.f_divergence must be one of {list(F_DIVERGENCES)}, got {self.f_divergence!r}")
+        if not float("-inf") < self.f_divergence_alpha < float("inf"):
+            raise ValueError(f"loss.f_divergence_alpha must be a finite number, got {self.f_divergence_alpha}")
+        check_f_divergence([name for name, _ in self.weighted()], self.f_divergence)
 
 
 @dataclass

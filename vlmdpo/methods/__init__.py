@@ -1,7 +1,10 @@
 """Training methods: what each adds to the loss and what it needs from the batch, one module per method.
 
-- ``losses``: the DPO family as pure functions of four (B,) summed log-probs (DPO, cDPO, IPO, SLiC hinge,
-  robust DPO, SimPO, APO-zero, SFT).
+- ``losses``: the DPO family as pure functions of four (B,) summed log-probs, the losses on the chosen-minus-rejected
+  reward difference (DPO, cDPO, IPO, SLiC hinge, robust DPO, length-normalised DPO, EXO, DiscoPOP), SimPO and SFT;
+  ``fdivergence``: f-DPO's scores, which those difference losses take.
+- ``response_rewards``: losses on each response's own reward (APO-zero, APO-down, NCA, SPPO-hard);
+  ``aot``: AOT's losses, sorted across the batch.
 - ``bco``: BCO's pair loss and its running reward shift.
 - ``mdpo``: mDPO's conditional and anchored terms and the corrupted-image pass (``corrupt``: the corruptions).
 - ``dense``: RLHF-V's dense DPO token weights.
@@ -13,8 +16,9 @@ from vlmdpo.methods.base import Method
 from vlmdpo.methods.collate import MethodCollator
 from vlmdpo.methods.losses import rewards
 from vlmdpo.methods.registry import (
-    LOSS_KEYWORDS, LOSSES, MDPO, METHODS, MPO, PRESETS, LossTerm, build_methods, combined_loss, parse_spec,
+    LOSS_KEYWORDS, LOSSES, MDPO, METHODS, MPO, PRESETS, LossTerm, build_methods, check_f_divergence, combined_loss,
+    parse_spec,
 )
 
 __all__ = ["LOSSES", "LOSS_KEYWORDS", "MDPO", "METHODS", "MPO", "PRESETS", "LossTerm", "Method", "MethodCollator",
-           "build_methods", "combined_loss", "parse_spec", "rewards"]
+           "build_methods", "check_f_divergence", "combined_loss", "parse_spec", "rewards"]

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import functools
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+import vlmdpo.methods.aot as aot
 import vlmdpo.methods.bco as bco
 import vlmdpo.methods.dense as dense
 import vlmdpo.methods.mdpo as mdpo
+import vlmdpo.methods.response_rewards as response_rewards
 from vlmdpo.methods.base import Method
-from vlmdpo.methods.losses import apo_zero, cdpo, hinge, ipo, robust, sft, sigmoid_dpo, simpo
+from vlmdpo.methods.losses import cdpo, discopop, exo_pair, hinge, ipo, robust, sft, sigmoid_dpo, sigmoid_norm, simpo
 
 _LOGPS = ("policy_chosen_logps", "policy_rejected_logps", "ref_chosen_logps", "ref_rejected_logps")
 
@@ -50,9 +52,17 @@ LOSSES: dict[str, LossTerm] = {
     "ipo": LossTerm(ipo),
     "hinge": LossTerm(hinge),
     "robust": LossTerm(robust),
+    "sigmoid_norm": LossTerm(sigmoid_norm),
+    "exo_pair": LossTerm(exo_pair),
+    "discopop": LossTerm(discopop),
     "simpo": LossTerm(simpo, reference=False),
+    "aot": LossTerm(aot.aot),
+    "aot_unpaired": LossTerm(aot.aot_unpaired),
     "bco_pair": LossTerm(bco.bco_pair),
-    "apo_zero": LossTerm(apo_zero),
+    "apo_zero": LossTerm(response_rewards.apo_zero),
+    "apo_down": LossTerm(response_rewards.apo_down),
+    "nca_pair": LossTerm(response_rewards.nca_pair),
+    "sppo_hard": LossTerm(response_rewards.sppo_hard),
     "sft": LossTerm(sft, reference=False, rejected=False),
     "mdpo_conditional": LossTerm(mdpo.mdpo_conditional, rejected=False),
     "mdpo_anchor": LossTerm(mdpo.mdpo_anchor, rejected=False),
@@ -73,6 +83,27 @@ PRESETS = {"dpo": "sigmoid", "mpo": "+".join(f"{name}:{weight}" for name, weight
 
 METHODS: tuple[Callable[..., Method | None], ...] = (dense.from_config, mdpo.from_config, bco.from_config)
 """``from_config(loss_config, seed) -> Method | None`` of every method that needs more than its loss terms."""
+
+
+def check_f_divergence(names: Iterable[str], f_divergence: str) -> None:
+    """Refuses an f-divergence other than the reverse KL for a spec it would not apply to wholly.
+
+    It applies to the terms that take ``f_divergence`` (the losses on the chosen-minus-rejected reward
+    difference, where f-DPO's ``beta * log Z(x)`` cancels); a reference-free term (sft, simpo) has no
+    log-ratio to change and may sit beside them. Any other term, or a spec with no term it applies to, is an
+    error rather than a setting that silently does nothing, as TRL's DPOTrainer refuses it.
+    """
+    if f_divergence == "reverse_kl":
+        return
+    names = list(names)
+    takers = sorted(name for name, term in LOSSES.items() if "f_divergence" in term.keywords)
+    refused = [name for name in names if "f_divergence" not in LOSSES[name].keywords and LOSSES[name].reference]
+    if refused or not set(names) & set(takers):
+        reason = f"it does not apply to {refused}" if refused else f"the spec {names} has none of them"
+        raise ValueError(f"loss.f_divergence={f_divergence} applies only to the losses on the chosen-minus-rejected "
+                         f"reward difference, {takers} (sft and simpo, which read no log-ratio, may sit beside them); "
+                         f"{reason}. "
+                         "Set loss.f_divergence=reverse_kl or change loss.losses")
 
 
 @functools.lru_cache(maxsize=256)
@@ -101,7 +132,8 @@ def combined_loss(losses: Sequence[tuple[str, float]] | Mapping[str, float], pol
     ``losses`` is ``[(name, weight), ...]`` or ``{name: weight}``; every name must be in :data:`LOSSES`,
     weights must be >= 0 (a zero weight still computes the component, for logging). ``inputs`` (beta,
     label_smoothing, chosen_lengths, bco_delta, ...) go to each component that names them in its signature; one
-    that no registered loss takes is an error (a misspelled setting never passes silently). Returns the scalar
+    that no registered loss takes is an error (a misspelled setting never passes silently), and so is an
+    ``f_divergence`` some term cannot take (:func:`check_f_divergence`). Returns the scalar
     total and ``{name: mean loss}`` detached, for logging.
     """
     pairs = list(losses.items()) if isinstance(losses, Mapping) else [tuple(p) for p in losses]
@@ -120,6 +152,7 @@ def combined_loss(losses: Sequence[tuple[str, float]] | Mapping[str, float], pol
     if strange:
         raise TypeError(f"combined_loss: no registered loss takes {strange}; the keywords losses take are "
                         f"{sorted(LOSS_KEYWORDS)}")
+    check_f_divergence(names, inputs.get("f_divergence", "reverse_kl"))
 
     total = torch.zeros((), dtype=torch.float32, device=policy_chosen_logps.device)
     components: dict[str, Tensor] = {}
