@@ -222,6 +222,29 @@ def test_full_finetune_trains_the_weights_and_keeps_the_reference(
         assert torch.equal(value, policy.state_dict()[name]), name
 
 
+def test_full_finetune_leaves_frozen_parts_unchanged(tiny_model_dir, pairs_dir, tmp_path):
+    from vlmdpo.model.lora import part_of
+
+    run = run_train(overrides(tiny_model_dir, pairs_dir, tmp_path / "full", max_steps=2)
+                    + ["model.finetune=full", "model.frozen_parts=[vision]"])
+    policy, initial = run["policy"], run["initial"]
+    changed = {n for n, v in policy.state_dict().items() if not torch.equal(v, initial[n])}
+    vision = {n for n in initial if part_of(n) == "vision"}
+    assert vision and not changed & vision
+    assert {part_of(n) for n in changed} >= {"projector", "language"}
+
+
+@pytest.mark.parametrize("overrides_, message", [
+    (["model.frozen_parts=[vision]"], "applies to model.finetune=full"),
+    (["model.finetune=full", "model.frozen_parts=[eyes]"], "unknown parts"),
+])
+def test_frozen_parts_are_checked_when_the_config_loads(overrides_, message):
+    from vlmdpo.config import load_config
+
+    with pytest.raises(ValueError, match=message):
+        load_config(None, overrides_)
+
+
 # --- evaluation during training --------------------------------------------------------------------
 
 def test_eval_during_training_is_logged_with_the_training_metrics(tiny_model_dir, pairs_dir, tmp_path):

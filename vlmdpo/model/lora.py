@@ -94,6 +94,22 @@ def apply_lora(model: nn.Module, *, r: int = 16, alpha: int = 32, dropout: float
     return get_peft_model(model, config)
 
 
+def freeze_parts(model: nn.Module, parts: tuple[str, ...]) -> int:
+    """Stop gradients to every parameter in the given parts (``vision``: LLaVA's recipe, which trains the
+    projector and language model on a pretrained vision tower); returns how many parameters were frozen."""
+    unknown = set(parts) - set(PART_CHOICES)
+    if unknown:
+        raise ValueError(f"unknown model parts {sorted(unknown)}; choose from {PART_CHOICES}")
+    frozen = 0
+    for name, parameter in model.named_parameters():
+        if part_of(name) in parts:
+            parameter.requires_grad_(False)
+            frozen += parameter.numel()
+    if parts and not frozen:
+        raise ValueError(f"found no parameters in parts {sorted(parts)} of {type(model).__name__} to freeze")
+    return frozen
+
+
 def frozen_copy(model: nn.Module) -> nn.Module:
     """A frozen, eval-mode copy, used as the reference model for full fine-tuning."""
     reference = copy.deepcopy(model).eval()

@@ -27,7 +27,7 @@ from vlmdpo.methods.base import Method
 from vlmdpo.methods.collate import MethodCollator
 from vlmdpo.methods.registry import build_methods
 from vlmdpo.model.load import load_model_and_processor, resolve_model_path
-from vlmdpo.model.lora import apply_lora, frozen_copy, reference_mode
+from vlmdpo.model.lora import apply_lora, freeze_parts, frozen_copy, reference_mode
 from vlmdpo.train.checkpoints import remove_partial_checkpoints, resume, step_checkpoints
 from vlmdpo.train.reference_cache import (
     ReferenceLogps, cache_key, compute_reference_logps, default_cache_dir, load_or_compute, processor_fingerprint,
@@ -108,6 +108,7 @@ def build_policy(config: Config):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if model_cfg.finetune == "full":
+        freeze_parts(model, tuple(model_cfg.frozen_parts))
         return model, frozen_copy(model) if config.loss.needs_reference else None, processor
     model.requires_grad_(False)
     policy = apply_lora(model, r=model_cfg.lora_r, alpha=model_cfg.lora_alpha, dropout=model_cfg.lora_dropout,
