@@ -19,6 +19,10 @@ from vlmdpo.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 RESPONSE_FIELDS = ("chosen", "rejected")
 
 
+SCORE_COLUMNS = ("reward_margin", "chosen_score", "rejected_score")
+"""A pair's scores from a reward model or a judge, kept on the row when the dataset has them (MM-DPO's
+margin-scaled beta reads them, ``vlmdpo.methods.margin_beta``)."""
+
 IMAGE_PLACEHOLDER = "<image>"
 """The image placeholder of plain-string prompts (TRL's and LLaVA's): each one stands for the next image."""
 PROMPT_ROLES, RESPONSE_ROLES = ("system", "user", "assistant"), ("assistant",)
@@ -304,6 +308,7 @@ class PreferenceDataset:
                             allow_outside_images=self.allow_outside_images, max_image_pixels=self.max_image_pixels)
         if source.get("corrupted_images") is not None:  # mDPO's conditional pairs, built ahead of training
             row["corrupted_images"] = self._corrupted_images(source, row, index)
+        row.update({column: source[column] for column in SCORE_COLUMNS if source.get(column) is not None})
         row["index"] = index
         return row
 

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import torch
 
-from vlmdpo.forward.lm_head import head_logps
-from vlmdpo.forward.logps import cast_floating, completion_logps, model_dtype, selective_log_softmax
+from vlmdpo.forward.lm_head import head_log_sum_sq_probs, head_logps
+from vlmdpo.forward.logps import (
+    cast_floating, check_outputs, completion_logps, log_sum_sq_probs, model_dtype, selective_log_softmax,
+)
 from vlmdpo.model.load import hf_model
 from vlmdpo.model.lora import eval_mode, part_of
 from vlmdpo.forward.packing import PackedPairs, pack_pairs
@@ -67,12 +69,14 @@ def _cast_inputs(model, inputs: dict) -> dict:
     return {**inputs, **cast}
 
 
-def packed_completion_logps(model, packed: PackedPairs, features: dict | None = None) -> dict[str, torch.Tensor]:
+def packed_completion_logps(model, packed: PackedPairs, features: dict | None = None,
+                            outputs=()) -> dict[str, torch.Tensor]:
     """Summed response log-probs of a packed batch; the same keys and values as ``completion_logps``.
 
     ``features`` are image features from ``shared_image_features``; ``None``: the model encodes the images
-    itself, once per pair.
+    itself, once per pair. ``outputs`` names more per-token outputs, as for ``completion_logps``.
     """
+    check_outputs(outputs)
     base = hf_model(model)
     install_tree_attention(base)
     if features is None:  # this model's own image features (with gradients if its vision side trains)
@@ -82,24 +86,30 @@ def packed_completion_logps(model, packed: PackedPairs, features: dict | None = 
         # DDP synchronizes gradients only through its own forward: let the model apply its head
         logits = model(**inputs, logits_to_keep=packed.score_index).logits[0]
         logps = selective_log_softmax(logits, packed.labels)
+        scored = {"log_sum_sq_probs": lambda: log_sum_sq_probs(logits)}
     else:
-        hidden = base.base_model(**inputs).last_hidden_state[0]
-        logps = head_logps(hidden[packed.score_index], base.get_output_embeddings(), packed.labels,
-                           **logit_transform(base.config.get_text_config()))
-    per_token_logps = torch.zeros(packed.shape, dtype=torch.float32, device=logps.device).index_put(
-        (packed.score_row.to(logps.device), packed.score_col.to(logps.device)), logps)
+        hidden = base.base_model(**inputs).last_hidden_state[0][packed.score_index]
+        transform = logit_transform(base.config.get_text_config())
+        logps = head_logps(hidden, base.get_output_embeddings(), packed.labels, **transform)
+        scored = {"log_sum_sq_probs": lambda: head_log_sum_sq_probs(hidden, base.get_output_embeddings(),
+                                                                    **transform)}
+    place = (packed.score_row.to(logps.device), packed.score_col.to(logps.device))
+    per_token_logps = torch.zeros(packed.shape, dtype=torch.float32, device=logps.device).index_put(place, logps)
     sums = per_token_logps.sum(dim=1)
     batch_size = packed.shape[0] // len(packed.fields)
     out = {"per_token_logps": per_token_logps}
+    for name in outputs:
+        out[f"per_token_{name}"] = torch.zeros_like(per_token_logps).index_put(place, scored[name]())
     for i, field in enumerate(packed.fields):
         out[f"{field}_logps"] = sums[i * batch_size: (i + 1) * batch_size]
         out[f"{field}_lengths"] = packed.lengths[i * batch_size: (i + 1) * batch_size].to(logps.device)
     return out
 
 
-def fast_completion_logps(model, batch: dict) -> dict[str, torch.Tensor]:
+def fast_completion_logps(model, batch: dict, outputs=()) -> dict[str, torch.Tensor]:
     """``completion_logps`` by the fast path, for one model (``pack_pairs`` + ``packed_completion_logps``)."""
-    return packed_completion_logps(model, pack_pairs(model, batch), image_features(model, batch["vision_inputs"]))
+    return packed_completion_logps(model, pack_pairs(model, batch), image_features(model, batch["vision_inputs"]),
+                                   outputs)
 
 
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from vlmdpo.forward.logps import selective_log_softmax
+from vlmdpo.forward.logps import log_sum_sq_probs, selective_log_softmax
 
 # Rows per slice are chosen so that one slice of float32 logits is about this many elements (32 MiB): big
 # enough for an efficient matmul, and one buffer is reused for every slice (fresh buffers this large are new
@@ -115,3 +115,19 @@ def head_logps(hidden: torch.Tensor, lm_head: torch.nn.Module, labels: torch.Ten
         return _LogProbsWithGradient.apply(hidden, weight, bias, labels)
     with torch.no_grad():
         return _fold_slices(hidden, weight, bias, labels, None)
+
+
+@torch.no_grad()
+def head_log_sum_sq_probs(hidden: torch.Tensor, lm_head: torch.nn.Module, *, logit_scale: float = 1.0,
+                          softcap: float | None = None) -> torch.Tensor:
+    """``log sum_v p_v ** 2`` (K,) float32 of the distribution ``lm_head(hidden)`` at each row of ``hidden``
+    (K, H), with ``head_logps``' logit transform, a slice of rows at a time and without gradients (WPO's
+    weights read it; ``vlmdpo.forward.logps.log_sum_sq_probs``)."""
+    rows = _rows_per_slice(lm_head.weight.shape[0])
+    parts = []
+    for start in range(0, hidden.shape[0], rows):
+        logits = lm_head(hidden[start: start + rows] * logit_scale).float()
+        if softcap is not None:
+            logits = torch.tanh(logits / softcap) * softcap
+        parts.append(log_sum_sq_probs(logits))
+    return torch.cat(parts) if parts else hidden.new_zeros(0, dtype=torch.float32)

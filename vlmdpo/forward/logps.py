@@ -13,6 +13,11 @@ import torch.nn.functional as F
 
 _LOGSOFTMAX_CHUNK = 1024
 
+PER_TOKEN_OUTPUTS = ("log_sum_sq_probs",)
+"""Per-token outputs a caller may ask of a forward beyond the log-probs: ``log_sum_sq_probs``, ``log sum_v p_v ** 2``
+of the model's next-token distribution at each response token, without gradients (WPO's weights,
+``vlmdpo.methods.wpo``), returned as ``per_token_log_sum_sq_probs`` (2B, C)."""
+
 
 def selective_log_softmax(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """``log_softmax(logits.float())[i, labels[i]]`` for ``logits`` (N, V) and ``labels`` (N,), in float32.
@@ -25,6 +30,24 @@ def selective_log_softmax(logits: torch.Tensor, labels: torch.Tensor) -> torch.T
         index = labels[start: start + _LOGSOFTMAX_CHUNK].unsqueeze(-1)
         out.append((chunk.gather(-1, index) - torch.logsumexp(chunk, dim=-1, keepdim=True)).squeeze(-1))
     return torch.cat(out) if out else logits.new_zeros(0, dtype=torch.float32)
+
+
+def log_sum_sq_probs(logits: torch.Tensor) -> torch.Tensor:
+    """``log(sum_v softmax(logits.float())_v ** 2)`` (N,) float32 for ``logits`` (N, V), without gradients,
+    ``_LOGSOFTMAX_CHUNK`` rows at a time: ``logsumexp(2 * logits) - 2 * logsumexp(logits)``."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, logits.shape[0], _LOGSOFTMAX_CHUNK):
+            chunk = logits[start: start + _LOGSOFTMAX_CHUNK].float()
+            out.append(torch.logsumexp(2 * chunk, dim=-1) - 2 * torch.logsumexp(chunk, dim=-1))
+    return torch.cat(out) if out else logits.new_zeros(0, dtype=torch.float32)
+
+
+def check_outputs(outputs) -> None:
+    """Raises on a per-token output no forward computes (``PER_TOKEN_OUTPUTS`` lists those it does)."""
+    unknown = sorted(set(outputs) - set(PER_TOKEN_OUTPUTS))
+    if unknown:
+        raise ValueError(f"unknown per-token outputs {unknown}; a forward computes {list(PER_TOKEN_OUTPUTS)}")
 
 
 def _pad_to(tensor: torch.Tensor, length: int, value: int) -> torch.Tensor:
@@ -61,6 +84,12 @@ def response_fields(batch: dict) -> tuple[str, ...]:
     return tuple(f for f in ("chosen", "rejected") if f"{f}_input_ids" in batch)
 
 
+def stacked_completion_mask(batch: dict, width: int) -> torch.Tensor:
+    """(F * B, width) response-token mask of the batch's responses, chosen rows then rejected ones, each padded
+    with zeros to ``width``: the layout of the forwards' ``per_token_logps``."""
+    return torch.cat([_pad_to(batch[f"{f}_completion_mask"], width, 0) for f in response_fields(batch)])
+
+
 def concatenated_inputs(batch: dict, pad_token_id: int) -> dict:
     """Model inputs for the 2B sequences ``[prompt; chosen]`` (rows 0..B-1) and ``[prompt; rejected]``.
 
@@ -75,7 +104,7 @@ def concatenated_inputs(batch: dict, pad_token_id: int) -> dict:
     length = max(batch[f"{f}_input_ids"].shape[1] for f in fields)
     completion_ids = torch.cat([_pad_to(batch[f"{f}_input_ids"], length, pad_token_id) for f in fields])
     completion_attention = torch.cat([_pad_to(batch[f"{f}_attention_mask"], length, 0) for f in fields])
-    completion_mask = torch.cat([_pad_to(batch[f"{f}_completion_mask"], length, 0) for f in fields])
+    completion_mask = stacked_completion_mask(batch, length)
     prompt_ids = batch["prompt_input_ids"].repeat(copies, 1)
     model_inputs = {
         "input_ids": torch.cat([prompt_ids, completion_ids], dim=1),
@@ -90,13 +119,15 @@ def concatenated_inputs(batch: dict, pad_token_id: int) -> dict:
     return {"model_inputs": model_inputs, "completion_ids": completion_ids, "completion_mask": completion_mask}
 
 
-def completion_logps(model, batch: dict, pad_token_id: int) -> dict[str, torch.Tensor]:
+def completion_logps(model, batch: dict, pad_token_id: int, outputs=()) -> dict[str, torch.Tensor]:
     """Summed response log-probs of the chosen and rejected responses (plain path).
 
     Returns ``chosen_logps``, ``rejected_logps`` (B,) float32 sums over response tokens,
     ``chosen_lengths``, ``rejected_lengths`` (B,) response token counts, and ``per_token_logps`` (2B, C)
     (zero outside the response) for metrics. Supervised batches give only the ``chosen_*`` entries.
+    ``outputs`` names more per-token outputs (``PER_TOKEN_OUTPUTS``), each ``per_token_{name}`` (2B, C).
     """
+    check_outputs(outputs)
     inputs = concatenated_inputs(batch, pad_token_id)
     completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
     length = completion_ids.shape[1]
@@ -110,6 +141,9 @@ def completion_logps(model, batch: dict, pad_token_id: int) -> dict[str, torch.T
     lengths = completion_mask.sum(dim=1)
     batch_size = batch["prompt_input_ids"].shape[0]
     out = {"per_token_logps": per_token_logps}
+    if "log_sum_sq_probs" in outputs:
+        out["per_token_log_sum_sq_probs"] = torch.zeros_like(per_token_logps)
+        out["per_token_log_sum_sq_probs"][selected] = log_sum_sq_probs(logits[selected])
     for i, field in enumerate(response_fields(batch)):
         out[f"{field}_logps"] = logps[i * batch_size: (i + 1) * batch_size]
         out[f"{field}_lengths"] = lengths[i * batch_size: (i + 1) * batch_size]

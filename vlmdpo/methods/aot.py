@@ -20,6 +20,9 @@ __all__ = ["aot", "aot_unpaired"]
 
 
 def _smoothed_logistic(margin: Tensor, beta: float, label_smoothing: float) -> Tensor:
+    if torch.is_tensor(beta) and beta.dim() > 0:
+        raise ValueError("AOT sorts the pairs across the batch, so a per-pair beta would meet another pair's margin: "
+                         "give it one beta (a float or a 0-d tensor)")
     return (-(1 - label_smoothing) * F.logsigmoid(beta * margin)
             - label_smoothing * F.logsigmoid(-beta * margin))
 

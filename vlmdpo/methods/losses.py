@@ -3,7 +3,8 @@
 Every loss takes the same four (B,) tensors -- ``policy_chosen_logps``, ``policy_rejected_logps``,
 ``ref_chosen_logps``, ``ref_rejected_logps``: log-probs summed over the response tokens only -- plus the
 keyword-only settings it uses and nothing else (optional ``chosen_lengths`` / ``rejected_lengths`` are (B,)
-response token counts). Each returns per-pair losses of shape (B,) in float32; the trainer takes the mean.
+response token counts). ``beta`` may be a float or a tensor without gradient, 0-d (beta-DPO's batch beta) or
+(B,) (MM-DPO's beta per pair). Each returns per-pair losses of shape (B,) in float32; the trainer takes the mean.
 ``vlmdpo.methods.registry`` registers them, with the losses on each response's own reward
 (``response_rewards``, ``bco``), AOT's batch-sorted ones (``aot``) and mDPO's terms (``mdpo``).
 

@@ -17,9 +17,14 @@ from torch import Tensor
 
 import vlmdpo.methods.aot as aot
 import vlmdpo.methods.bco as bco
+import vlmdpo.methods.beta_dpo as beta_dpo
 import vlmdpo.methods.dense as dense
+import vlmdpo.methods.length_desensitised as length_desensitised
+import vlmdpo.methods.margin_beta as margin_beta
 import vlmdpo.methods.mdpo as mdpo
 import vlmdpo.methods.response_rewards as response_rewards
+import vlmdpo.methods.trdpo as trdpo
+import vlmdpo.methods.wpo as wpo
 from vlmdpo.methods.base import Method
 from vlmdpo.methods.losses import cdpo, discopop, exo_pair, hinge, ipo, robust, sft, sigmoid_dpo, sigmoid_norm, simpo
 
@@ -35,6 +40,9 @@ class LossTerm:
     """Reads the reference log-probs (False: the reference pass is skipped when no other term reads them)."""
     rejected: bool = True
     """Reads the rejected response (when no term of a spec does, rows need no rejected response: SFT)."""
+    per_pair: bool = True
+    """Each pair's loss depends on that pair alone (False: AOT sorts across the batch, so a pair's weight or
+    beta would meet another pair's loss)."""
     keywords: frozenset[str] = field(init=False)
     """The keyword arguments the function takes beyond the four log-probs."""
 
@@ -56,8 +64,8 @@ LOSSES: dict[str, LossTerm] = {
     "exo_pair": LossTerm(exo_pair),
     "discopop": LossTerm(discopop),
     "simpo": LossTerm(simpo, reference=False),
-    "aot": LossTerm(aot.aot),
-    "aot_unpaired": LossTerm(aot.aot_unpaired),
+    "aot": LossTerm(aot.aot, per_pair=False),
+    "aot_unpaired": LossTerm(aot.aot_unpaired, per_pair=False),
     "bco_pair": LossTerm(bco.bco_pair),
     "apo_zero": LossTerm(response_rewards.apo_zero),
     "apo_down": LossTerm(response_rewards.apo_down),
@@ -81,7 +89,10 @@ PRESETS = {"dpo": "sigmoid", "mpo": "+".join(f"{name}:{weight}" for name, weight
            "mdpo": "+".join(f"{name}:{weight}" for name, weight in MDPO)}
 """Loss specs by name (``loss.losses=mpo``)."""
 
-METHODS: tuple[Callable[..., Method | None], ...] = (dense.from_config, mdpo.from_config, bco.from_config)
+METHODS: tuple[Callable[..., Method | None], ...] = (dense.from_config, mdpo.from_config, bco.from_config,
+                                                     trdpo.from_config, length_desensitised.from_config,
+                                                     beta_dpo.from_config, margin_beta.from_config,
+                                                     wpo.from_config)
 """``from_config(loss_config, seed) -> Method | None`` of every method that needs more than its loss terms."""
 
 
@@ -124,17 +135,28 @@ def build_methods(loss_config, seed: int = 0) -> list[Method]:
     return [method for from_config in METHODS if (method := from_config(loss_config, seed)) is not None]
 
 
+def check_per_pair(names: Iterable[str], setting: str) -> None:
+    """Refuses ``setting`` (per-pair weights or betas) with a loss that sorts across the batch (AOT), as TRL's
+    DPOTrainer refuses WPO's weights with it."""
+    sorting = sorted(name for name in names if not LOSSES[name].per_pair)
+    if sorting:
+        raise ValueError(f"{setting} gives each pair its own value, and {sorting} sort the pairs across the batch, "
+                         "which would misalign them: leave it off or drop those losses from loss.losses")
+
+
 def combined_loss(losses: Sequence[tuple[str, float]] | Mapping[str, float], policy_chosen_logps: Tensor,
                   policy_rejected_logps: Tensor, ref_chosen_logps: Tensor, ref_rejected_logps: Tensor,
-                  **inputs) -> tuple[Tensor, dict[str, Tensor]]:
-    """Weighted sum of registered losses, e.g. ``MPO``: ``sum_k w_k * mean_B(loss_k)``.
+                  *, pair_weights: Tensor | None = None, **inputs) -> tuple[Tensor, dict[str, Tensor]]:
+    """Weighted sum of registered losses, e.g. ``MPO``: ``sum_k w_k * mean_B(pair_weights * loss_k)``.
 
     ``losses`` is ``[(name, weight), ...]`` or ``{name: weight}``; every name must be in :data:`LOSSES`,
-    weights must be >= 0 (a zero weight still computes the component, for logging). ``inputs`` (beta,
-    label_smoothing, chosen_lengths, bco_delta, ...) go to each component that names them in its signature; one
+    weights must be >= 0 (a zero weight still computes the component, for logging). ``pair_weights`` (B,)
+    multiply each pair's loss in every term (WPO's weights; ``None``: 1). ``inputs`` (beta, label_smoothing,
+    chosen_lengths, bco_delta, ...) go to each component that names them in its signature; one
     that no registered loss takes is an error (a misspelled setting never passes silently), and so is an
-    ``f_divergence`` some term cannot take (:func:`check_f_divergence`). Returns the scalar
-    total and ``{name: mean loss}`` detached, for logging.
+    ``f_divergence`` some term cannot take (:func:`check_f_divergence`). ``beta`` may be a float, a 0-d or a (B,)
+    tensor; pair weights or a (B,) beta with a term that sorts the batch (AOT) are refused
+    (:func:`check_per_pair`). Returns the scalar total and ``{name: mean loss}`` detached, for logging.
     """
     pairs = list(losses.items()) if isinstance(losses, Mapping) else [tuple(p) for p in losses]
     if not pairs:
@@ -153,13 +175,18 @@ def combined_loss(losses: Sequence[tuple[str, float]] | Mapping[str, float], pol
         raise TypeError(f"combined_loss: no registered loss takes {strange}; the keywords losses take are "
                         f"{sorted(LOSS_KEYWORDS)}")
     check_f_divergence(names, inputs.get("f_divergence", "reverse_kl"))
+    if pair_weights is not None:
+        check_per_pair(names, "pair_weights")
+    if torch.is_tensor(inputs.get("beta")) and inputs["beta"].dim() > 0:
+        check_per_pair(names, "a per-pair beta")
 
     total = torch.zeros((), dtype=torch.float32, device=policy_chosen_logps.device)
     components: dict[str, Tensor] = {}
     for name, weight in pairs:
         term = LOSSES[name]
-        mean = term(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
-                    **{key: value for key, value in inputs.items() if key in term.keywords}).mean()
+        per_pair = term(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps,
+                        **{key: value for key, value in inputs.items() if key in term.keywords})
+        mean = (per_pair if pair_weights is None else per_pair * pair_weights).mean()
         total = total + weight * mean
         components[name] = mean.detach()
     return total, components

@@ -1,7 +1,8 @@
 """The model's parts (language model, projector, vision tower), LoRA on the ones asked for, and the reference.
 
 The reference model is the policy with its adapter disabled (no second copy in memory); only full
-fine-tuning keeps a frozen copy. Which submodules are the language model, the vision tower and the
+fine-tuning keeps a frozen copy. A reference that moves during training (TR-DPO, ``vlmdpo.methods.trdpo``) is, with
+LoRA, the base plus a second adapter named ``REFERENCE_ADAPTER``. Which submodules are the language model, the vision tower and the
 projector is read from the model's own structure, not from its family name.
 """
 
@@ -20,6 +21,10 @@ _PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector", "mm_projecto
                     "embed_vision")  # Gemma 3n / Gemma 4's multimodal embedder
 
 PART_CHOICES = ("language", "projector", "vision")
+
+REFERENCE_ADAPTER = "reference"
+"""Name of the frozen adapter that holds a refreshed reference; when a ``peft`` policy has one, the reference is the
+base plus it rather than the base alone."""
 
 
 def part_of(name: str) -> str | None:
@@ -129,10 +134,26 @@ def eval_mode(model: nn.Module):
 
 
 @contextlib.contextmanager
+def adapter_active(model: nn.Module, name: str):
+    """Run the block with the ``peft`` adapter ``name`` in place of the active one, then put that one back; which
+    weights train is the same afterwards (peft's ``set_adapter`` also changes it)."""
+    previous = model.active_adapter
+    trainable = [(parameter, parameter.requires_grad) for parameter in model.parameters()]
+    model.set_adapter(name, inference_mode=True)
+    try:
+        yield model
+    finally:
+        model.set_adapter(previous)
+        for parameter, flag in trainable:
+            parameter.requires_grad_(flag)
+
+
+@contextlib.contextmanager
 def reference_mode(policy: nn.Module, reference: nn.Module | None = None):
     """Yield the model that computes reference log-probs, with no gradients.
 
-    For a ``peft`` policy this is the policy itself with its adapter disabled; otherwise ``reference``.
+    For a ``peft`` policy this is the policy itself with its adapter disabled, or with its ``REFERENCE_ADAPTER``
+    active when it has one; otherwise ``reference``.
     """
     if reference is not None:
         with torch.no_grad():
@@ -141,6 +162,8 @@ def reference_mode(policy: nn.Module, reference: nn.Module | None = None):
     unwrapped = getattr(policy, "module", policy)  # DDP / accelerate wrapper
     if not hasattr(unwrapped, "disable_adapter"):
         raise ValueError("the policy has no adapter to disable; pass a frozen reference model")
-    # the reference is the untrained model: no dropout
-    with eval_mode(policy), torch.no_grad(), unwrapped.disable_adapter():
+    # the reference is the untrained (or refreshed) model: no dropout
+    own_adapter = REFERENCE_ADAPTER in getattr(unwrapped, "peft_config", {})
+    adapter = adapter_active(unwrapped, REFERENCE_ADAPTER) if own_adapter else unwrapped.disable_adapter()
+    with eval_mode(policy), torch.no_grad(), adapter:
         yield policy

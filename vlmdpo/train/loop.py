@@ -63,6 +63,9 @@ def _loop(run: Run) -> None:
                 continue
             state["step"] += 1
             run.progress.update(1)
+            for method in run.methods:  # before this step's log line and checkpoint (TR-DPO's reference refresh)
+                if note := method.after_optimizer_step(state["step"], run.policy, run.reference):
+                    run.log(note)
             last = state["step"] == run.max_steps
             if run.eval_rows is not None and (state["step"] % cfg.eval_steps == 0 or last):
                 _evaluate_held_out(run)

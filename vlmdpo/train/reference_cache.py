@@ -1,8 +1,9 @@
 """Reference log-probs computed once before training, in inference mode, and cached on disk.
 
 The reference model never changes during DPO, so the reference pass of every step can be replaced by one pass
-over the training pairs before the first step. Nothing here is specific to text (TRL refuses this for images):
-rows go through the training collator and the training forward path, images included.
+over the training pairs before the first step (TR-DPO, which moves it, refuses the cache: ``vlmdpo.methods.trdpo``).
+Nothing here is specific to text (TRL refuses this for images): rows go through the training collator and the
+training forward path, images included.
 
 The cache file is named by a hash of everything the numbers depend on: the dataset's ``datasets``
 fingerprint (which changes with its content and with any ``select``/``filter``), the reference weights

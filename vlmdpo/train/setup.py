@@ -140,6 +140,8 @@ def set_up(config: Config) -> Run:
     output_dir = Path(cfg.output_dir)
     accelerator = _accelerator(config)
     log = tqdm.write if accelerator.is_main_process else (lambda *_: None)
+    methods = build_methods(config.loss, cfg.seed)
+    _check_reference_cache(config, methods)
     pairs = load_pairs(config, log)  # before the model: a dataset of an unknown layout stops the run here
     set_seed(cfg.seed)
     policy, reference, processor = build_policy(config)
@@ -150,7 +152,8 @@ def set_up(config: Config) -> Run:
         output_dir.mkdir(parents=True, exist_ok=True)
         _start_folder(output_dir, cfg.resume, log)
     accelerator.wait_for_everyone()
-    methods = build_methods(config.loss, cfg.seed)
+    # before the optimizer gathers the trainable weights: a method may add modules (TR-DPO's reference adapter)
+    checkpointed = [item for method in methods for item in method.prepare_models(policy, reference)]
     collate = MethodCollator(collator, methods)
     pairs = checked_pairs(pairs, collate, policy.config, config, fingerprint, accelerator, log)
     eval_rows = held_out_pairs(config)
@@ -169,7 +172,7 @@ def set_up(config: Config) -> Run:
     # the scheduler is stepped by the loop once per optimizer step; accelerate's wrapper would step it once per
     # process (N times too fast with N processes), so it is only registered for checkpointing
     policy, optimizer, loader = accelerator.prepare(policy, optimizer, loader)
-    accelerator.register_for_checkpointing(scheduler)
+    accelerator.register_for_checkpointing(scheduler, *checkpointed)
     if reference is not None:
         reference = reference.to(accelerator.device)
     forward_path = _checked_forward_path(policy, reference, processor, pairs, config, accelerator.device, log)
@@ -196,6 +199,15 @@ def set_up(config: Config) -> Run:
                     disable=not (cfg.progress and accelerator.is_main_process))
     return Run(config, accelerator, log, policy, reference, processor, methods, loader, optimizer, scheduler,
                trainable, forward_path, ref_logps, eval_rows, max_steps, record, state, metrics_log, progress)
+
+
+def _check_reference_cache(config: Config, methods: list[Method]) -> None:
+    """Refuses precomputed reference log-probs with a method that moves the reference during training."""
+    moving = [method.name for method in methods if method.moves_reference]
+    if moving and config.train.precompute_ref_logps:
+        raise ValueError(f"train.precompute_ref_logps computes the reference log-probs once, and {moving} move the "
+                         "reference during training (loss.sync_ref_model), which would leave them stale: set "
+                         "train.precompute_ref_logps=false or loss.sync_ref_model=false")
 
 
 def _start_folder(output_dir: Path, resuming: bool, log) -> None:

@@ -11,8 +11,8 @@ The data path, end to end::
     loss.backward()
 
 ``dpo_step`` is that, plus the metrics the training loop logs, and the hooks of the run's methods
-(``vlmdpo.methods``): dense DPO reweights the log-probs, mDPO scores its corrupted-image responses, BCO hands
-its running shift to its loss.
+(``vlmdpo.methods``): dense DPO and LD-DPO reweight the log-probs, mDPO scores its corrupted-image responses,
+BCO hands its running shift to its loss, beta-DPO and MM-DPO set the beta, WPO weights each pair's loss.
 """
 
 from __future__ import annotations
@@ -31,20 +31,22 @@ from vlmdpo.train.reference_cache import ReferenceLogps
 
 
 def logps_function(policy, batch: dict, pad_token_id: int, forward_path: str = "plain"):
-    """``model -> response log-probs of batch`` by ``forward_path``; the fast path packs the batch and encodes
-    its images once, for every model it is then called with (policy and reference)."""
+    """``(model, outputs=()) -> response log-probs of batch`` by ``forward_path`` (``outputs``: more per-token
+    outputs, ``vlmdpo.forward.logps.PER_TOKEN_OUTPUTS``); the fast path packs the batch and encodes its images
+    once, for every model it is then called with (policy and reference)."""
     if forward_path == "fast":
         packed, features = pack_pairs(policy, batch), shared_image_features(policy, batch)
-        return lambda model: packed_completion_logps(model, packed, features)
-    return lambda model: completion_logps(model, batch, pad_token_id)
+        return lambda model, outputs=(): packed_completion_logps(model, packed, features, outputs)
+    return lambda model, outputs=(): completion_logps(model, batch, pad_token_id, outputs)
 
 
 def policy_and_reference_logps(policy, reference, batch: dict, pad_token_id: int, forward_path: str = "plain",
-                               with_reference: bool = True, ref_logps: ReferenceLogps | None = None):
-    """Response log-probs of the policy and of the reference (``None`` when ``with_reference`` is off);
-    precomputed ``ref_logps`` replace the reference pass."""
+                               with_reference: bool = True, ref_logps: ReferenceLogps | None = None,
+                               policy_outputs=()):
+    """Response log-probs of the policy (with the per-token ``policy_outputs`` besides) and of the reference
+    (``None`` when ``with_reference`` is off); precomputed ``ref_logps`` replace the reference pass."""
     logps = logps_function(policy, batch, pad_token_id, forward_path)
-    policy_out = logps(policy)
+    policy_out = logps(policy, policy_outputs)
     if not with_reference:
         return policy_out, None
     if ref_logps is not None:
@@ -74,8 +76,9 @@ def dpo_step(policy, reference, batch: dict, loss_config: LossConfig, *, pad_tok
     the tensors they would have produced are zeros that no loss in the spec reads.
     """
     methods = build_methods(loss_config) if methods is None else methods
+    policy_outputs = sorted(set().union(*(method.policy_outputs for method in methods)))
     policy_out, ref_out = policy_and_reference_logps(policy, reference, batch, pad_token_id, forward_path,
-                                                     loss_config.needs_reference, ref_logps)
+                                                     loss_config.needs_reference, ref_logps, policy_outputs)
     for method in methods:
         policy_out, ref_out = method.reweight(policy_out, ref_out, batch)
     inputs = {}
@@ -87,11 +90,18 @@ def dpo_step(policy, reference, batch: dict, loss_config: LossConfig, *, pad_tok
     policy_out.setdefault("rejected_lengths", policy_out["chosen_lengths"])
     ref_out = ref_out or {"chosen_logps": zeros, "rejected_logps": zeros}
     ref_out.setdefault("rejected_logps", zeros)
-    beta = loss_config.beta
+    beta, pair_weights, method_metrics = loss_config.beta, None, {}
+    for method in methods:  # per-pair or per-batch beta (beta-DPO, MM-DPO), pair weights (WPO, beta-DPO's filter)
+        changes = method.loss_changes(policy_out, ref_out, batch, beta)
+        beta = changes.get("beta", beta)
+        if "pair_weights" in changes:
+            pair_weights = changes["pair_weights"] * (1 if pair_weights is None else pair_weights)
+        method_metrics.update(changes.get("metrics", {}))
     loss, parts = combined_loss(
         loss_config.weighted(), policy_out["chosen_logps"], policy_out["rejected_logps"],
-        ref_out["chosen_logps"], ref_out["rejected_logps"], **loss_config.settings(),
-        chosen_lengths=policy_out["chosen_lengths"], rejected_lengths=policy_out["rejected_lengths"], **inputs)
+        ref_out["chosen_logps"], ref_out["rejected_logps"], **{**loss_config.settings(), "beta": beta},
+        chosen_lengths=policy_out["chosen_lengths"], rejected_lengths=policy_out["rejected_lengths"],
+        pair_weights=pair_weights, **inputs)
     chosen_rewards = rewards(policy_out["chosen_logps"], ref_out["chosen_logps"], beta)
     rejected_rewards = rewards(policy_out["rejected_logps"], ref_out["rejected_logps"], beta)
     metrics = {
@@ -103,7 +113,10 @@ def dpo_step(policy, reference, batch: dict, loss_config: LossConfig, *, pad_tok
         "logps/chosen": policy_out["chosen_logps"].detach().mean(),
         "logps/rejected": policy_out["rejected_logps"].detach().mean(),
         **{f"loss/{name}": value for name, value in parts.items()},
+        **method_metrics,
     }
+    if torch.is_tensor(beta):  # a method set it: the beta the losses used, averaged over the pairs
+        metrics["beta"] = beta.detach().float().mean()
     # share of the forward's token positions that are padding (the packed fast path has none)
     padding = 0.0 if forward_path == "fast" else padding_stats(batch)["padding_fraction"]
     metrics["padding/fraction"] = torch.tensor(padding, device=loss.device)
