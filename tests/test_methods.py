@@ -10,6 +10,7 @@ from vlmdpo.config import LossConfig
 from vlmdpo.methods import LOSS_KEYWORDS, METHODS, MethodCollator, build_methods
 from vlmdpo.methods.bco import RewardShift
 from vlmdpo.methods.beta_dpo import BetaDPO
+from vlmdpo.methods.dama import DAMA
 from vlmdpo.methods.dense import DenseWeights
 from vlmdpo.methods.length_desensitised import LengthDesensitised
 from vlmdpo.methods.margin_beta import MarginScaledBeta
@@ -59,10 +60,12 @@ def test_reward_shift_resumes_from_its_state():
     ({"losses": "mpo", "sync_ref_model": True}, [RewardShift, ReferenceRefresh]),
     ({"ld_alpha": 0.5, "use_weighting": True, "beta_dpo": True}, [LengthDesensitised, BetaDPO, WPOWeights]),
     ({"losses": "bco_pair", "mm_dpo_weight": 0.5}, [RewardShift, MarginScaledBeta]),
+    ({"losses": "bco_pair", "dama": True, "dama_clip_gap_mean": 0.0, "use_weighting": True},
+     [RewardShift, DAMA, WPOWeights]),
 ])
 def test_a_run_builds_the_methods_its_loss_settings_need(settings, expected):
     assert [type(method) for method in build_methods(LossConfig(**settings), seed=1)] == expected
-    assert len(METHODS) == 8
+    assert len(METHODS) == 9
 
 
 def test_loss_settings_handed_to_the_losses_are_the_config_fields_they_take():

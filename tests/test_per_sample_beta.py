@@ -119,10 +119,10 @@ def test_beta_dpo_needs_two_pairs_per_micro_batch():
 # --- MM-DPO --------------------------------------------------------------------------------------
 
 def test_margin_scaled_beta_hand_worked():
-    # beta (1 + w (1 - exp(-k delta))), w = 0.5, k = 0.5: delta 0 -> beta; delta 2 -> 0.1 (1 + 0.5 (1 - e^-1));
-    # delta -50 -> negative, floored at 1e-3
-    betas = margin_scaled_beta(0.1, torch.tensor([0.0, 2.0, -50.0]), weight=0.5, k=0.5)
-    torch.testing.assert_close(betas, torch.tensor([0.1, 0.1 * (1 + 0.5 * (1 - math.exp(-1))), 1e-3]))
+    # beta (1 + w (1 - exp(-k delta))) within [beta, (1 + w) beta], w = 0.5, k = 0.5: delta 0 -> beta;
+    # delta 2 -> 0.1 (1 + 0.5 (1 - e^-1)) = 0.13161; delta -50 -> below beta, so beta; delta 1e4 -> (1 + w) beta
+    betas = margin_scaled_beta(0.1, torch.tensor([0.0, 2.0, -50.0, 1e4]), weight=0.5, k=0.5)
+    torch.testing.assert_close(betas, torch.tensor([0.1, 0.1 * (1 + 0.5 * (1 - math.exp(-1))), 0.1, 0.15]))
     method = MarginScaledBeta(weight=0.5, k=0.5)
     batch = {}
     method.add_to_batch(batch, [{"reward_margin": 2.0}, {"chosen_score": 7, "rejected_score": 5}], None)
@@ -149,6 +149,7 @@ def test_rows_without_a_usable_margin_are_refused(row, problem):
     ({"mm_dpo_weight": 0.5, "mm_dpo_k": 0.0}, "> 0"),
     ({"mm_dpo_weight": 0.5, "losses": "sft"}, "no rejected response"),
     ({"beta_dpo": True, "beta_dpo_filter": 1.0}, "\\[0, 1\\)"),
+    ({"beta_dpo": True, "losses": "simpo"}, "reads none"),
     ({"beta_dpo": True, "beta_dpo_momentum": -0.1}, "\\[0, 1\\)"),
     ({"beta_dpo": True, "losses": "aot_unpaired"}, "sort the pairs"),
     ({"beta_dpo": True, "losses": "sft"}, "no rejected response"),
@@ -210,6 +211,6 @@ def test_training_with_beta_dpo_logs_its_beta(model_and_pairs, tmp_path):
 def test_training_with_mm_dpo_logs_the_mean_beta_of_each_batch(model_and_pairs, tmp_path):
     records, batches = train_two_steps(*model_and_pairs, tmp_path / "mm_dpo", "loss.mm_dpo_weight=0.5")
     for record, rows in zip(records, batches):
-        betas = [0.1 * (1 + 0.5 * (1 - math.exp(-0.5 * MARGINS[i]))) for i in rows]
+        betas = [0.1 * max(1.0, 1 + 0.5 * (1 - math.exp(-0.5 * MARGINS[i]))) for i in rows]  # -1.0 keeps 0.1
         assert record["beta"] == pytest.approx(sum(betas) / len(betas), rel=1e-6)
     assert records[0]["loss"] == pytest.approx(math.log(2), abs=1e-6)

@@ -200,12 +200,28 @@ class LossConfig:
     """beta-DPO's m, in [0, 1): the momentum of the running mean and spread of the reward discrepancy (0.9 in the
     authors' code)."""
     mm_dpo_weight: float = 0.0
-    """MM-DPO's w (MM-RLHF, arXiv 2502.10391): each pair's beta is ``beta * (1 + w * (1 - exp(-k * delta)))``, delta
-    its reward margin from the data (a ``reward_margin`` column, or ``chosen_score - rejected_score``;
-    ``vlmdpo.methods.margin_beta``; logged as ``beta``); 0 turns it off."""
+    """MM-DPO's w (MM-RLHF, arXiv 2502.10391): each pair's beta is ``beta * (1 + w * (1 - exp(-k * delta)))`` kept
+    within ``[beta, (1 + w) * beta]``, delta its reward margin from the data (a ``reward_margin`` column, or
+    ``chosen_score - rejected_score``; ``vlmdpo.methods.margin_beta``; logged as ``beta``); 0 turns it off, the paper
+    uses 0.5."""
     mm_dpo_k: float = 0.5
-    """MM-DPO's k (> 0): how fast the margin-scaled beta saturates at ``beta * (1 + w)`` as the margin grows. The
-    default is an assumption, not checked against the paper."""
+    """MM-DPO's k (> 0): how fast the margin-scaled beta saturates at ``beta * (1 + w)`` as the margin grows (0.5, the
+    paper's default)."""
+    dama: bool = False
+    """DAMA (arXiv 2502.01943): each pair's beta is ``beta * alpha_D * alpha_M``, the data-aware
+    ``alpha_D = sigmoid(delta) / sigmoid(dama_clip_gap_mean)`` from the pair's precomputed CLIP image-text score gap
+    (a ``clip_score_gap`` column, or ``chosen_clip_score - rejected_clip_score``) and the model-aware ``alpha_M`` from
+    the batch's reward gaps against their running mean, after leaving out ``dama_filter`` of the pairs
+    (``vlmdpo.methods.dama``; logged as ``beta``, ``dama/alpha_model``, ``dama/gap_mean``). Needs pairs and a loss
+    that reads the reference; not with beta_dpo or mm_dpo_weight."""
+    dama_clip_gap_mean: float | None = None
+    """DAMA's delta-bar, required with ``dama``: the mean CLIP score gap of the training pairs, which makes
+    ``alpha_D`` 1 for a pair of average hardness (the authors' RLAIF-V data gives 0.0482190464911681)."""
+    dama_filter: float = 0.2
+    """DAMA's share of each micro-batch left out of the loss, in [0, 1), drawn as outliers of the running reward gap
+    (0.2 in the authors' code); 0 filters nothing."""
+    dama_momentum: float = 0.9
+    """DAMA's gamma, in [0, 1): the momentum of the running mean reward gap (0.9 in the authors' code)."""
     corruption: str = "crop_resize"
     """How ``mdpo_conditional`` corrupts each image for its second forward (``vlmdpo.methods.corrupt``): crop_resize
     (a random crop of 20-60% of the area resized back, so the image-token count is kept), noise or
@@ -241,7 +257,7 @@ class LossConfig:
         return {name: getattr(self, name) for name in sorted(LOSS_KEYWORDS) if hasattr(self, name)}
 
     def _check_modifiers(self) -> None:
-        """LD-DPO, WPO, beta-DPO and MM-DPO settings, and the loss specs each cannot apply to."""
+        """LD-DPO, WPO, beta-DPO, MM-DPO and DAMA settings, and the loss specs each cannot apply to."""
         names, pairs = self.names, self.responses == ("chosen", "rejected")
         if self.ld_alpha is not None:
             if not 0 <= self.ld_alpha <= 1:
@@ -264,6 +280,9 @@ class LossConfig:
             if not pairs:
                 raise ValueError(f"loss.beta_dpo reads each pair's reward discrepancy, and {self.losses!r} reads no "
                                  "rejected response: set loss.beta_dpo=false or add a pair loss")
+            if not self.needs_reference:
+                raise ValueError(f"loss.beta_dpo measures rewards against the reference, and {self.losses!r} reads "
+                                 "none (sft, simpo): set loss.beta_dpo=false or add a loss that reads the reference")
             if not (0 <= self.beta_dpo_filter < 1 and 0 <= self.beta_dpo_momentum < 1
                     and math.isfinite(self.beta_dpo_alpha)):
                 raise ValueError("loss.beta_dpo_filter and loss.beta_dpo_momentum must be in [0, 1) and "
@@ -281,6 +300,24 @@ class LossConfig:
                 raise ValueError(f"loss.mm_dpo_weight scales a pair's beta, and {self.losses!r} reads no rejected "
                                  "response: set loss.mm_dpo_weight=0 or add a pair loss")
             check_per_pair(names, "loss.mm_dpo_weight (MM-DPO)")
+        if self.dama:
+            self._check_dama()
+
+    def _check_dama(self) -> None:
+        """DAMA's settings, the other beta methods it excludes, and the loss specs it cannot apply to."""
+        if self.beta_dpo or self.mm_dpo_weight != 0:
+            raise ValueError("loss.dama, loss.beta_dpo and loss.mm_dpo_weight each set the beta: choose one")
+        if self.dama_clip_gap_mean is None or not math.isfinite(self.dama_clip_gap_mean):
+            raise ValueError("loss.dama needs loss.dama_clip_gap_mean, the mean clip_score_gap of the training pairs "
+                             f"(alpha_D = sigmoid(gap) / sigmoid(mean)), got {self.dama_clip_gap_mean}")
+        if not (0 <= self.dama_filter < 1 and 0 <= self.dama_momentum < 1):
+            raise ValueError("loss.dama_filter and loss.dama_momentum must be in [0, 1), got "
+                             f"{self.dama_filter} and {self.dama_momentum}")
+        if self.responses != ("chosen", "rejected") or not self.needs_reference:
+            raise ValueError(f"loss.dama reads each pair's reward gap against the reference, and {self.losses!r} reads "
+                             "no rejected response or no reference: set loss.dama=false or use a pair loss that reads "
+                             "the reference")
+        check_per_pair(self.names, "loss.dama (DAMA)")
 
     def __post_init__(self):
         parse_spec(self.losses)

@@ -19,9 +19,10 @@ from vlmdpo.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
 RESPONSE_FIELDS = ("chosen", "rejected")
 
 
-SCORE_COLUMNS = ("reward_margin", "chosen_score", "rejected_score")
-"""A pair's scores from a reward model or a judge, kept on the row when the dataset has them (MM-DPO's
-margin-scaled beta reads them, ``vlmdpo.methods.margin_beta``)."""
+SCORE_COLUMNS = ("reward_margin", "chosen_score", "rejected_score", "clip_score_gap", "chosen_clip_score",
+                 "rejected_clip_score")
+"""A pair's scores from a reward model, a judge or CLIP, kept on the row when the dataset has them (MM-DPO's
+margin-scaled beta reads the first three, ``vlmdpo.methods.margin_beta``; DAMA the CLIP ones, ``vlmdpo.methods.dama``)."""
 
 IMAGE_PLACEHOLDER = "<image>"
 """The image placeholder of plain-string prompts (TRL's and LLaVA's): each one stands for the next image."""

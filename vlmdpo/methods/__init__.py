@@ -9,7 +9,7 @@
 - ``mdpo``: mDPO's conditional and anchored terms and the corrupted-image pass (``corrupt``: the corruptions).
 - ``dense``: RLHF-V's dense DPO token weights; ``length_desensitised``: LD-DPO's log-probs past the shorter response.
 - ``wpo``: WPO's pair weights; ``beta_dpo``: beta-DPO's batch beta and filter; ``margin_beta``: MM-DPO's beta per
-  pair from its reward margin.
+  pair from its reward margin; ``dama``: DAMA's beta per pair from its CLIP score gap and the batch's reward gaps.
 - ``trdpo``: TR-DPO's refresh of the reference toward the policy every few steps.
 - ``registry``: every loss term by name, the presets, the methods (``build_methods``), ``combined_loss``.
 - ``base`` (the ``Method`` hooks) and ``collate`` (``MethodCollator``).

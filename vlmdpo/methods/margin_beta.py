@@ -1,14 +1,18 @@
-"""MM-DPO's dynamic reward scaling (MM-RLHF, Zhang et al. 2025, arXiv:2502.10391): a beta per pair, larger for
-pairs whose reward margin is larger, so confidently ranked pairs weigh more.
+"""MM-DPO's dynamic reward scaling (MM-RLHF, Zhang et al. 2025, arXiv:2502.10391, section 4.2): a beta per pair,
+larger for pairs whose reward margin is larger, so confidently ranked pairs weigh more.
 
-With ``delta_i`` the pair's reward margin from a reward model (``r(y_c) - r(y_l)``, read from the data):
+With ``delta_i = r(y_w) - r(y_l)`` the pair's reward margin from a reward model (read from the data), the paper's
 
-    beta_i = beta * (1 + w * (1 - exp(-k * delta_i))),
+    beta(delta_i) = beta_ori * (1 + w * (1 - exp(-k * delta_i))),
 
-floored at 1e-3 (a negative margin lowers beta, and without a floor could make it negative; the MM-RLHF training
-code clamps its beta there too). ``w`` (``loss.mm_dpo_weight``) balances the fixed and the margin-driven part,
-``k`` (``loss.mm_dpo_k``) sets how fast beta saturates in the margin, at ``beta * (1 + w)``. The formula is the
-paper's Dynamic Reward Scaling; the default ``k`` here is an assumption, not a value checked against the paper.
+constrained to ``[beta_ori, (1 + w) * beta_ori]`` ("to avoid overly aggressive updates"): a margin <= 0 gives
+``beta_ori``, a large one approaches ``(1 + w) * beta_ori``. ``w`` (``loss.mm_dpo_weight``) balances the fixed and
+the margin-driven part, ``k`` (``loss.mm_dpo_k``) sets how fast beta saturates in the margin; the paper's defaults
+are ``w = k = 0.5`` (appendix F.2), with ``beta_ori = 0.1`` (section 5.1).
+
+The authors' released code (github.com/Kwai-YuanQi/MM-RLHF, ``trl/trainer/dpo_trainer.py``) reads a precomputed
+per-row ``ls_factor`` and floors beta at 1e-3 instead of the paper's lower bound; its ``dpo_loss`` also defaults to
+an ``implicit_beta`` branch (a beta-DPO-style batch beta) that replaces this one. This module follows the paper.
 
 Each row needs a ``reward_margin`` column, or ``chosen_score`` and ``rejected_score`` (the margin is then their
 difference); ``data.columns`` renames a dataset's own. The margin is a constant of the data: no gradient.
@@ -26,13 +30,12 @@ from vlmdpo.methods.base import Method
 
 __all__ = ["MarginScaledBeta", "margin_scaled_beta", "row_margin"]
 
-BETA_FLOOR = 1e-3
-
 
 def margin_scaled_beta(beta, reward_margins: Tensor, weight: float, k: float) -> Tensor:
-    """``max(1e-3, beta * (1 + weight * (1 - exp(-k * reward_margins))))`` (B,) float32, no gradient."""
+    """``beta * (1 + weight * (1 - exp(-k * reward_margins)))`` kept within ``[beta, (1 + weight) * beta]``, (B,)
+    float32, no gradient."""
     margins = reward_margins.detach().float()
-    return (beta * (1 + weight * (1 - torch.exp(-k * margins)))).clamp(min=BETA_FLOOR)
+    return beta * (1 + weight * (1 - torch.exp(-k * margins))).clamp(min=1.0, max=1.0 + weight)
 
 
 def row_margin(row: dict) -> float:

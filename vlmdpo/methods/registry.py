@@ -18,6 +18,7 @@ from torch import Tensor
 import vlmdpo.methods.aot as aot
 import vlmdpo.methods.bco as bco
 import vlmdpo.methods.beta_dpo as beta_dpo
+import vlmdpo.methods.dama as dama
 import vlmdpo.methods.dense as dense
 import vlmdpo.methods.length_desensitised as length_desensitised
 import vlmdpo.methods.margin_beta as margin_beta
@@ -92,7 +93,7 @@ PRESETS = {"dpo": "sigmoid", "mpo": "+".join(f"{name}:{weight}" for name, weight
 METHODS: tuple[Callable[..., Method | None], ...] = (dense.from_config, mdpo.from_config, bco.from_config,
                                                      trdpo.from_config, length_desensitised.from_config,
                                                      beta_dpo.from_config, margin_beta.from_config,
-                                                     wpo.from_config)
+                                                     dama.from_config, wpo.from_config)
 """``from_config(loss_config, seed) -> Method | None`` of every method that needs more than its loss terms."""
 
 
