@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         results = list(pool.map(lambda run: run_one(*run, out, args.overrides, args.reuse_cache), runs))
     print(f"demo, first run per seed and thread count on a fresh cache, {args.jobs} at a time")
     print("checks: CHAIR_i below the control's beyond the interval / recall at most 2 points below the control's"
-          " / POPE F1 not below the base's (P pass, F fail)")
+          " / POPE F1 not below the base's beyond the interval (P pass, F fail)")
     print(table(results))
     (out / "results.json").write_text(json.dumps(results, indent=1))
     return results

@@ -173,6 +173,30 @@ def test_yes_no_pairs_choose_the_true_answer_and_ask_about_popular_absent_object
     assert sum(rank < 3 for rank in ranks) > 2 * sum(rank >= 12 for rank in ranks)
 
 
+def test_binding_yes_no_pairs_add_an_absent_object_of_a_present_colour_and_stay_balanced():
+    from data_recipes.shapes import build_shapes_dataset
+    from data_recipes.shapes.world import Scene
+    from data_recipes.shapes.question_rows import yes_no_pairs
+
+    split = build_shapes_dataset(seed=3, num_train=60, num_test=0, image_size=16)["train"]
+    plain, bound = yes_no_pairs(split, seed=0), yes_no_pairs(split, seed=0, binding=True)
+    extra, at = [], 0
+    for i in range(len(split)):  # each image's first two questions are the plain recipe's, unchanged
+        scene = Scene.from_json(split[i]["scene"])
+        assert bound["prompt"][at:at + 2] == plain["prompt"][2 * i:2 * i + 2]
+        if at + 2 < len(bound) and bound["chosen"][at + 2] == "No.":  # the next image starts with "Yes."
+            unbound, present = (bound["prompt"][at + k].split()[3:5] for k in (2, 3))
+            assert not scene.has(*unbound) and any(o.colour == unbound[0] for o in scene.objects)
+            assert bound["prompt"][at + 2] != bound["prompt"][at + 1]  # not the popular absent object again
+            assert scene.has(*present)
+            assert [bound["chosen"][at + k] for k in (2, 3)] == ["No.", "Yes."]
+            extra.append(i)
+            at += 2
+        at += 2
+    assert at == len(bound) and len(extra) > len(split) // 2
+    assert bound["chosen"].count("Yes.") == bound["chosen"].count("No.")
+
+
 def test_pairs_need_at_least_one_recipe(tmp_path):
     from data_recipes.shapes import build_shapes_dataset
     from data_recipes.shapes.demo import load_config

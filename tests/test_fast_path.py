@@ -14,7 +14,6 @@ from vlmdpo.forward.fast import (
 from vlmdpo.forward.lm_head import head_logps
 from vlmdpo.forward.logps import completion_logps, selective_log_softmax
 from vlmdpo.model.load import load_model_and_processor
-from vlmdpo.model.lora import apply_lora
 from vlmdpo.forward.packing import pack_pairs, padding_stats
 from vlmdpo.train.step import dpo_step, policy_and_reference_logps
 

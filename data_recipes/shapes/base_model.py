@@ -4,7 +4,8 @@ A ViT trained only through a language model's caption loss learns slowly (the LM
 prior and ignores the image). LLaVA itself starts from a contrastively trained CLIP vision tower; so does
 this recipe: the judge, trained with open_clip on shapes image-caption pairs, gives its image tower to the
 ``transformers`` ``CLIPVisionModel`` inside ``LlavaForConditionalGeneration``. Everything else (projector,
-language model) starts random and is trained with the package's own loop (loss ``sft``, full fine-tuning).
+language model) starts random and is trained with the package's own loop (loss ``sft``, full fine-tuning, the
+vision tower kept fixed as LLaVA keeps it: ``base.frozen_parts``).
 """
 
 from __future__ import annotations

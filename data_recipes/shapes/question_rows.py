@@ -45,13 +45,14 @@ def base_sft_rows(train: datasets.Dataset, noisy_fraction: float, seed: int) -> 
     return rows.shuffle(seed=seed)
 
 
-def yes_no_pairs(split: datasets.Dataset, seed: int) -> datasets.Dataset:
+def yes_no_pairs(split: datasets.Dataset, seed: int, binding: bool = False) -> datasets.Dataset:
     """Per image, a question about a present object ("Yes." chosen over "No.") and one about an absent object
     ("No." chosen). POPE wording; plain strings. Row i's questions depend only on (seed, i).
 
     The absent object is drawn by popularity: the objects noisy captions add most often, which a model trained
-    on them says yes to. (Absent objects sharing a colour with a present one helped only a base that binds
-    colour to shape; ``docs/shapes_world.md``.)"""
+    on them says yes to. With ``binding``, where the scene allows, a third question asks about an absent object
+    whose colour is in the image on another shape (answering from colour alone says yes to it), and a fourth
+    about another present object (the same one when it is alone), so that yes and no stay balanced."""
     import random
 
     from data_recipes.shapes.captions import popular_absent_object
@@ -63,8 +64,14 @@ def yes_no_pairs(split: datasets.Dataset, seed: int) -> datasets.Dataset:
         for images, scene_json, index in zip(batch["images"], batch["scene"], indices):
             scene, rng = Scene.from_json(scene_json), random.Random(f"yes-no-{seed}-{index}")
             present = rng.choice(scene.objects)
-            absent = popular_absent_object(scene, rng).name
-            for name, chosen, rejected in ((present.name, "Yes.", "No."), (absent, "No.", "Yes.")):
+            questions = [(present.name, "Yes.", "No."), (popular_absent_object(scene, rng).name, "No.", "Yes.")]
+            colours = {o.colour for o in scene.objects}
+            unbound = [f"{colour} {shape}" for colour, shape in scene.absent_pairs()
+                       if colour in colours and f"{colour} {shape}" != questions[1][0]]
+            if binding and unbound:  # with one more "yes" question, so that yes and no stay balanced
+                others = [o for o in scene.objects if o is not present] or [present]
+                questions += [(rng.choice(unbound), "No.", "Yes."), (rng.choice(others).name, "Yes.", "No.")]
+            for name, chosen, rejected in questions:
                 out["images"].append(images)
                 out["prompt"].append(pope_question_text(name))
                 out["chosen"].append(chosen)

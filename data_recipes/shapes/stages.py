@@ -87,7 +87,8 @@ def train_base(config: DemoConfig, data: datasets.DatasetDict, judge, cache: Pat
     _train([f"model.name_or_path={cache / 'init'}", "model.finetune=full", "loss.losses=sft",
             f"data.train={cache / 'rows'}", f"train.output_dir={cache / 'model'}",
             f"train.max_steps={settings.steps}", f"train.batch_size={settings.batch_size}",
-            f"train.learning_rate={settings.lr}", "train.warmup_ratio=0.05", "train.logging_steps=10",
+            f"train.learning_rate={settings.lr}", "train.warmup_ratio=0.05",
+            f"model.frozen_parts=[{','.join(settings.frozen_parts)}]", "train.logging_steps=10",
             f"train.save_steps={max(1, settings.steps // 4)}", "train.save_total_limit=1",
             f"train.seed={config.seed}", f"train.progress={config.progress}",
             f"train.mixed_precision={config.mixed_precision}"])
@@ -127,7 +128,7 @@ def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judg
         else:
             recipes["povid"] = _plain(povid_pairs(images, seed=config.seed), "povid")
     if settings.yes_no_images > 0:
-        yes_no = yes_no_pairs(first(settings.yes_no_images), seed=config.seed)
+        yes_no = yes_no_pairs(first(settings.yes_no_images), seed=config.seed, binding=settings.yes_no_binding)
         recipes["yes_no"] = yes_no.add_column("source", ["yes_no"] * len(yes_no))
     if settings.rlaif_images > 0:
         model, processor = load_model_and_processor(str(base))
