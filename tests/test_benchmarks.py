@@ -56,7 +56,10 @@ def test_the_demo_benchmark_table_reads_the_control_comparison():
                "aligned": dict(model, vs_control={"chair_i": change, "pope_f1": change},
                                pope_f1_change={"change": 0.01, "low": -0.01, "high": 0.03}, pope_f1=0.91, chair_i=0.1)}
     rows = bench_demo.table([{"seed": 1, "threads": 2, "seconds": 90, "metrics": metrics},
-                             {"seed": 2, "threads": 1, "seconds": 30, "error": "exit 1: boom"}]).splitlines()
+                             {"seed": 2, "threads": 1, "seconds": 30, "error": "exit 1: boom"},
+                             {"seed": 3, "threads": 1, "seconds": 60, "metrics": metrics,
+                              "cached_stages": ["base", "data"]}]).splitlines()
     assert rows[2] == ("| 1 | 2 | 1.5 min | 0.100 / 0.200 / 0.100 | -0.100 [-0.150, -0.050] | 0.990 -> 0.990 "
                        "| 0.900 -> 0.910 [-0.010, +0.030] | 12.0 / 12.0 | PPP |")
     assert rows[3].startswith("| 2 | 1 | 0.5 min | failed: exit 1: boom")
+    assert rows[4].startswith("| 3 | 1 | 1.0 min (base, data cached) | 0.100 / 0.200 / 0.100")
