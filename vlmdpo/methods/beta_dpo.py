@@ -52,6 +52,14 @@ def filter_pairs(discrepancies: Tensor, mean: Tensor, std: Tensor, filter_ratio:
     return torch.multinomial(weights, keep, replacement=False, generator=generator)
 
 
+def kept_pair_weights(discrepancies: Tensor, kept: Tensor) -> Tensor:
+    """(B,) pair weights that leave out the pairs not in ``kept`` (indices), the kept ones scaled by B / kept so
+    that the batch mean is the mean over the kept pairs."""
+    weights = torch.zeros_like(discrepancies)
+    weights[kept] = discrepancies.numel() / kept.numel()
+    return weights
+
+
 def batch_beta(beta, alpha: float, kept_discrepancies: Tensor, mean: Tensor) -> Tensor:
     """``max(1e-3, beta * (1 + alpha * (mean(kept_discrepancies) - mean)))``, 0-d, no gradient."""
     return (beta * (1 + alpha * (kept_discrepancies.mean() - mean))).clamp(min=BETA_FLOOR).detach()
@@ -91,9 +99,7 @@ class BetaDPO(Method):
         changes = {"beta": batch_beta(beta, self.alpha, gaps[kept], self.mean),
                    "metrics": {"beta_dpo/gap_mean": self.mean.detach(), "beta_dpo/gap_std": self.std.detach()}}
         if kept.numel() < gaps.numel():
-            weights = torch.zeros_like(gaps)
-            weights[kept] = gaps.numel() / kept.numel()
-            changes["pair_weights"] = weights
+            changes["pair_weights"] = kept_pair_weights(gaps, kept)
         return changes
 
     def state_dict(self) -> dict:

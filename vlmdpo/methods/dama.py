@@ -38,7 +38,7 @@ from torch import Tensor
 
 from vlmdpo.data.rows import DataError
 from vlmdpo.methods.base import Method
-from vlmdpo.methods.beta_dpo import filter_pairs, reward_discrepancies
+from vlmdpo.methods.beta_dpo import filter_pairs, kept_pair_weights, reward_discrepancies
 
 __all__ = ["DAMA", "dama_beta", "data_aware_scale", "model_aware_scale", "row_clip_gap"]
 
@@ -126,9 +126,7 @@ class DAMA(Method):
                    "metrics": {"dama/alpha_model": alpha_model, "dama/alpha_data": alpha_data.mean(),
                                "dama/gap_mean": self.mean.detach()}}
         if kept.numel() < gaps.numel():
-            weights = torch.zeros_like(gaps)
-            weights[kept] = gaps.numel() / kept.numel()
-            changes["pair_weights"] = weights
+            changes["pair_weights"] = kept_pair_weights(gaps, kept)
         return changes
 
     def state_dict(self) -> dict:
