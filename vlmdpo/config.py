@@ -143,6 +143,10 @@ class TrainConfig:
     """Micro-batches per optimizer step."""
     learning_rate: float = 5e-5
     """Peak learning rate."""
+    part_learning_rates: dict[str, float] = field(default_factory=dict)
+    """Peak learning rate per part of the VLM (``language``, ``projector``, ``vision``), e.g.
+    ``train.part_learning_rates.vision=1e-5``; the trainable weights of parts not named (and those outside the
+    three, such as the LM head) use ``learning_rate``. The schedule scales every rate alike."""
     weight_decay: float = 0.0
     """AdamW weight decay."""
     num_epochs: float = 1.0
@@ -212,6 +216,10 @@ class TrainConfig:
             raise ValueError(f"train.on_nonfinite must be error or skip, got {self.on_nonfinite!r}")
         if self.eval_steps < 0:
             raise ValueError("train.eval_steps must be >= 0")
+        bad = {part: rate for part, rate in self.part_learning_rates.items()
+               if part not in ("language", "projector", "vision") or not rate > 0}
+        if bad:
+            raise ValueError(f"train.part_learning_rates must map language/projector/vision to rates > 0, got {bad}")
         self.mixed_precision = mixed_precision_choice(self.mixed_precision, "train.mixed_precision")
         if self.forward_path not in ("auto", "fast", "plain"):
             raise ValueError(f"train.forward_path must be auto, fast or plain, got {self.forward_path!r}")

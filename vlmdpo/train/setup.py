@@ -29,6 +29,7 @@ from vlmdpo.methods.registry import build_methods
 from vlmdpo.model.load import load_model_and_processor, resolve_model_path
 from vlmdpo.model.lora import apply_lora, freeze_parts, frozen_copy, reference_mode
 from vlmdpo.train.checkpoints import remove_partial_checkpoints, resume, step_checkpoints
+from vlmdpo.train.optimizer import build_optimizer
 from vlmdpo.train.reference_cache import (
     ReferenceLogps, cache_key, compute_reference_logps, default_cache_dir, load_or_compute, processor_fingerprint,
     weights_fingerprint,
@@ -154,6 +155,9 @@ def set_up(config: Config) -> Run:
     accelerator.wait_for_everyone()
     # before the optimizer gathers the trainable weights: a method may add modules (TR-DPO's reference adapter)
     checkpointed = [item for method in methods for item in method.prepare_models(policy, reference)]
+    optimizer = build_optimizer(policy, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
+                                part_learning_rates=cfg.part_learning_rates)
+    trainable = [p for group in optimizer.param_groups for p in group["params"]]
     collate = MethodCollator(collator, methods)
     pairs = checked_pairs(pairs, collate, policy.config, config, fingerprint, accelerator, log)
     eval_rows = held_out_pairs(config)
@@ -165,8 +169,6 @@ def set_up(config: Config) -> Run:
                         generator=torch.Generator().manual_seed(cfg.seed))
     steps_per_epoch = max(1, math.ceil(len(loader) / accelerator.num_processes / cfg.gradient_accumulation_steps))
     max_steps = cfg.max_steps or max(1, math.ceil(cfg.num_epochs * steps_per_epoch))
-    trainable = [p for p in policy.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(trainable, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
     scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=int(cfg.warmup_ratio * max_steps),
                               num_training_steps=max_steps)
     # the scheduler is stepped by the loop once per optimizer step; accelerate's wrapper would step it once per
