@@ -37,7 +37,10 @@ class ModelConfig:
     lora_dropout: float = 0.0
     """Dropout on the LoRA branch."""
     lora_parts: list[str] = field(default_factory=lambda: ["language"])
-    """Parts whose linear layers get LoRA: any of language, projector, vision."""
+    """Parts whose linear layers get LoRA: any of language, projector, vision, and experts (off by default: a
+    mixture-of-experts model's routed experts, which ``language`` leaves out; its attention, dense MLPs and shared
+    experts are ``language``). Fused experts take LoRA through peft's ``target_parameters``, without dropout
+    (``lora_dropout`` must be 0). A router is never wrapped."""
     lora_target_modules: list[str] | None = None
     """Explicit module names for LoRA (overrides ``lora_parts``)."""
     frozen_parts: list[str] = field(default_factory=list)
@@ -53,9 +56,9 @@ class ModelConfig:
             raise ValueError(f"model.finetune must be 'lora' or 'full', got {self.finetune!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):
             raise ValueError(f"model.dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        bad = set(self.lora_parts) - {"language", "projector", "vision"}
+        bad = set(self.lora_parts) - {"language", "projector", "vision", "experts"}
         if bad:
-            raise ValueError(f"model.lora_parts has unknown parts {sorted(bad)}; use language/projector/vision")
+            raise ValueError(f"model.lora_parts has unknown parts {sorted(bad)}; use language/projector/vision/experts")
         bad = set(self.frozen_parts) - {"language", "projector", "vision"}
         if bad:
             raise ValueError(f"model.frozen_parts has unknown parts {sorted(bad)}; use language/projector/vision")

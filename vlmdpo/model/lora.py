@@ -21,6 +21,10 @@ _PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector", "mm_projecto
                     "embed_vision")  # Gemma 3n / Gemma 4's multimodal embedder
 
 PART_CHOICES = ("language", "projector", "vision")
+LORA_PART_CHOICES = PART_CHOICES + ("experts",)
+"""What LoRA can wrap: the parts, and the language model's routed experts (``experts``, asked for on its own: the
+``language`` part keeps attention, dense MLPs and shared experts, which every token runs)."""
+_EXPERTS_NAME = "experts"  # transformers' attribute for a layer's routed experts (shared ones: shared_expert(s))
 
 REFERENCE_ADAPTER = "reference"
 """Name of the frozen adapter that holds a refreshed reference; when a ``peft`` policy has one, the reference is the
@@ -64,38 +68,90 @@ def is_router(name: str, module: nn.Linear, expert_counts: set[int]) -> bool:
     return "router" in type(module).__name__.lower() or module.out_features in expert_counts
 
 
-def linear_module_names(model: nn.Module, parts: tuple[str, ...] = ("language",)) -> list[str]:
-    """Full names of the ``nn.Linear`` layers in the given parts of the model: never the LM head, never a
-    mixture-of-experts router."""
-    unknown = set(parts) - set(PART_CHOICES)
-    if unknown:
-        raise ValueError(f"unknown model parts {sorted(unknown)}; choose from {PART_CHOICES}")
+def _lora_part_finder(model: nn.Module):
+    """``name -> part`` (one of ``LORA_PART_CHOICES``, or ``None``) for the modules and parameters of ``model``."""
     language = _language_prefixes(model)
-    experts = _expert_counts(model)
 
     def part(name: str) -> str | None:
         by_name = part_of(name)
         if by_name in ("projector", "vision"):
             return by_name
         inside = any(name.startswith(prefix + ".") for prefix in language)
-        return "language" if inside or (by_name == "language" and not language) else None
+        if not (inside or (by_name == "language" and not language)):
+            return None
+        return "experts" if _EXPERTS_NAME in name.split(".") else "language"
 
+    return part
+
+
+def linear_module_names(model: nn.Module, parts: tuple[str, ...] = ("language",)) -> list[str]:
+    """Full names of the ``nn.Linear`` layers in the given parts of the model (``LORA_PART_CHOICES``): never the
+    LM head, never a mixture-of-experts router. Raises when there are none, unless ``experts`` is asked for (whose
+    weights are usually fused parameters: ``expert_parameter_names``)."""
+    unknown = set(parts) - set(LORA_PART_CHOICES)
+    if unknown:
+        raise ValueError(f"unknown model parts {sorted(unknown)}; choose from {LORA_PART_CHOICES}")
+    part, experts = _lora_part_finder(model), _expert_counts(model)
     names = [name for name, module in model.named_modules()
              if isinstance(module, nn.Linear) and part(name) in parts and not is_router(name, module, experts)]
-    if not names:
+    if not names and "experts" not in parts:
         raise ValueError(f"found no linear layers in parts {parts} of {type(model).__name__}; "
                          "pass lora target_modules explicitly")
     return names
 
 
+def expert_parameter_names(model: nn.Module) -> list[str]:
+    """Full names of the routed experts' fused weights: the 3-D parameters (one matrix per expert, as transformers
+    stores a layer's experts) of the language model's ``experts`` modules. A router's weight is 2-D: never one."""
+    part, counts = _lora_part_finder(model), _expert_counts(model)
+    return [name for name, param in model.named_parameters()
+            if param.ndim == 3 and param.shape[0] in counts and part(name) == "experts"]
+
+
+def _outside_moe_conversion(model: nn.Module, targets: list[str]) -> tuple[list[str], list[str]]:
+    """``(target_modules, target_parameters)`` that peft injects as asked.
+
+    For the mixture-of-experts families whose experts transformers 5 fused, peft converts old adapters' configs:
+    a target ending in ``gate_proj``, ``up_proj`` or ``down_proj`` becomes the fused experts' parameters (with twice
+    the rank), even the full name of a dense or shared-expert MLP layer (huggingface/peft#3711): GLM-4.5V's
+    ``language`` LoRA would land on the routed experts instead. Those layers are named by their weight instead,
+    which the conversion leaves alone; peft's conversion itself says which they are.
+    """
+    from peft import LoraConfig
+
+    try:
+        from peft.utils.transformers_weight_conversion import convert_peft_config_for_transformers
+    except ImportError:  # a peft without the conversion: nothing is rewritten
+        return targets, []
+    probe = LoraConfig(target_modules=list(targets))
+    convert_peft_config_for_transformers(probe, model=model, conversions=None)
+    kept = set(probe.target_modules or ())
+    return [t for t in targets if t in kept], [f"{t}.weight" for t in targets if t not in kept]
+
+
 def apply_lora(model: nn.Module, *, r: int = 16, alpha: int = 32, dropout: float = 0.0,
                parts: tuple[str, ...] = ("language",), target_modules: list[str] | None = None):
-    """Wrap ``model`` in a ``peft`` LoRA adapter; only the adapter's weights stay trainable."""
+    """Wrap ``model`` in a ``peft`` LoRA adapter; only the adapter's weights stay trainable.
+
+    ``parts`` with ``experts`` adds the routed experts: their ``nn.Linear`` layers, or their fused 3-D weights
+    through peft's ``target_parameters`` (a low-rank update per expert). ``target_modules`` replaces ``parts``.
+    """
     from peft import LoraConfig, get_peft_model
 
-    targets = target_modules or linear_module_names(model, parts)
+    targets = list(target_modules or linear_module_names(model, parts))
+    expert_weights = expert_parameter_names(model) if "experts" in parts and not target_modules else []
+    if "experts" in parts and not target_modules and not expert_weights and not any(
+            _EXPERTS_NAME in name.split(".") for name in targets):
+        raise ValueError(f"lora parts include experts, but {type(model).__name__} has no routed experts in its "
+                         "language model; drop experts from model.lora_parts")
+    targets, linear_weights = _outside_moe_conversion(model, targets)
+    weights = expert_weights + linear_weights
+    if weights and dropout:
+        raise ValueError(f"model.lora_dropout={dropout} cannot apply to {weights[0]} and the like: peft's LoRA on a "
+                         "parameter (fused experts; a MoE family's MLP layers) has no dropout. Set model.lora_dropout=0"
+                         + (" or drop experts from model.lora_parts" if expert_weights else ""))
     config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=targets,
-                        task_type="CAUSAL_LM")
+                        target_parameters=weights or None, task_type="CAUSAL_LM")
     return get_peft_model(model, config)
 
 

@@ -10,6 +10,7 @@ checkpoint does. The families, chosen for the cases that differ most, live by la
   ``llava_onevision`` (any-resolution tiles), ``mistral3`` (Pixtral).
 - ``vlmdpo.tiny.mrope``: ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``, ``qwen3_5``, ``glm4v`` (3-D M-RoPE positions,
   a dynamic number of image tokens from ``image_grid_thw``).
+- ``vlmdpo.tiny.moe``: ``qwen3_vl_moe``, ``glm4v_moe`` (the same, with mixture-of-experts language models).
 - ``vlmdpo.tiny.pixel_shuffle``: ``idefics3`` and ``smolvlm`` (images per row), ``internvl``, ``aya_vision``.
 - ``vlmdpo.tiny.gemma``: ``gemma3``, ``paligemma``, ``gemma4`` (bidirectional attention within images).
 - ``vlmdpo.tiny.mllama``: ``mllama`` (cross-attention to image tiles; refused at load, see
@@ -24,12 +25,13 @@ from pathlib import Path
 import vlmdpo.tiny.gemma as gemma
 import vlmdpo.tiny.llava as llava
 import vlmdpo.tiny.mllama as mllama
+import vlmdpo.tiny.moe as moe
 import vlmdpo.tiny.mrope as mrope
 import vlmdpo.tiny.pixel_shuffle as pixel_shuffle
 from vlmdpo.tiny.configs import TinySizes
 from vlmdpo.tiny.tokenizer import train_tokenizer
 
-_MODULES = (llava, mrope, pixel_shuffle, gemma, mllama)
+_MODULES = (llava, mrope, moe, pixel_shuffle, gemma, mllama)
 FAMILIES = {family: builder for module in _MODULES for family, builder in module.BUILDERS.items()}
 """family (``tiny:<family>``) -> ``builder(tokenizer, sizes: TinySizes) -> (model, processor)``."""
 FAMILY_TOKENS = {family: tokens for module in _MODULES for family, tokens in module.FAMILY_TOKENS.items()}

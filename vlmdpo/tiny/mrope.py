@@ -13,13 +13,13 @@ from vlmdpo.tiny.configs import TinySizes, mrope, text_config
 from vlmdpo.tiny.templates import CHATML_CHAT_TEMPLATE, message_content
 
 
-def _qwen_vision_token_ids(tokenizer) -> dict:
+def qwen_vision_token_ids(tokenizer) -> dict:
     token = tokenizer.convert_tokens_to_ids
     return dict(image_token_id=token("<|image_pad|>"), video_token_id=token("<|video_pad|>"),
                 vision_start_token_id=token("<|vision_start|>"), vision_end_token_id=token("<|vision_end|>"))
 
 
-def _qwen_processor(processor_class, video_processor_class, tokenizer, sizes: TinySizes,
+def qwen_processor(processor_class, video_processor_class, tokenizer, sizes: TinySizes,
                     chat_template: str = CHATML_CHAT_TEMPLATE):
     """A Qwen-VL processor: dynamic resolution with 2x2 merging, images between ``<|vision_start|>`` and
     ``<|vision_end|>``."""
@@ -50,9 +50,9 @@ def qwen2_vl(tokenizer, sizes: TinySizes):
         vision_config=dict(depth=sizes.vision_layers, embed_dim=sizes.vision_hidden_size, hidden_size=sizes.hidden_size,
                            num_heads=sizes.vision_heads, mlp_ratio=mlp_ratio, patch_size=sizes.patch_size,
                            spatial_merge_size=2, temporal_patch_size=2),
-        tie_word_embeddings=sizes.tie_word_embeddings, **_qwen_vision_token_ids(tokenizer))
+        tie_word_embeddings=sizes.tie_word_embeddings, **qwen_vision_token_ids(tokenizer))
     model = Qwen2VLForConditionalGeneration(config)
-    return model, _qwen_processor(Qwen2VLProcessor, Qwen2VLVideoProcessor, tokenizer, sizes)
+    return model, qwen_processor(Qwen2VLProcessor, Qwen2VLVideoProcessor, tokenizer, sizes)
 
 
 def qwen2_5_vl(tokenizer, sizes: TinySizes):
@@ -69,12 +69,12 @@ def qwen2_5_vl(tokenizer, sizes: TinySizes):
                            out_hidden_size=sizes.hidden_size, patch_size=sizes.patch_size, spatial_merge_size=2,
                            temporal_patch_size=2, window_size=sizes.patch_size * 4,
                            fullatt_block_indexes=[sizes.vision_layers - 1]),
-        tie_word_embeddings=sizes.tie_word_embeddings, **_qwen_vision_token_ids(tokenizer))
+        tie_word_embeddings=sizes.tie_word_embeddings, **qwen_vision_token_ids(tokenizer))
     model = Qwen2_5_VLForConditionalGeneration(config)
-    return model, _qwen_processor(Qwen2_5_VLProcessor, Qwen2VLVideoProcessor, tokenizer, sizes)
+    return model, qwen_processor(Qwen2_5_VLProcessor, Qwen2VLVideoProcessor, tokenizer, sizes)
 
 
-def _qwen3_vision_config(sizes: TinySizes, **extra) -> dict:
+def qwen3_vision_config(sizes: TinySizes, **extra) -> dict:
     """Qwen3-VL's vision tower (Qwen3.5's too): learned positions for up to twice ``image_size`` a side."""
     return dict(depth=sizes.vision_layers, hidden_size=sizes.vision_hidden_size, intermediate_size=sizes.vision_mlp(),
                 num_heads=sizes.vision_heads, out_hidden_size=sizes.hidden_size, patch_size=sizes.patch_size,
@@ -90,10 +90,10 @@ def qwen3_vl(tokenizer, sizes: TinySizes):
     config = Qwen3VLConfig(
         text_config=text_config(tokenizer, sizes, "<|im_end|>", head_dim=sizes.head_dim,
                                 rope_parameters=mrope(sizes.head_dim, sizes.rope_theta, mrope_interleaved=True)),
-        vision_config=_qwen3_vision_config(sizes, deepstack_visual_indexes=[0]),
-        tie_word_embeddings=sizes.tie_word_embeddings, **_qwen_vision_token_ids(tokenizer))
+        vision_config=qwen3_vision_config(sizes, deepstack_visual_indexes=[0]),
+        tie_word_embeddings=sizes.tie_word_embeddings, **qwen_vision_token_ids(tokenizer))
     model = Qwen3VLForConditionalGeneration(config)
-    return model, _qwen_processor(Qwen3VLProcessor, Qwen3VLVideoProcessor, tokenizer, sizes)
+    return model, qwen_processor(Qwen3VLProcessor, Qwen3VLVideoProcessor, tokenizer, sizes)
 
 
 QWEN3_5_CHAT_TEMPLATE = (  # Qwen 3.5 thinks by default: the generation prompt opens <think>, and the answer after
@@ -124,10 +124,10 @@ def qwen3_5(tokenizer, sizes: TinySizes):
         text_config=text_config(tokenizer, sizes, "<|im_end|>", num_layers=len(layer_types), head_dim=head_dim,
                                 layer_types=layer_types, linear_num_key_heads=2, linear_num_value_heads=4,
                                 linear_key_head_dim=16, linear_value_head_dim=16, rope_parameters=rope),
-        vision_config=_qwen3_vision_config(sizes),
-        tie_word_embeddings=sizes.tie_word_embeddings, **_qwen_vision_token_ids(tokenizer))
+        vision_config=qwen3_vision_config(sizes),
+        tie_word_embeddings=sizes.tie_word_embeddings, **qwen_vision_token_ids(tokenizer))
     model = Qwen3_5ForConditionalGeneration(config)
-    return model, _qwen_processor(Qwen3VLProcessor, Qwen3VLVideoProcessor, tokenizer, sizes, QWEN3_5_CHAT_TEMPLATE)
+    return model, qwen_processor(Qwen3VLProcessor, Qwen3VLVideoProcessor, tokenizer, sizes, QWEN3_5_CHAT_TEMPLATE)
 
 
 GLM4V_CHAT_TEMPLATE = (  # GLM-4.1V: [gMASK]<sop>, role tokens open each turn and nothing closes one (the model
@@ -138,36 +138,50 @@ GLM4V_CHAT_TEMPLATE = (  # GLM-4.1V: [gMASK]<sop>, role tokens open each turn an
 )
 
 
-def glm4v(tokenizer, sizes: TinySizes):
-    """GLM-4.1V: a ViT with interpolated learned positions and 2-D rotary, a conv downsample and merger; a GLM-4
-    language model with half-rotary M-RoPE, whose image tokens are told apart by ``mm_token_type_ids``."""
-    from transformers import (
-        Glm4vConfig, Glm4vForConditionalGeneration, Glm4vImageProcessor, Glm4vProcessor, Glm4vVideoProcessor,
-    )
+def glm4v_vision_config(sizes: TinySizes) -> dict:
+    """GLM-4.1V's vision tower (GLM-4.5V's too), whose MLP is as wide as its decoder's."""
+    return dict(depth=sizes.vision_layers, hidden_size=sizes.vision_hidden_size,
+                intermediate_size=sizes.vision_intermediate_size or sizes.intermediate_size,
+                num_heads=sizes.vision_heads, out_hidden_size=sizes.hidden_size, image_size=sizes.image_size,
+                patch_size=sizes.patch_size, spatial_merge_size=2, temporal_patch_size=2)
 
+
+def glm4v_token_ids(tokenizer) -> dict:
+    """The image and video token ids of GLM-4.1V's config (GLM-4.5V's too)."""
     token = tokenizer.convert_tokens_to_ids
+    return dict(image_token_id=token("<|image|>"), video_token_id=token("<|video|>"),
+                image_start_token_id=token("<|begin_of_image|>"), image_end_token_id=token("<|end_of_image|>"),
+                video_start_token_id=token("<|begin_of_video|>"), video_end_token_id=token("<|end_of_video|>"))
+
+
+def glm4v_rope(sizes: TinySizes) -> dict:
+    """GLM-4.1V's half-rotary M-RoPE (GLM-4.5V's too)."""
     rotary_fraction = 0.5
-    rope = mrope(int(sizes.head_dim * rotary_fraction), sizes.rope_theta, partial_rotary_factor=rotary_fraction)
-    config = Glm4vConfig(
-        text_config=text_config(tokenizer, sizes, "</s>", rope_parameters=rope),
-        # GLM-4.1V's vision MLP is as wide as its decoder's
-        vision_config=dict(depth=sizes.vision_layers, hidden_size=sizes.vision_hidden_size,
-                           intermediate_size=sizes.vision_intermediate_size or sizes.intermediate_size,
-                           num_heads=sizes.vision_heads, out_hidden_size=sizes.hidden_size,
-                           image_size=sizes.image_size, patch_size=sizes.patch_size, spatial_merge_size=2,
-                           temporal_patch_size=2),
-        image_token_id=token("<|image|>"), video_token_id=token("<|video|>"),
-        image_start_token_id=token("<|begin_of_image|>"), image_end_token_id=token("<|end_of_image|>"),
-        video_start_token_id=token("<|begin_of_video|>"), video_end_token_id=token("<|end_of_video|>"),
-        tie_word_embeddings=sizes.tie_word_embeddings)
-    model = Glm4vForConditionalGeneration(config)
+    return mrope(int(sizes.head_dim * rotary_fraction), sizes.rope_theta, partial_rotary_factor=rotary_fraction)
+
+
+def glm4v_processor(tokenizer, sizes: TinySizes):
+    """GLM-4.1V's processor (GLM-4.5V uses the same): dynamic resolution with 2x2 merging."""
+    from transformers import Glm4vImageProcessor, Glm4vProcessor, Glm4vVideoProcessor
+
     patch_size = sizes.patch_size
     size = {"shortest_edge": (patch_size * 2) ** 2, "longest_edge": 4 * sizes.image_size * sizes.image_size}
-    processor = Glm4vProcessor(
+    return Glm4vProcessor(
         image_processor=Glm4vImageProcessor(patch_size=patch_size, merge_size=2, temporal_patch_size=2, size=size),
         tokenizer=tokenizer, chat_template=GLM4V_CHAT_TEMPLATE,
         video_processor=Glm4vVideoProcessor(patch_size=patch_size, merge_size=2, temporal_patch_size=2, size=size))
-    return model, processor
+
+
+def glm4v(tokenizer, sizes: TinySizes):
+    """GLM-4.1V: a ViT with interpolated learned positions and 2-D rotary, a conv downsample and merger; a GLM-4
+    language model with half-rotary M-RoPE, whose image tokens are told apart by ``mm_token_type_ids``."""
+    from transformers import Glm4vConfig, Glm4vForConditionalGeneration
+
+    config = Glm4vConfig(
+        text_config=text_config(tokenizer, sizes, "</s>", rope_parameters=glm4v_rope(sizes)),
+        vision_config=glm4v_vision_config(sizes), **glm4v_token_ids(tokenizer),
+        tie_word_embeddings=sizes.tie_word_embeddings)
+    return Glm4vForConditionalGeneration(config), glm4v_processor(tokenizer, sizes)
 
 
 BUILDERS = {"qwen2_vl": qwen2_vl, "qwen2_5_vl": qwen2_5_vl, "qwen3_vl": qwen3_vl, "qwen3_5": qwen3_5, "glm4v": glm4v}

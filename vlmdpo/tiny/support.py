@@ -28,6 +28,8 @@ TESTED_FAMILIES: dict[str, tuple[str, str | None]] = {
     "aya_vision": ("AyaVisionForConditionalGeneration", None),
     "glm4v": ("Glm4vForConditionalGeneration", None),
     "gemma4": ("Gemma4ForConditionalGeneration", None),
+    "qwen3_vl_moe": ("Qwen3VLMoeForConditionalGeneration", None),
+    "glm4v_moe": ("Glm4vMoeForConditionalGeneration", None),
 }
 
 

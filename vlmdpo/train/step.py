@@ -12,21 +12,26 @@ The data path, end to end::
 
 ``dpo_step`` is that, plus the metrics the training loop logs, and the hooks of the run's methods
 (``vlmdpo.methods``): dense DPO and LD-DPO reweight the log-probs, mDPO scores its corrupted-image responses,
-BCO hands its running shift to its loss, beta-DPO and MM-DPO set the beta, WPO weights each pair's loss.
+BCO hands its running shift to its loss, beta-DPO and MM-DPO set the beta, WPO weights each pair's loss. A
+mixture-of-experts model whose routers train adds its load-balancing loss (``vlmdpo.model.routers``).
 """
 
 from __future__ import annotations
+
+import contextlib
 
 import torch
 
 from vlmdpo.config import LossConfig
 from vlmdpo.forward.fast import packed_completion_logps, shared_image_features
-from vlmdpo.forward.logps import completion_logps
+from vlmdpo.forward.logps import completion_logps, concatenated_inputs
 from vlmdpo.forward.packing import pack_pairs, padding_stats
 from vlmdpo.methods.base import Method
 from vlmdpo.methods.losses import rewards
 from vlmdpo.methods.registry import build_methods, combined_loss
+from vlmdpo.model.load import hf_model
 from vlmdpo.model.lora import reference_mode
+from vlmdpo.model.routers import RecordedRouterLogits, load_balancing_loss, router_loss_coefficient
 from vlmdpo.train.reference_cache import ReferenceLogps
 
 
@@ -42,11 +47,13 @@ def logps_function(policy, batch: dict, pad_token_id: int, forward_path: str = "
 
 def policy_and_reference_logps(policy, reference, batch: dict, pad_token_id: int, forward_path: str = "plain",
                                with_reference: bool = True, ref_logps: ReferenceLogps | None = None,
-                               policy_outputs=()):
+                               policy_outputs=(), policy_pass=None):
     """Response log-probs of the policy (with the per-token ``policy_outputs`` besides) and of the reference
-    (``None`` when ``with_reference`` is off); precomputed ``ref_logps`` replace the reference pass."""
+    (``None`` when ``with_reference`` is off); precomputed ``ref_logps`` replace the reference pass.
+    ``policy_pass``: a context manager around the policy's forward alone (recording its router logits)."""
     logps = logps_function(policy, batch, pad_token_id, forward_path)
-    policy_out = logps(policy, policy_outputs)
+    with policy_pass or contextlib.nullcontext():
+        policy_out = logps(policy, policy_outputs)
     if not with_reference:
         return policy_out, None
     if ref_logps is not None:
@@ -77,8 +84,12 @@ def dpo_step(policy, reference, batch: dict, loss_config: LossConfig, *, pad_tok
     """
     methods = build_methods(loss_config) if methods is None else methods
     policy_outputs = sorted(set().union(*(method.policy_outputs for method in methods)))
+    model = hf_model(policy)
+    router_coefficient = router_loss_coefficient(model)
+    recording = RecordedRouterLogits(model) if router_coefficient else None
     policy_out, ref_out = policy_and_reference_logps(policy, reference, batch, pad_token_id, forward_path,
-                                                     loss_config.needs_reference, ref_logps, policy_outputs)
+                                                     loss_config.needs_reference, ref_logps, policy_outputs,
+                                                     policy_pass=recording)
     for method in methods:
         policy_out, ref_out = method.reweight(policy_out, ref_out, batch)
     inputs = {}
@@ -102,6 +113,11 @@ def dpo_step(policy, reference, batch: dict, loss_config: LossConfig, *, pad_tok
         ref_out["chosen_logps"], ref_out["rejected_logps"], **{**loss_config.settings(), "beta": beta},
         chosen_lengths=policy_out["chosen_lengths"], rejected_lengths=policy_out["rejected_lengths"],
         pair_weights=pair_weights, **inputs)
+    if router_coefficient:  # the packed fast path has no padding; the plain one's is left out
+        mask = None if forward_path == "fast" else concatenated_inputs(batch, pad_token_id)["model_inputs"][
+            "attention_mask"]
+        router_loss = router_coefficient * load_balancing_loss(model, recording.logits, mask)
+        loss, parts["router_load_balancing"] = loss + router_loss, router_loss.detach()
     chosen_rewards = rewards(policy_out["chosen_logps"], ref_out["chosen_logps"], beta)
     rejected_rewards = rewards(policy_out["rejected_logps"], ref_out["rejected_logps"], beta)
     metrics = {

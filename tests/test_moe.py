@@ -1,0 +1,152 @@
+"""Mixture-of-experts VLMs (tiny Qwen3-VL-MoE: 4 experts, top 2; tiny GLM-4.5V: a dense layer, then 4 routed
+experts, top 2, and a shared expert): LoRA never wraps a router, ``experts`` puts LoRA on the fused expert weights
+(and only there), the fast path stays exact with it, and the routers' load-balancing loss joins the training loss
+when, and only when, the routers train."""
+
+import copy
+
+import pytest
+import torch
+from helpers import assert_fast_path_equals_plain, lora_policy
+from test_families import matrix_rows
+
+from vlmdpo.config import LossConfig, ModelConfig
+from vlmdpo.data.collator import PreferenceCollator
+from vlmdpo.forward.logps import concatenated_inputs
+from vlmdpo.model.load import load_model_and_processor
+from vlmdpo.model.lora import apply_lora
+from vlmdpo.model.routers import router_loss_coefficient, router_modules
+from vlmdpo.tiny.models import tiny_vlm
+from vlmdpo.train.step import dpo_step
+
+MOE_FAMILIES = ["qwen3_vl_moe", "glm4v_moe"]
+ROUTER_PART = "loss/router_load_balancing"
+
+
+@pytest.fixture(scope="module", params=MOE_FAMILIES)
+def built(request, vlmdpo_cache):
+    model, processor = load_model_and_processor(tiny_vlm(request.param))
+    model.requires_grad_(False)
+    batch = PreferenceCollator(processor)(matrix_rows())
+    return request.param, model.eval(), processor, batch
+
+
+def adapted_names(policy, marker="lora_A"):
+    """The base model's names of the modules and parameters LoRA adapts (``...experts`` for fused experts)."""
+    names = set()
+    for name, _ in policy.named_parameters():
+        if marker in name:
+            names.add(name.split(f".{marker}")[0].replace("base_model.model.", "").replace(".base_layer", ""))
+    return names
+
+
+def test_lora_never_wraps_a_router_and_experts_only_when_asked(built):
+    family, model, _, _ = built
+    routers = {name for name, module in model.named_modules() if module in router_modules(model)}
+    assert routers and all(name.endswith("mlp.gate") for name in routers), routers
+    for parts in (("language",), ("language", "projector", "vision", "experts"), ("experts",)):
+        policy = apply_lora(copy.deepcopy(model), r=4, alpha=8, parts=parts)
+        adapted = adapted_names(policy)
+        assert not any(name.startswith(tuple(routers)) for name in adapted), (family, parts, adapted)
+        assert not any("lora_" in name for router in router_modules(policy) for name, _ in router.named_parameters())
+        experts = {name for name in adapted if name.endswith("mlp.experts")}
+        assert bool(experts) == ("experts" in parts), (family, parts, experts)
+        if "experts" in parts:  # every MoE layer's experts, one rank-4 update per expert (peft's num_experts)
+            assert len(experts) == {"qwen3_vl_moe": 2, "glm4v_moe": 1}[family]
+            shapes = {tuple(p.shape) for n, p in policy.named_parameters() if ".experts.lora_A" in n}
+            assert shapes == {(4 * 4, 64)}, shapes
+    language = adapted_names(apply_lora(copy.deepcopy(model), r=4, alpha=8))
+    if family == "glm4v_moe":  # the dense MLP and the shared expert are language: kept where peft would move them
+        mlps = {name.split("layers.")[1] for name in language if ".mlp." in name}
+        assert mlps == {"0.mlp.gate_proj", "0.mlp.up_proj", "0.mlp.down_proj", "1.mlp.shared_experts.gate_proj",
+                        "1.mlp.shared_experts.up_proj", "1.mlp.shared_experts.down_proj"}, mlps
+    else:  # every layer is sparse: attention only
+        assert all(".self_attn." in name for name in language)
+
+
+def test_expert_lora_trains_and_base_and_router_weights_do_not(built):
+    family, model, processor, batch = built
+    model = copy.deepcopy(model)
+    base = {name: value.clone() for name, value in model.state_dict().items()}
+    policy = lora_policy(model, parts=("language", "experts"), seed=3)
+    expert_lora = {n: p.detach().clone() for n, p in policy.named_parameters() if ".experts." in n and "lora_" in n}
+    assert len(expert_lora) == 4 * {"qwen3_vl_moe": 2, "glm4v_moe": 1}[family]  # A and B of gate_up and down
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    for _ in range(2):
+        loss, metrics = dpo_step(policy, None, batch, LossConfig(), pad_token_id=processor.tokenizer.pad_token_id)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+        assert ROUTER_PART not in metrics  # LoRA leaves the routers frozen: no load-balancing term
+    for name, before in expert_lora.items():
+        assert not torch.equal(dict(policy.named_parameters())[name], before), f"{family}: {name} did not train"
+    after = {name.replace(".base_layer", ""): value for name, value in policy.get_base_model().state_dict().items()
+             if "lora_" not in name}
+    fused = [name for name in base if name.endswith(("experts.gate_up_proj", "experts.down_proj", "mlp.gate.weight"))]
+    assert fused and all(torch.equal(after[name], base[name]) for name in fused)
+    assert all(torch.equal(after[name], value) for name, value in base.items() if name in after)
+
+
+def test_fast_path_equals_plain_with_expert_lora(built):
+    _, model, processor, batch = built
+    policy = lora_policy(copy.deepcopy(model), parts=("language", "experts"), seed=1)
+    assert_fast_path_equals_plain(policy, batch, processor.tokenizer.pad_token_id)
+
+
+def routing_on(model, on: bool = True):
+    model.config.get_text_config().output_router_logits = on
+    return model
+
+
+def test_load_balancing_joins_the_loss_when_the_routers_train(built):
+    family, model, processor, batch = built
+    pad = processor.tokenizer.pad_token_id
+    full = routing_on(copy.deepcopy(model)).requires_grad_(True)  # full fine-tuning: the routers train
+    reference = copy.deepcopy(model).requires_grad_(False)
+    coefficient = {"qwen3_vl_moe": 1e-3, "glm4v_moe": 1e-4}[family]  # the families' own router_aux_loss_coef
+    assert router_loss_coefficient(full) == coefficient
+    loss, metrics = dpo_step(full, reference, batch, LossConfig(), pad_token_id=pad, forward_path="plain")
+    term = metrics[ROUTER_PART]
+    torch.testing.assert_close(loss.detach(), metrics["loss/sigmoid"] + term, rtol=0, atol=1e-7)
+    # the same number as the model's own aux_loss on that forward (attention mask, every layer's router)
+    inputs = concatenated_inputs(batch, pad)["model_inputs"]
+    with torch.no_grad():
+        own = full(**inputs, use_cache=False).aux_loss
+    torch.testing.assert_close(term, coefficient * own, rtol=1e-5, atol=0)
+    # 4 experts, top 2: a perfectly balanced router scores top_k = 2 (Switch Transformer's minimum, times k)
+    assert 2.0 <= float(own) < 2.5, float(own)
+    loss.backward()
+    router_grads = [p.grad for router in router_modules(full) for p in router.parameters()]
+    assert all(g is not None and g.abs().sum() > 0 for g in router_grads)
+    # the packed fast path logs it too (its own tokens: each prompt once)
+    _, fast = dpo_step(full, reference, batch, LossConfig(), pad_token_id=pad, forward_path="fast")
+    assert 2.0 * coefficient <= float(fast[ROUTER_PART]) < 2.5 * coefficient
+
+
+def test_no_load_balancing_term_when_the_routers_are_frozen_or_not_asked(built):
+    _, model, processor, batch = built
+    pad = processor.tokenizer.pad_token_id
+    policy = lora_policy(routing_on(copy.deepcopy(model)), seed=2)  # routers frozen under LoRA
+    assert router_loss_coefficient(policy.get_base_model()) == 0.0
+    loss_on, metrics = dpo_step(policy, None, batch, LossConfig(), pad_token_id=pad)
+    assert ROUTER_PART not in metrics
+    routing_on(policy.get_base_model(), False)
+    loss_off, _ = dpo_step(policy, None, batch, LossConfig(), pad_token_id=pad)
+    assert torch.equal(loss_on, loss_off)
+    full = copy.deepcopy(model).requires_grad_(True)  # routers train, but the config asks for no router logits
+    assert router_loss_coefficient(full) == 0.0
+
+
+def test_experts_is_refused_where_it_cannot_apply(built, vlmdpo_cache):
+    _, model, _, _ = built
+    with pytest.raises(ValueError, match="lora_dropout=0.1 cannot apply to .*experts.*Set model.lora_dropout=0"):
+        apply_lora(copy.deepcopy(model), r=4, dropout=0.1, parts=("language", "experts"))
+    dense, _ = load_model_and_processor(tiny_vlm("llava"))
+    with pytest.raises(ValueError, match="has no routed experts in its language model"):
+        apply_lora(dense, r=4, parts=("language", "experts"))
+
+
+def test_lora_parts_accepts_experts_and_names_the_choices():
+    assert ModelConfig(lora_parts=["language", "experts"]).lora_parts == ["language", "experts"]
+    with pytest.raises(ValueError, match="unknown parts \\['expert'\\]; use language/projector/vision/experts"):
+        ModelConfig(lora_parts=["expert"])
