@@ -202,16 +202,18 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from vlmdpo.train.checkpoints import ResumeError
     from vlmdpo.config import ConfigError
-    from vlmdpo.data.rows import DataError
     from vlmdpo.data.formats import FormatError
+    from vlmdpo.data.rows import DataError
     from vlmdpo.data.validate import BadRowsError
+    from vlmdpo.eval.benchmarks import BenchmarkFormatError
+    from vlmdpo.train.checkpoints import ResumeError
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (ConfigError, DataError, FormatError, BadRowsError, ResumeError) as error:  # the user can act on these
+    except (ConfigError, DataError, FormatError, BadRowsError, ResumeError,
+            BenchmarkFormatError) as error:  # the user can act on these
         print(f"vlmdpo: {error}", file=sys.stderr)
         raise SystemExit(2) from None
 

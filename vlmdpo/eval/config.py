@@ -11,15 +11,20 @@ A YAML file mirrors the dataclasses::
     metrics: [preference, chair, pope, clipscore, length]
     output_dir: outputs/eval
 
-and any field can be overridden on the command line as ``generation.max_new_tokens=64``.
+and any field can be overridden on the command line as ``generation.max_new_tokens=64``. With
+``benchmark: pope`` (or chair, amber, mmhal) ``data.source`` is a published benchmark's files instead
+(``vlmdpo.eval.benchmark_run``, docs/benchmarks.md).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
+BENCHMARKS = ("pope", "chair", "amber", "mmhal")
+"""Published benchmarks ``benchmark=`` reads from their own files (``vlmdpo.eval.benchmarks``)."""
 METRICS = ("preference", "chair", "pope", "clipscore", "length")
 GENERATION_METRICS = ("chair", "clipscore", "length")
 """The metrics scored on generated captions: asking for any of them generates once, for all of them."""
@@ -71,10 +76,24 @@ class GenerationConfig:
     """Nucleus sampling mass (only with do_sample)."""
     seed: int = 0
     """Seed for sampling."""
+    sort_by_length: bool = False
+    """Batch rows longest prompt first (less padding); responses keep row order. Greedy outputs can differ in
+    the last float bits when the padding changes; with equal prompt lengths nothing changes."""
+    cache_implementation: str | None = None
+    """KV cache: null (the model's default), dynamic or static (what ``compile`` needs); static can change
+    greedy outputs in the last float bits."""
+    compile: bool = False
+    """``torch.compile`` the decoding step (needs cache_implementation=static; compiles once per batch shape, tens
+    of seconds on a CPU, where it may not pay: see ``benchmarks/bench_generation.py``)."""
 
     def __post_init__(self):
         if self.max_new_tokens < 1 or self.batch_size < 1:
             raise ValueError("generation.max_new_tokens and generation.batch_size must be >= 1")
+        if self.cache_implementation not in (None, "dynamic", "static"):
+            raise ValueError(f"generation.cache_implementation must be null, dynamic or static, "
+                             f"got {self.cache_implementation!r}")
+        if self.compile and self.cache_implementation != "static":
+            raise ValueError("generation.compile=true needs generation.cache_implementation=static")
         if self.do_sample and (self.temperature <= 0 or not 0 < self.top_p <= 1):
             raise ValueError("generation.temperature must be > 0 and generation.top_p in (0, 1] when sampling")
 
@@ -86,9 +105,11 @@ class PopeConfig:
     questions_per_image: int = 3
     """Positive (and as many negative) questions per image."""
     prompt_suffix: str = ""
-    """Text appended to each question, e.g. " Answer yes or no."; recorded with the results."""
+    """Text appended to each question, e.g. " Answer yes or no."; recorded with the results. Also appended
+    to the yes/no questions of ``benchmark=pope`` and ``benchmark=amber``."""
     max_new_tokens: int = 8
-    """Generation budget per answer; the first sentence decides yes or no."""
+    """Generation budget per answer; the first sentence decides yes or no. Also the budget of every yes/no
+    question of ``benchmark=pope`` and ``benchmark=amber``."""
     seed: int = 0
     """Seed for the random negatives."""
 
@@ -109,6 +130,34 @@ class ClipConfig:
 
 
 @dataclass
+class BenchmarkConfig:
+    """Settings of ``benchmark=pope|chair|amber|mmhal`` beyond ``data``, ``generation`` and ``pope``."""
+
+    annotations: str = ""
+    """CHAIR: a folder (or one file) of COCO ``instances_*.json`` (and ``captions_*.json``), the ground truth;
+    empty: look in ``data.source`` when that is a folder."""
+    query_file: str = ""
+    """AMBER: one query file to answer (e.g. ``data/query/query_generative.json``); empty: ``query_all.json``,
+    else every ``query/query_*.json``."""
+    prompt: str | None = None
+    """Prompt of the generative questions (CHAIR, AMBER's "Describe this image."): null keeps each question's
+    own prompt, and CHAIR images without one use ``generation.prompt``; a string replaces them all."""
+    judge: str = ""
+    """MMHal-Bench: ``package.module:NAME`` of a ``judge(question, reference, answer) -> int 0-6`` (e.g. built
+    with ``vlmdpo.eval.benchmarks.rubric_judge`` around a chat model); empty: the answers are written in the
+    benchmark's response file but not scored."""
+    bootstrap_resamples: int = 2000
+    """Resamples of the paired bootstrap interval of each checkpoint's headline number against the base."""
+
+    def __post_init__(self):
+        if self.bootstrap_resamples < 1:
+            raise ValueError(f"bench.bootstrap_resamples must be >= 1, got {self.bootstrap_resamples}")
+        if self.judge and ":" not in self.judge:
+            raise ValueError(f"bench.judge must look like package.module:NAME (a judge(question, reference, "
+                             f"answer) -> 0-6 function), got {self.judge!r}")
+
+
+@dataclass
 class EvalConfig:
     base: str = "tiny:llava"
     """Base model: hub name or local folder; ``tiny:<family>`` for a random-weight tiny model. Adapters are
@@ -126,9 +175,15 @@ class EvalConfig:
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     pope: PopeConfig = field(default_factory=PopeConfig)
     clip: ClipConfig = field(default_factory=ClipConfig)
+    benchmark: str = ""
+    """A published benchmark read from its own files: pope, chair, amber or mmhal (``data.source`` its files,
+    ``data.image_root`` its images; ``metrics`` and the data column names are then unused); empty: evaluate the
+    rows of ``data.source`` in the package's layout with ``metrics``."""
+    bench: BenchmarkConfig = field(default_factory=BenchmarkConfig)
     vocabulary: str = "coco"
     """Object vocabulary for CHAIR and POPE: coco, a json file ``{name: [forms]}``, or ``package.module:NAME``
-    (e.g. ``data_recipes.shapes:SHAPES_VOCABULARY``); every ground-truth object must be in it."""
+    (e.g. ``data_recipes.shapes:SHAPES_VOCABULARY``); every ground-truth object must be in it. With
+    ``benchmark=chair``, coco is the CHAIR paper's synonym list, anything else a ``{name: [forms]}`` table."""
     metrics: list[str] = field(default_factory=lambda: ["preference", "chair", "pope", "length"])
     """Which evaluations to run: any of preference, chair, pope, clipscore, length."""
     beta: float = 0.1
@@ -143,10 +198,12 @@ class EvalConfig:
     """Show progress bars over checkpoints and batches."""
 
     def __post_init__(self):
+        if self.benchmark:
+            self._check_benchmark()
         bad = set(self.metrics) - set(METRICS)
         if bad:
             raise ValueError(f"metrics has unknown entries {sorted(bad)}; choose from {METRICS}")
-        if "clipscore" in self.metrics and not self.clip.model:
+        if "clipscore" in self.metrics and not self.clip.model and not self.benchmark:
             raise ValueError("metrics includes clipscore but clip.model is empty; set clip.model=ViT-B-32 "
                              "clip.pretrained=openai (or a ClipJudge folder), or drop clipscore")
         if self.dtype not in ("float32", "bfloat16", "float16"):
@@ -155,6 +212,30 @@ class EvalConfig:
             raise ValueError("beta must be positive and preference_batch_size >= 1")
         if not self.include_base and not self.checkpoints:
             raise ValueError("nothing to evaluate: give checkpoints=[...] or set include_base=true")
+
+    def _check_benchmark(self):
+        if self.benchmark not in BENCHMARKS:
+            raise ValueError(f"benchmark={self.benchmark!r} is not one of {', '.join(BENCHMARKS)} (or empty for the "
+                             "package's own rows)")
+        if not self.data.source:
+            raise ValueError(f"benchmark={self.benchmark} needs data.source: set it to "
+                             f"{BENCHMARK_SOURCES[self.benchmark]}")
+        if self.benchmark == "chair" and not self.bench.annotations and not Path(self.data.source).is_dir():
+            raise ValueError("benchmark=chair needs the COCO annotations: set bench.annotations to the folder with "
+                             "instances_val2014.json (and captions_val2014.json), or point data.source at it")
+        for key in ("annotations", "query_file"):
+            value = getattr(self.bench, key)
+            if value and not Path(value).exists():
+                raise ValueError(f"bench.{key}={value} does not exist; give the downloaded file or folder")
+
+
+BENCHMARK_SOURCES = {
+    "pope": "a POPE question file (coco_pope_random.json) or the folder holding them",
+    "chair": "an Object HalBench question file (image_id, question per line) or the COCO annotation folder",
+    "amber": "AMBER's repository folder (or its data/ folder, with annotations.json and query/)",
+    "mmhal": "MMHal-Bench's response_template.json (images/ beside it)",
+}
+"""What ``data.source`` is for each benchmark."""
 
 
 def load_eval_config(path: str | None = None, overrides: list[str] | tuple = ()) -> EvalConfig:

@@ -88,6 +88,12 @@ def _settings_section(results: Mapping[str, Mapping]) -> str:
     return "\n".join(lines)
 
 
+def _intervals_section(intervals: Mapping[str, Mapping[str, Mapping]]) -> str:
+    lines = [f"- {label}, **{name}**: {c['change']:+.4f} (95% interval {c['low']:+.4f} to {c['high']:+.4f})"
+             for label, changes in intervals.items() for name, c in changes.items()]
+    return "## Change from the base\n\n" + "\n".join(lines) if lines else ""
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", text).strip("_") or "metrics"
 
@@ -164,6 +170,34 @@ def plot_margin_histograms(results: Mapping[str, Mapping], out_dir: Path) -> lis
     return [path]
 
 
+def plot_intervals(intervals: Mapping[str, Mapping[str, Mapping]], out_dir: Path) -> list[Path]:
+    """Each checkpoint's change of a metric from the base, its interval drawn as an error bar; one axis per metric.
+
+    ``intervals`` is ``{metric label: {checkpoint: {"change", "low", "high"}}}`` (e.g. from
+    ``vlmdpo.eval.pope.pope_f1_change``).
+    """
+    intervals = {label: changes for label, changes in intervals.items() if changes}
+    if not intervals:
+        return []
+    figure = Figure(figsize=(4.6 * len(intervals), 3.6), layout="constrained")  # a few axes: room for labels
+    axes = figure.subplots(1, len(intervals), squeeze=False).ravel().tolist()
+    for ax, (label, changes) in zip(axes, intervals.items()):
+        names = list(changes)
+        middle = [changes[n]["change"] for n in names]
+        below = [changes[n]["change"] - changes[n]["low"] for n in names]
+        above = [changes[n]["high"] - changes[n]["change"] for n in names]
+        ax.errorbar(range(len(names)), middle, yerr=[below, above], fmt="o", capsize=4)
+        ax.axhline(0.0, color="black", linewidth=0.8)
+        ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=8)
+        ax.set_xlim(-0.5, len(names) - 0.5)
+        ax.set_xlabel("checkpoint")
+        ax.set_ylabel(f"{label}: change from base", fontsize=8)
+        ax.set_title(f"{label}, 95% interval", fontsize=9)
+    path = out_dir / "changes_from_base.png"
+    figure.savefig(path, dpi=90)
+    return [path]
+
+
 def read_metrics_jsonl(path: str | Path) -> list[dict]:
     """The records of a training ``metrics.jsonl``; blank or truncated last lines are skipped."""
     from vlmdpo.eval.metrics_log import read_metrics
@@ -201,6 +235,7 @@ def write_report(
     training_metrics: Mapping[str, str | Path] | None = None,
     title: str = "vlmdpo evaluation",
     notes: str = "",
+    intervals: Mapping[str, Mapping[str, Mapping]] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.md``, ``results.json`` and PNG plots to ``out_dir``; return ``{file name: path}``.
 
@@ -209,6 +244,8 @@ def write_report(
             the output of ``vlmdpo.eval.runner.evaluate``.
         training_metrics: ``{run name: path to metrics.jsonl}`` for training-curve plots.
         title, notes: the report's heading and a free-text paragraph under it.
+        intervals: ``{metric label: {checkpoint: {"change", "low", "high"}}}``, changes from the base drawn with
+            their intervals (:func:`plot_intervals`) and listed under the tables.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -216,12 +253,14 @@ def write_report(
     results_path.write_text(json.dumps(results, indent=1, default=str))
     plots = plot_metric_bars(results, out) + plot_margin_histograms(results, out)
     plots += plot_training_curves(training_metrics or {}, out)
+    plots += plot_intervals(intervals or {}, out)
 
     sections = [f"# {title}"]
     if notes:
         sections.append(notes.strip())
     sections.append(f"Checkpoints: {', '.join(results) or 'none'}.")
     sections.append("## Results\n\n" + comparison_tables(results))
+    sections.append(_intervals_section(intervals or {}))
     sections.append(_settings_section(results))
     if plots:
         sections.append("## Plots\n\n" + "\n\n".join(f"![{p.stem}]({p.name})" for p in plots))

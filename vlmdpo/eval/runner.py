@@ -10,14 +10,18 @@ something is left to do; adapters are attached to it and removed again (``peft``
 
 from __future__ import annotations
 
-import contextlib
-import glob
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from vlmdpo.eval.checkpoints import (
+    Checkpoint,
+    CheckpointModels,
+    checkpoint_dir,
+    resolve_checkpoints,
+    training_metrics_files,
+)
 from vlmdpo.eval.config import EvalConfig, config_dict, load_eval_config, save_eval_config
 from vlmdpo.eval.report import write_report
 from vlmdpo.eval.rows import load_eval_rows, load_vocabulary
@@ -36,118 +40,6 @@ from vlmdpo.eval.suite import check_rows, evaluate_model
 REFERENCE_FILE = "reference_logps.json"
 
 
-@dataclass(frozen=True)
-class Checkpoint:
-    """One row of the comparison: the base model, an adapter, or a merged (standalone) model."""
-
-    name: str
-    kind: str
-    """``base``, ``adapter`` or ``model``."""
-    path: str
-    """Folder to load: the adapter folder (with adapter_config.json) or the model folder."""
-
-
-def _kind(path: Path) -> tuple[str, Path]:
-    for folder in (path, path / "adapter"):  # a train output_dir, or its checkpoint-N/adapter
-        if (folder / "adapter_config.json").is_file():
-            return "adapter", folder
-    if (path / "config.json").is_file():
-        return "model", path
-    raise FileNotFoundError(f"{path} holds neither adapter_config.json (an adapter), adapter/ (a training "
-                            "checkpoint) nor config.json (a merged model); check the checkpoints entry")
-
-
-def _unique_names(paths: list[Path]) -> list[str]:
-    """Each folder's shortest trailing path parts that no other folder shares: runs/a/final -> a/final."""
-    names = []
-    for path in paths:
-        others = [q for q in paths if q != path]
-        for depth in range(1, len(path.parts) + 1):
-            name = "/".join(path.parts[-depth:])
-            if name != "base" and all(q.parts[-depth:] != path.parts[-depth:] for q in others):
-                break
-        names.append(name)
-    return names
-
-
-def resolve_checkpoints(entries: list[str], include_base: bool = True) -> list[Checkpoint]:
-    """Expand globs, classify each folder, and name it; the base (if included) comes first."""
-    paths: list[Path] = []
-    for entry in entries:
-        if any(char in entry for char in "*?["):
-            matched = sorted(Path(p) for p in glob.glob(entry) if Path(p).is_dir())
-            if not matched:
-                raise FileNotFoundError(f"checkpoints pattern {entry!r} matched no folder")
-            paths.extend(matched)
-        else:
-            paths.append(Path(entry))
-    paths = list(dict.fromkeys(p.resolve() for p in paths))
-    kinds = [_kind(p) for p in paths]
-    checkpoints = [Checkpoint(name, kind, str(folder))
-                   for name, (kind, folder) in zip(_unique_names(paths), kinds)]
-    return ([Checkpoint("base", "base", "")] if include_base else []) + checkpoints
-
-
-def _checkpoint_dir(out: Path, checkpoint: Checkpoint) -> Path:
-    return out / "checkpoints" / checkpoint.name.replace("/", "--")
-
-
-class _Models:
-    """The base model and processor, loaded on first use; adapters and merged models around it."""
-
-    def __init__(self, config: EvalConfig, base_path: str):
-        self.config, self.base_path = config, base_path
-        device = config.device
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        self.device = torch.device(device)
-        self._base = None
-
-    @property
-    def base(self):
-        if self._base is None:
-            from vlmdpo.model.load import load_model_and_processor
-
-            model, processor = load_model_and_processor(self.base_path, self.config.dtype)
-            self._base = (model.to(self.device).eval(), processor)
-        return self._base
-
-    @contextlib.contextmanager
-    def load(self, checkpoint: Checkpoint):
-        """Yield ``(model, processor)`` for a checkpoint; the base is left as it was afterwards."""
-        if checkpoint.kind == "base":
-            yield self.base
-        elif checkpoint.kind == "adapter":
-            from peft import PeftModel
-
-            model, processor = self.base
-            peft_model = PeftModel.from_pretrained(model, checkpoint.path).eval()
-            try:
-                yield peft_model, processor
-            finally:
-                self._base = (peft_model.unload(), processor)  # removes the LoRA layers again
-        else:
-            from vlmdpo.model.load import load_model_and_processor
-
-            model, processor = load_model_and_processor(checkpoint.path, self.config.dtype)
-            yield model.to(self.device).eval(), processor
-            del model
-
-
-def _training_metrics(checkpoints: list[Checkpoint]) -> dict[str, Path]:
-    found: dict[Path, str] = {}
-    for checkpoint in checkpoints:
-        if checkpoint.kind == "base":
-            continue
-        path = Path(checkpoint.path)
-        for folder in (path, path.parent, path.parent.parent):  # run dir, or run/checkpoint-N/adapter
-            if (folder / "metrics.jsonl").is_file():
-                found.setdefault(folder / "metrics.jsonl", folder.name)
-                break
-    names = _unique_names([p.parent for p in found]) if found else []
-    return dict(zip(names, found))
-
-
 def evaluate(config: EvalConfig, log=tqdm.write) -> dict[str, dict]:
     """Evaluate every checkpoint of ``config`` (skipping finished ones), write the report; return results."""
     from vlmdpo.model.load import resolve_model_path
@@ -162,7 +54,7 @@ def evaluate(config: EvalConfig, log=tqdm.write) -> dict[str, dict]:
               for c in checkpoints}
     results: dict[str, dict] = {}
     for checkpoint in checkpoints:
-        cached = load_json(_checkpoint_dir(out, checkpoint) / "result.json")
+        cached = load_json(checkpoint_dir(out, checkpoint) / "result.json")
         if cached is not None and cached.get("settings_hash") == hashes[checkpoint.name]:
             results[checkpoint.name] = cached
     if results:
@@ -175,13 +67,13 @@ def evaluate(config: EvalConfig, log=tqdm.write) -> dict[str, dict]:
             bar.set_postfix_str(checkpoint.name)
             result = session.evaluate(checkpoint)
             result["settings_hash"] = hashes[checkpoint.name]
-            write_json(_checkpoint_dir(out, checkpoint) / "result.json", result)  # last: marks it finished
+            write_json(checkpoint_dir(out, checkpoint) / "result.json", result)  # last: marks it finished
             results[checkpoint.name] = result
     results = {c.name: results[c.name] for c in checkpoints}
     notes = ("Rewards are beta * (checkpoint - base) response log-probs on the held-out pairs; the base row is "
              "the reference itself, so its rewards are n/a. Per-row generations and POPE answers are in "
              "checkpoints/<name>/.")
-    write_report(out, results, training_metrics=_training_metrics(checkpoints), title=config.title, notes=notes)
+    write_report(out, results, training_metrics=training_metrics_files(checkpoints), title=config.title, notes=notes)
     return results
 
 
@@ -190,7 +82,7 @@ class _Session:
 
     def __init__(self, config: EvalConfig, base_path: str, settings: dict, out: Path):
         self.config, self.out = config, out
-        self.models = _Models(config, base_path)
+        self.models = CheckpointModels(base_path, config.dtype, config.device)
         data = config.data
         self.rows = load_eval_rows(
             data.source, data.split, max_rows=data.max_rows, image_root=data.image_root,
@@ -224,7 +116,7 @@ class _Session:
                               "prompt": generation.prompt, "max_new_tokens": generation.max_new_tokens,
                               "do_sample": generation.do_sample, "vocabulary": config.vocabulary,
                               **({"clip_model": self.judge.name} if self.judge is not None else {})}
-        folder = _checkpoint_dir(self.out, checkpoint)
+        folder = checkpoint_dir(self.out, checkpoint)
         write_jsonl(folder / "generations.jsonl", records["generations"])
         write_jsonl(folder / "pope.jsonl", records["pope"])
         return result
@@ -248,7 +140,13 @@ def _load_judge(config: EvalConfig, device: torch.device):
 
 
 def run_eval(path: str | None = None, overrides: list[str] | tuple = ()) -> Path:
-    """``vlmdpo eval [CONFIG.yaml] [key=value ...]``: evaluate and return the report's path."""
+    """``vlmdpo eval [CONFIG.yaml] [key=value ...]``: evaluate (the package's rows, or a published benchmark with
+    ``benchmark=...``) and return the report's path."""
     config = load_eval_config(path, overrides)
-    evaluate(config)
+    if config.benchmark:
+        from vlmdpo.eval.benchmark_run import evaluate_benchmark
+
+        evaluate_benchmark(config)
+    else:
+        evaluate(config)
     return Path(config.output_dir) / "report.md"

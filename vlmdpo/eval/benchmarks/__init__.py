@@ -7,6 +7,10 @@ One module per benchmark, each with a reader that takes the downloaded files unc
 * :mod:`.chair`: CHAIR / Object HalBench on COCO annotations; CHAIR_s, CHAIR_i, recall.
 * :mod:`.amber`: AMBER queries and annotations; CHAIR, Cover, Hal, Cog, yes/no metrics, AMBER score.
 * :mod:`.mmhal`: MMHal-Bench questions; judge-rated score and hallucination rate per question type.
+
+:mod:`.tasks` and :mod:`.open_tasks` turn each into what ``vlmdpo eval benchmark=...`` asks a model, scores and
+saves (answers in the layout the benchmark's own script reads); the loop over checkpoints is
+:mod:`vlmdpo.eval.benchmark_run`.
 """
 
 from vlmdpo.eval.benchmarks._files import BenchmarkFormatError

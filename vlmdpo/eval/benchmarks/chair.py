@@ -79,17 +79,39 @@ def tokenize_like_treebank(text: str) -> list[str]:
 class ChairWords:
     """The CHAIR synonym list and caption rules: which COCO categories a caption mentions."""
 
-    def __init__(self, synonyms: Mapping[str, Iterable[str]]):
+    def __init__(self, synonyms: Mapping[str, Iterable[str]], compounds: Iterable[str] = ()):
+        """``synonyms``: ``{category: [words]}``; ``compounds``: extra two-word phrases (singular tokens) that
+        stay one word, as the script's hard-coded COCO list does ("traffic light")."""
         self.category_of: dict[str, str] = {}
         for category, words in synonyms.items():
             for word in (category, *words):
                 self.category_of[word] = category
         self.pair_rules = _pair_rules()
+        self.pair_rules.update({phrase: phrase for phrase in compounds})
 
     @classmethod
     def coco(cls) -> ChairWords:
         """The published list for the 80 COCO categories."""
         return cls(json.loads(CHAIR_SYNONYMS_PATH.read_text(encoding="utf-8"))["objects"])
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Iterable[str]]) -> ChairWords:
+        """CHAIR's rules over another vocabulary, ``{name: [surface forms]}`` (e.g. ``vlmdpo eval``'s
+        ``vocabulary``): each form is read as a caption word is (tokenised, singularised), and a two-word form
+        becomes a compound, so "red circles" is the object "red circle" and no "circle". Forms of three or
+        more words have no counterpart in the script's rules and are refused."""
+        synonyms: dict[str, list[str]] = {}
+        compounds = []
+        for name, forms in table.items():
+            for form in (name, *forms):
+                tokens = [singularize(token) for token in tokenize_like_treebank(form)]
+                if not 1 <= len(tokens) <= 2:
+                    raise ValueError(f"CHAIR: the form {form!r} of {name!r} has {len(tokens)} words; CHAIR's "
+                                     "rules match objects of one or two words")
+                synonyms.setdefault(name, []).append(" ".join(tokens))
+                if len(tokens) == 2:
+                    compounds.append(" ".join(tokens))
+        return cls(synonyms, compounds)
 
     def objects_in(self, caption: str) -> list[tuple[str, str]]:
         """``(word, category)`` for every object mention of ``caption``, in order, repeats kept."""
@@ -130,6 +152,15 @@ def _load_coco(path: Path, fields: tuple[str, ...], fix: str) -> dict:
     if missing:
         raise BenchmarkFormatError(f"CHAIR: {path} has no {missing[0]!r}; {fix}")
     return data
+
+
+def coco_file_names(annotations: str | Path) -> dict[int, str]:
+    """``{image_id: file_name}`` of the images listed in the COCO ``instances_*.json`` files of ``annotations``."""
+    names = {}
+    for path in _coco_files(annotations)[0]:
+        for image in json.loads(path.read_text(encoding="utf-8")).get("images", []):
+            names[int(image["id"])] = str(image["file_name"])
+    return names
 
 
 def read_coco_ground_truth(source, *, words: ChairWords | None = None) -> dict[int, frozenset[str]]:
