@@ -100,7 +100,8 @@ def test_a_stage_version_bump_invalidates_that_stage_and_every_later_one(monkeyp
 
 
 VALID_CHANGES = {"caption_regime": lambda value: "ground_truth" if value == "habit" else "habit",
-                 "chosen_hallucination_rate": lambda value: value / 2}
+                 "chosen_hallucination_rate": lambda value: value / 2,
+                 "yes_no_objects": lambda value: "uniform" if value == "popular" else "popular"}
 """Settings whose values are checked: a different valid value."""
 
 
@@ -173,6 +174,39 @@ def test_yes_no_pairs_choose_the_true_answer_and_ask_about_popular_absent_object
     assert sum(rank < 3 for rank in ranks) > 2 * sum(rank >= 12 for rank in ranks)
 
 
+def test_popular_present_objects_are_drawn_by_the_same_weights_as_absent_ones():
+    """Two objects of popularity ranks a and b are drawn in the ratio 1/(a+1) : 1/(b+1)."""
+    import random
+
+    from data_recipes.shapes.captions import POPULARITY, popular_present_object
+    from data_recipes.shapes.world import POSITIONS, Scene, ShapeObject
+
+    (c0, s0), (c1, s1) = POPULARITY[0], POPULARITY[3]  # weights 1 and 1/4: the first drawn 4/5 of the time
+    scene = Scene((ShapeObject(c0, s0, "small", POSITIONS[0]), ShapeObject(c1, s1, "large", POSITIONS[1])))
+    rng = random.Random(0)
+    draws = [popular_present_object(scene, rng).name for _ in range(4000)]
+    assert draws.count(f"{c0} {s0}") / len(draws) == pytest.approx(0.8, abs=0.02)
+
+
+def test_popular_yes_questions_ask_about_the_habits_objects_when_present():
+    from data_recipes.shapes import build_shapes_dataset
+    from data_recipes.shapes.captions import POPULARITY
+    from data_recipes.shapes.world import Scene
+    from data_recipes.shapes.question_rows import yes_no_pairs
+
+    split = build_shapes_dataset(seed=3, num_train=200, num_test=0, image_size=16)["train"]
+    ranks = {}
+    for objects in ("popular", "uniform"):
+        pairs = yes_no_pairs(split, seed=0, objects=objects)
+        asked = [p.removeprefix("Is there a ").removesuffix(" in the image?") for p in pairs["prompt"][0::2]]
+        assert all(Scene.from_json(split[i]["scene"]).has(*name.split()) for i, name in enumerate(asked))
+        assert pairs["chosen"][0::2] == ["Yes."] * len(split)
+        ranks[objects] = [POPULARITY.index(tuple(name.split())) for name in asked]
+    # popular: a present object's rank decides its weight, so the asked ones rank higher than a uniform pick's
+    mean = {key: sum(value) / len(value) for key, value in ranks.items()}
+    assert mean["popular"] < mean["uniform"] - 2
+
+
 def test_binding_yes_no_pairs_add_an_absent_object_of_a_present_colour_and_stay_balanced():
     from data_recipes.shapes import build_shapes_dataset
     from data_recipes.shapes.world import Scene
@@ -243,3 +277,37 @@ def test_base_images_must_leave_alignment_images():
 
     with pytest.raises(ValueError, match="base.images=48 must be between 0 and data.num_train=48"):
         load_config(["data.num_train=48", "base.images=48"])
+
+
+def test_uncertain_yes_no_pairs_ask_about_the_least_firm_present_and_absent_answers(tiny_model_and_processor):
+    """Per image one "Yes." pair about a present object and one "No." pair about an absent one, each the
+    question whose true answer the model holds by the smallest log-prob margin (recomputed here one row at a
+    time, so batching cannot be what decides)."""
+    from data_recipes.shapes import build_shapes_dataset
+    from data_recipes.shapes.question_rows import uncertain_yes_no_pairs
+    from data_recipes.shapes.world import COLOURS, SHAPES, Scene
+    from vlmdpo.data.rows import normalize_row
+    from vlmdpo.eval.pope import pope_question_text
+    from vlmdpo.eval.preference import preference_fit
+
+    model, processor = tiny_model_and_processor
+    split = build_shapes_dataset(seed=5, num_train=2, num_test=0, image_size=32)["train"]
+    pairs = uncertain_yes_no_pairs(model, processor, split, batch_size=16, progress=False)
+    assert len(pairs) == 2 * len(split) and pairs["chosen"] == ["Yes.", "No."] * len(split)
+    for index in range(len(split)):
+        scene = Scene.from_json(split[index]["scene"])
+        margins = {}
+        for colour in COLOURS:
+            for shape in SHAPES:
+                truth = ("Yes.", "No.") if scene.has(colour, shape) else ("No.", "Yes.")
+                question = pope_question_text(f"{colour} {shape}")
+                row = normalize_row({"images": split[index]["images"], "prompt": question, "chosen": truth[0],
+                                     "rejected": truth[1]}, 0)
+                fit = preference_fit(model, processor, [row], reference=model, batch_size=1, progress=False)
+                pair = fit["per_pair"][0]
+                margins[question] = (truth[0], pair["policy_chosen_logps"] - pair["policy_rejected_logps"])
+        for k, answer in ((2 * index, "Yes."), (2 * index + 1, "No.")):
+            asked = pairs[k]["prompt"]
+            assert margins[asked][0] == answer
+            least = min(m for a, m in margins.values() if a == answer)
+            assert margins[asked][1] == pytest.approx(least, abs=1e-5)

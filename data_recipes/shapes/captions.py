@@ -86,6 +86,13 @@ def popular_absent_object(scene: Scene, rng: random.Random) -> ShapeObject:
     return ShapeObject(colour=colour, shape=shape, size=rng.choice(SIZES), position=position)
 
 
+def popular_present_object(scene: Scene, rng: random.Random) -> ShapeObject:
+    """A present object drawn with ``POPULARITY``'s Zipf weights, as ``popular_absent_object`` draws an absent
+    one: questions about the habit's objects then come both present and absent."""
+    weights = [1.0 / (POPULARITY.index((o.colour, o.shape)) + 1) for o in scene.objects]
+    return rng.choices(scene.objects, weights=weights)[0]
+
+
 def _swap_options(scene: Scene, attribute: str) -> list[tuple[int, str]]:
     """(object index, new value) pairs that turn an object into one absent from the scene."""
     values = SHAPES if attribute == "shape" else tuple(COLOURS)

@@ -93,6 +93,12 @@ class PairSettings:
     yes_no_images: int = 500
     """Alignment images (from the first) whose one yes and one no question become pairs: the true answer vs
     the opposite one, the absent object drawn by how often noisy captions add it."""
+    yes_no_objects: str = "popular"
+    """Which objects the yes/no pairs ask about, one present and one absent per image. ``popular``: both drawn
+    with the popularity weights of the habit, so that popularity alone answers neither (DPO on the caption pairs
+    otherwise learns "a popular object is not there" and answers "No." about present ones:
+    ``docs/shapes_world.md``); ``uniform``: any present object, a popular absent one; ``uncertain``: those the
+    base model answers least firmly (``uncertain_yes_no_pairs``; ``yes_no_binding`` does not apply)."""
     yes_no_binding: bool = False
     """Add two yes/no pairs per image: an absent object whose colour is in the image on another shape ("No."
     chosen), which a model answering from colour alone gets wrong, and another present object ("Yes." chosen)."""
@@ -108,6 +114,9 @@ class PairSettings:
     def __post_init__(self) -> None:
         if self.caption_regime not in ("habit", "ground_truth"):
             raise ValueError(f"pairs.caption_regime must be habit or ground_truth, got {self.caption_regime!r}")
+        if self.yes_no_objects not in ("popular", "uniform", "uncertain"):
+            raise ValueError(f"pairs.yes_no_objects must be popular, uniform or uncertain, got "
+                             f"{self.yes_no_objects!r}")
         if not 0.0 <= self.chosen_hallucination_rate <= 1.0:
             raise ValueError(f"pairs.chosen_hallucination_rate must lie in [0, 1], got "
                              f"{self.chosen_hallucination_rate}")
@@ -128,6 +137,8 @@ class AlignSettings:
     """Pairs per step."""
     lr: float = 1e-3
     """LoRA learning rate."""
+    vision_lr: float | None = None
+    """LoRA learning rate of the vision tower (``train.part_learning_rates.vision``); ``None``: ``lr``."""
     lora_r: int = 16
     """LoRA rank (alpha is twice the rank)."""
     lora_parts: list[str] = field(default_factory=lambda: ["language", "projector", "vision"])

@@ -13,7 +13,7 @@ from pathlib import Path
 import datasets
 
 from data_recipes.shapes.settings import DemoConfig
-from data_recipes.shapes.question_rows import base_sft_rows, yes_no_pairs
+from data_recipes.shapes.question_rows import base_sft_rows, uncertain_yes_no_pairs, yes_no_pairs
 from vlmdpo.data.rows import response_text
 from vlmdpo.done_marker import is_done, mark_done
 
@@ -127,12 +127,24 @@ def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judg
                                       "habit")
         else:
             recipes["povid"] = _plain(povid_pairs(images, seed=config.seed), "povid")
+    loaded = []
+
+    def base_model():  # loaded once, and only for the recipes that ask the base
+        if not loaded:
+            model, processor = load_model_and_processor(str(base))
+            loaded.extend((model.to(_device()).eval(), processor))
+        return loaded
+
     if settings.yes_no_images > 0:
-        yes_no = yes_no_pairs(first(settings.yes_no_images), seed=config.seed, binding=settings.yes_no_binding)
+        if settings.yes_no_objects == "uncertain":
+            yes_no = uncertain_yes_no_pairs(*base_model(), first(settings.yes_no_images), progress=config.progress)
+        else:
+            yes_no = yes_no_pairs(first(settings.yes_no_images), seed=config.seed, binding=settings.yes_no_binding,
+                                  objects=settings.yes_no_objects)
         recipes["yes_no"] = yes_no.add_column("source", ["yes_no"] * len(yes_no))
     if settings.rlaif_images > 0:
-        model, processor = load_model_and_processor(str(base))
-        rlaif = rlaif_pairs(model.to(_device()), processor, judge, last(settings.rlaif_images),
+        model, processor = base_model()
+        rlaif = rlaif_pairs(model, processor, judge, last(settings.rlaif_images),
                             num_samples=settings.rlaif_samples, margin=settings.rlaif_margin,
                             max_new_tokens=settings.rlaif_max_new_tokens, seed=config.seed,
                             progress=config.progress)
@@ -160,7 +172,8 @@ def _plain(pairs: datasets.Dataset, source: str) -> datasets.Dataset:
 def align_overrides(config: DemoConfig, base: Path, pairs: Path, out: Path, losses: str) -> list[str]:
     """The training config (``key=value``) of an alignment run: LoRA on ``base`` with ``losses``."""
     settings = config.align
-    return [f"model.name_or_path={base}", f"model.lora_r={settings.lora_r}",
+    vision_lr = [] if settings.vision_lr is None else [f"train.part_learning_rates.vision={settings.vision_lr}"]
+    return vision_lr + [f"model.name_or_path={base}", f"model.lora_r={settings.lora_r}",
             f"model.lora_alpha={2 * settings.lora_r}", f"model.lora_parts=[{','.join(settings.lora_parts)}]",
             f"loss.losses={losses}", f"loss.beta={settings.beta}",
             f"data.train={pairs}", f"train.output_dir={out}", f"train.max_steps={settings.steps}",
