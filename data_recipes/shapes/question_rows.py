@@ -52,9 +52,10 @@ def yes_no_pairs(split: datasets.Dataset, seed: int, binding: bool = False,
 
     The absent object is drawn by popularity: the objects noisy captions add most often, which a model trained
     on them says yes to. The present one is too with ``objects="popular"`` (``"uniform"``: any present object),
-    so that popularity alone does not answer the question (``uncertain_yes_no_pairs`` asks the model instead). With ``binding``, where the scene allows, a third question asks about an absent object
-    whose colour is in the image on another shape (answering from colour alone says yes to it), and a fourth
-    about another present object (the same one when it is alone), so that yes and no stay balanced."""
+    so that popularity alone does not answer the question (``uncertain_yes_no_pairs`` asks the model instead).
+    With ``binding``, where the scene allows, a third question asks about an absent object whose colour is in
+    the image on another shape (answering from colour alone says yes to it), and a fourth about another present
+    object (the same one when it is alone), so that yes and no stay balanced."""
     import random
 
     from data_recipes.shapes.captions import popular_absent_object, popular_present_object
