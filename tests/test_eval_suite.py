@@ -151,3 +151,24 @@ def test_objects_outside_the_vocabulary_fail_before_any_model_runs():
     with pytest.raises(ValueError, match="not in the object vocabulary"):
         suite.evaluate_model(None, None, rows, metrics=["pope"], vocabulary=ObjectVocabulary.coco(), generation={})
     suite.check_rows(rows[:1], ["chair", "pope"], ObjectVocabulary.coco())
+
+
+def test_pope_takes_the_generation_speed_settings(llava, rows, vocabulary, monkeypatch):
+    """``evaluate_model`` hands ``generation.sort_by_length`` (and the cache settings) to POPE's questions too,
+    and sorted greedy answers are the unsorted ones."""
+    model, processor = llava
+    seen, generate = [], suite.generate_responses
+
+    def recording(model, processor, prompts, **kwargs):
+        seen.append(kwargs.get("sort_by_length", False))
+        return generate(model, processor, prompts, **kwargs)
+
+    monkeypatch.setattr(suite, "generate_responses", recording)
+    answers = {}
+    for sort in (False, True):
+        _, records = suite.evaluate_model(model, processor, rows, metrics=["pope"], vocabulary=vocabulary,
+                                          generation={"batch_size": 3, "sort_by_length": sort},
+                                          pope={"questions_per_image": 2, "max_new_tokens": 3}, progress=False)
+        answers[sort] = [r["answer"] for r in records["pope"]]
+    assert seen == [False, True]
+    assert answers[True] == answers[False]

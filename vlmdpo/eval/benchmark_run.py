@@ -24,6 +24,8 @@ from vlmdpo.eval.config import EvalConfig, config_dict, save_eval_config
 from vlmdpo.eval.report import write_report
 from vlmdpo.eval.store import WEIGHT_SUFFIXES, fingerprint, load_json, settings_hash, write_json, write_jsonl
 
+SPEED_SETTINGS = ("sort_by_length", "cache_implementation", "compile")
+"""``generation.*`` keys that change how fast answers come, not what they are asked: they apply to every question."""
 BENCHMARK_VERSION = 1
 """Bumped when scoring code changes what a result holds, so older results are recomputed."""
 HEADLINES = {"pope_f1": "POPE F1 (mean over splits)", "chair_i": "CHAIR_i", "amber_score": "AMBER score",
@@ -89,9 +91,10 @@ def answer_questions(model, processor, questions: Sequence[BenchmarkQuestion], *
     from vlmdpo.eval.generation import generate_responses, with_prompt
 
     batch_size = generation["batch_size"]
-    groups = {True: {"max_new_tokens": yes_no_tokens, "batch_size": batch_size},
+    speed = {key: generation[key] for key in SPEED_SETTINGS if key in generation}  # off unless asked
+    groups = {True: {"max_new_tokens": yes_no_tokens, "batch_size": batch_size, **speed},
               False: {key: generation[key] for key in ("max_new_tokens", "batch_size", "do_sample", "temperature",
-                                                        "top_p", "seed")}}
+                                                        "top_p", "seed") + SPEED_SETTINGS if key in generation}}
     unique = list(dict.fromkeys((q.image, q.text, q.yes_no) for q in questions))
     answers: dict[tuple, str] = {}
     chunk = batch_size * 8  # a multiple of the batch size: the batches are those of one call over everything

@@ -88,12 +88,13 @@ def clip_scores(judge, rows: Sequence[dict], responses: Sequence[str]) -> tuple[
 def pope_eval(model, processor, rows: Sequence[dict], vocabulary: ObjectVocabulary, *,
               strategies: Sequence[str] = ("random", "popular", "adversarial"), questions_per_image: int = 3,
               prompt_suffix: str = "", max_new_tokens: int = 8, batch_size: int = 16, seed: int = 0,
-              progress: bool = True) -> tuple[dict[str, dict], list[dict]]:
+              progress: bool = True, **speed) -> tuple[dict[str, dict], list[dict]]:
     """POPE (arXiv:2305.10355) on ``rows``' images: ``{strategy: metrics}`` and one record per question.
 
     Questions come from the rows' ground-truth objects (canonicalised by ``vocabulary``), negatives from the
     vocabulary; the model answers with greedy generation, read by ``parse_pope_answer``. A question that
-    several splits share (all positives are shared) is generated once.
+    several splits share (all positives are shared) is generated once. ``speed``: ``generate_responses``'s
+    ``sort_by_length``, ``cache_implementation`` and ``compile``.
     """
     annotations = [[vocabulary.canonical(name) for name in objects]
                    for objects in _require_objects(rows, "pope")]
@@ -103,7 +104,7 @@ def pope_eval(model, processor, rows: Sequence[dict], vocabulary: ObjectVocabula
     unique = list(dict.fromkeys((q.image_index, q.question) for qs in questions.values() for q in qs))
     prompts = [with_prompt(rows[image], text + prompt_suffix) for image, text in unique]
     answers = dict(zip(unique, generate_responses(model, processor, prompts, max_new_tokens=max_new_tokens,
-                                                   batch_size=batch_size, progress=progress)))
+                                                   batch_size=batch_size, progress=progress, **speed)))
     metrics, records = {}, []
     for strategy, qs in questions.items():
         predictions = [parse_pope_answer(answers[q.image_index, q.question]) for q in qs]
@@ -157,7 +158,9 @@ def evaluate_model(model, processor, rows: Sequence[dict], *, metrics: Sequence[
         if "length" in metrics:
             result["length"] = length_stats(responses, getattr(processor, "tokenizer", processor))
     if "pope" in metrics:
+        speed = {key: generation[key] for key in ("sort_by_length", "cache_implementation", "compile")
+                 if key in generation}
         result["pope"], records["pope"] = pope_eval(
             model, processor, rows, vocabulary, batch_size=generation.get("batch_size", 16),
-            progress=progress, **(pope or {}))
+            progress=progress, **speed, **(pope or {}))
     return result, records
