@@ -108,6 +108,11 @@ class DataConfig:
     """Open image paths that lead outside the dataset's folder (``../x.png``, absolute paths)."""
     max_image_pixels: int | None = 40_000_000
     """Refuse images with more pixels than this, checked before they are decoded (null: no limit)."""
+    special_tokens_in_text: str = "error"
+    """A special token written as text in a row (``</s>``, ``<|im_end|>``, ``<end_of_turn>``, an image token; the
+    tokenizer's and processor's own, whatever the family): ``error`` names the row, field and token in the
+    up-front check (a bad row, as ``on_bad_row`` says); ``literal`` trains on it in a response as plain text (a
+    prompt's stays an error). Either way the model never learns a control token in the middle of an answer."""
     eval: str = ""
     """Held-out pairs evaluated every ``train.eval_steps`` (same formats as ``train``); empty for none."""
     eval_split: str = "test"
@@ -122,6 +127,9 @@ class DataConfig:
             raise ValueError(f"data.validate must be full, sample or off, got {self.validate!r}")
         if self.on_bad_row not in ("error", "skip"):
             raise ValueError(f"data.on_bad_row must be error or skip, got {self.on_bad_row!r}")
+        if self.special_tokens_in_text not in ("error", "literal"):
+            raise ValueError("data.special_tokens_in_text must be error or literal, got "
+                             f"{self.special_tokens_in_text!r}")
         if self.skip_long_prompts and self.validate != "full":
             raise ValueError("data.skip_long_prompts needs data.validate=full (over-long rows are found by the check)")
         if self.on_bad_row == "skip" and self.validate != "full":
@@ -197,6 +205,11 @@ class TrainConfig:
     only at response positions (``vlmdpo.forward.fast``). ``plain``: ``[prompt; response]`` run twice per pair
     (``vlmdpo.forward.logps``, the reference implementation). ``auto``: fast when the model supports it and a probe batch
     agrees with plain, else plain; the log says which and why."""
+    sharding: str = "none"
+    """``fsdp2``: shard the policy with FSDP2 (``fully_shard`` on each decoder and vision-encoder block, then the
+    model; ``vlmdpo.train.sharding``) when more than one process runs; the vision tower then runs on every
+    micro-batch, and the forward path is plain. Not yet with ``data.eval``, ``train.save_steps`` or
+    ``train.precompute_ref_logps``. ``none``: the model is whole on every process (DDP)."""
     precompute_ref_logps: bool = False
     """Compute the reference log-probs of every training pair once before training, in inference mode, and read
     them from a cache instead of running the reference in every step (``vlmdpo.train.reference_cache``)."""
@@ -226,6 +239,8 @@ class TrainConfig:
         self.mixed_precision = mixed_precision_choice(self.mixed_precision, "train.mixed_precision")
         if self.forward_path not in ("auto", "fast", "plain"):
             raise ValueError(f"train.forward_path must be auto, fast or plain, got {self.forward_path!r}")
+        if self.sharding not in ("none", "fsdp2"):
+            raise ValueError(f"train.sharding must be none or fsdp2, got {self.sharding!r}")
 
 
 @dataclass

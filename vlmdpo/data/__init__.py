@@ -5,6 +5,8 @@
 - ``row_format``, ``formats`` and ``readers``: dataset layouts found by their columns and read lazily; the
   public sets' readers (RLAIF-V, RLHF-V, VLFeedback, ...) are in ``readers``.
 - ``validate``: every row checked as training will read it, before step 1.
+- ``special_tokens``: control tokens (``</s>``, ``<|im_end|>``, image tokens) written in a row's text, named
+  up front or, in a response, tokenized as plain text (``data.special_tokens_in_text``).
 - ``collator``: ``PreferenceCollator``, prompts left-padded, responses right-padded, ``completion_mask`` on the
   response text only.
 - ``tools``: ``vlmdpo data inspect`` and ``vlmdpo data convert``.

@@ -14,6 +14,7 @@ from __future__ import annotations
 import torch
 
 from vlmdpo.data.rows import DataError, response_text
+from vlmdpo.data.special_tokens import MODES, SpecialTokens
 
 # Processor outputs with one value per prompt token (the rest are per image: pixel_values, image_grid_thw...).
 _TEXT_KEYS = ("input_ids", "attention_mask")
@@ -42,9 +43,14 @@ class PreferenceCollator:
         max_prompt_length: prompts with more tokens (image tokens included) raise ``DataError``; filter them
             out beforehand with ``prompt_length`` if skipping is wanted. ``None`` for no limit.
         max_response_length: responses are truncated to this many tokens. ``None`` for no limit.
+        special_tokens_in_text: a special token (``</s>``, ``<|im_end|>``, an image token) written in a row's
+            own text: ``error`` raises ``DataError`` naming it; ``literal`` tokenizes it in a response as plain
+            text (a prompt's is still an error: the processor tokenizes the prompt in one pass with the
+            template's own control tokens). See ``vlmdpo.data.special_tokens``.
     """
 
-    def __init__(self, processor, max_prompt_length: int | None = None, max_response_length: int | None = None):
+    def __init__(self, processor, max_prompt_length: int | None = None, max_response_length: int | None = None,
+                 special_tokens_in_text: str = "error"):
         self.processor = processor
         self.tokenizer = getattr(processor, "tokenizer", processor)
         if self.tokenizer.pad_token_id is None:
@@ -61,6 +67,14 @@ class PreferenceCollator:
         # the processor expands these into image features: typed into a row's text they would be doubled
         self._image_tokens = [token for token in (getattr(processor, name, None) for name in (
             "image_token", "boi_token", "video_token")) if isinstance(token, str) and token]
+        if special_tokens_in_text not in MODES:
+            raise ValueError(f"special_tokens_in_text must be one of {MODES}, got {special_tokens_in_text!r}")
+        self.special_tokens_in_text = special_tokens_in_text
+        self.special = SpecialTokens(processor, self.tokenizer)
+        if special_tokens_in_text == "literal" and not self.special.can_split():
+            raise ValueError(f"special_tokens_in_text=literal needs a tokenizer that reads special tokens as text "
+                             f"when asked (split_special_tokens); {type(self.tokenizer).__name__} does not. Use "
+                             "error and rewrite the rows it names")
 
     def _check_no_image_tokens(self, row: dict, field: str) -> None:
         for message in row[field]:
@@ -72,6 +86,23 @@ class PreferenceCollator:
                                     "images are placed by {'type': 'image'} blocks (or <image> in a plain-string "
                                     "prompt)", kind="placeholder_mismatch")
 
+    def _check_text(self, row: dict, field: str) -> None:
+        """``DataError`` for a special token written in ``row[field]``'s text, unless it is a response read
+        literally."""
+        if self.special_tokens_in_text == "literal" and field != "prompt":
+            return
+        self._check_no_image_tokens(row, field)
+        found = self.special.found(row[field])
+        if not found:
+            return
+        if field == "prompt":
+            fix = ("remove or rewrite it; a prompt cannot be kept as plain text (the processor tokenizes it in one "
+                   "pass with the chat template's own control tokens)")
+        else:
+            fix = "remove or rewrite it, or set data.special_tokens_in_text=literal to train on it as plain text"
+        raise DataError(row.get("index"), field, f"the text holds {self.special.describe(found)}, which the "
+                        "tokenizer reads as a control token, not as text", fix, kind="special_token_in_text")
+
     def _chat(self, messages: list[dict], add_generation_prompt: bool) -> str:
         return self.processor.apply_chat_template(
             messages, add_generation_prompt=add_generation_prompt, tokenize=False)
@@ -79,13 +110,23 @@ class PreferenceCollator:
     def encode_prompts(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         """Run the processor on the prompts and images of ``rows`` (left padding)."""
         for row in rows:
-            self._check_no_image_tokens(row, "prompt")
+            self._check_text(row, "prompt")
         texts = [self._chat(row["prompt"], add_generation_prompt=True) for row in rows]
         # images per row ([[a], [], [b, c]]): processors that count images per prompt (Idefics3, SmolVLM,
         # Gemma 3, Mllama) need it, and those that take a flat list flatten it themselves
         images = [list(row["images"]) for row in rows]
         kwargs = {"images": images} if any(images) else {}
         return self.processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
+
+    def blank_image_inputs(self, size: int = 32) -> dict[str, torch.Tensor]:
+        """``vision_inputs`` of one black ``size`` x ``size`` image, as this processor makes them: what a forward runs
+        the vision tower on when its batch has no image but every process must run it (``vlmdpo.forward.idle_vision``)."""
+        from PIL import Image
+
+        row = {"images": [Image.new("RGB", (size, size))], "prompt": [{"role": "user", "content": [
+            {"type": "image"}, {"type": "text", "text": "."}]}], "chosen": [{"role": "assistant", "content": [
+                {"type": "text", "text": "."}]}]}
+        return self([row])["vision_inputs"]
 
     def prompt_length(self, row: dict) -> int:
         """Number of prompt tokens of one row, image tokens included."""
@@ -112,7 +153,7 @@ class PreferenceCollator:
     def encode_response(self, row: dict, field: str, truncate: bool = True) -> tuple[list[int], list[int]]:
         """Token ids of ``row[field]`` as the chat template renders it after the prompt, and its mask
         (cut to ``max_response_length`` response tokens when ``truncate``)."""
-        self._check_no_image_tokens(row, field)
+        self._check_text(row, field)
         prompt_text = self._chat(row["prompt"], add_generation_prompt=True)
         full_text = self._chat(row["prompt"] + row[field], add_generation_prompt=False)
         if not full_text.startswith(prompt_text):
@@ -128,6 +169,7 @@ class PreferenceCollator:
                             "check the template, or give responses already in the form it renders",
                             kind="chat_template")
         end = start + len(text)
+        text_span = (start, end)
         tail = suffix[end:]
         # the turn ends with the first special token after the response; templates that put none get EOS
         hits = [(tail.find(tok), tok) for tok in self._special_tokens if tail.find(tok) >= 0]
@@ -145,13 +187,26 @@ class PreferenceCollator:
         # and generation starts with whatever first token the training did cover
         # (byte-level tokenizers give such a token an empty offset span, so test starts, not spans)
         leading_separator = not suffix[:start].strip()
-        encoded = self.tokenizer(suffix, add_special_tokens=False, return_offsets_mapping=True)
-        ids = encoded["input_ids"]
-        mask = [int(a < end and (leading_separator or b > start)) for a, b in encoded["offset_mapping"]]
+        if self.special_tokens_in_text == "literal" and self.special.found(row[field]):
+            ids, offsets = self._encode_literal(row, field, suffix, *text_span)
+        else:
+            encoded = self.tokenizer(suffix, add_special_tokens=False, return_offsets_mapping=True)
+            ids, offsets = encoded["input_ids"], encoded["offset_mapping"]
+        mask = [int(a < end and (leading_separator or b > start)) for a, b in offsets]
         if truncate and self.max_response_length is not None:
             keep = _truncate_at(mask, self.max_response_length)
             ids, mask = ids[:keep], mask[:keep]
         return ids, mask
+
+    def _encode_literal(self, row: dict, field: str, suffix: str, start: int, stop: int):
+        """``suffix`` tokenized with its response text ``suffix[start:stop]`` read as plain text."""
+        ids, offsets = self.special.encode_literal(suffix, start, stop)
+        kept = [self.tokenizer.convert_ids_to_tokens(token) for token, (a, b) in zip(ids, offsets)
+                if token in self.special.ids and a < stop and b > start]
+        if kept:  # a processor's image token that its tokenizer does not mark special is not split
+            raise DataError(row.get("index"), field, f"the tokenizer keeps {kept[0]!r} a control token even when "
+                            "asked to read the text literally", "remove or rewrite it", kind="special_token_in_text")
+        return ids, offsets
 
     def __call__(self, rows: list[dict]) -> dict:
         prompts = self.encode_prompts(rows)

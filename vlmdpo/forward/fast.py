@@ -17,7 +17,7 @@ from vlmdpo.forward.lm_head import head_log_sum_sq_probs, head_logps
 from vlmdpo.forward.logps import (
     cast_floating, check_outputs, completion_logps, log_sum_sq_probs, model_dtype, selective_log_softmax,
 )
-from vlmdpo.model.load import hf_model
+from vlmdpo.model.load import hf_model, is_sharded
 from vlmdpo.model.lora import eval_mode, part_of
 from vlmdpo.forward.packing import PackedPairs, pack_pairs
 from vlmdpo.forward.tree_attention import LAYOUT_KWARG, SUPPORTED_ATTENTION, install_tree_attention, placeholder_mask
@@ -127,6 +127,9 @@ def logit_transform(text_config) -> dict:
 
 def fast_path_problem(model, batch: dict) -> str | None:
     """Why the fast path cannot serve ``model`` on batches like ``batch``, or ``None`` when it can."""
+    if is_sharded(model):
+        return ("its parameters are sharded across processes (FSDP2, ZeRO-3), and the fast path calls the vision "
+                "tower, embeddings, decoder layers and LM head outside the model's forward, where they stay sharded")
     base = hf_model(model)
     config = base.config.get_text_config()
     attention = config._attn_implementation or "eager"

@@ -21,6 +21,15 @@ def hf_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def is_sharded(model) -> bool:
+    """True when the model's parameters are split across processes (FSDP2's ``fully_shard``, DeepSpeed ZeRO-3),
+    so that running one of its modules is a collective every process must enter."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return any(isinstance(module, FSDPModule) or any(hasattr(p, "ds_id") for p in module.parameters(recurse=False))
+               for module in hf_model(model).modules())
+
+
 def load_model_and_processor(name_or_path: str, dtype: str | torch.dtype = "float32",
                              attn_implementation: str | None = None, revision: str | None = None):
     """``AutoModelForImageTextToText`` and ``AutoProcessor`` from a hub name or a local folder."""

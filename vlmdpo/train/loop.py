@@ -15,9 +15,11 @@ from pathlib import Path
 import torch
 
 from vlmdpo.config import Config
+from vlmdpo.model.load import is_sharded
 from vlmdpo.train.checkpoints import latest_checkpoint, save_checkpoint
 from vlmdpo.train.metric_window import MetricWindow
 from vlmdpo.train.setup import Run, set_up
+from vlmdpo.train.sharding import drop_blank_image_gradients, full_state_dict
 from vlmdpo.train.step import dpo_step
 
 
@@ -92,8 +94,12 @@ def _optimizer_step(run: Run, nonfinite_loss: torch.Tensor, rows: list[int]) -> 
     """Clip, check for non-finite values (stop or skip, ``train.on_nonfinite``), step the optimizer and the
     schedule; return the learning rate the step used."""
     cfg, state = run.config.train, run.state
+    if is_sharded(run.policy):
+        drop_blank_image_gradients(run.policy)
     grad_norm = run.accelerator.clip_grad_norm_(run.trainable, cfg.max_grad_norm if cfg.max_grad_norm > 0 else
                                                 float("inf"))
+    if hasattr(grad_norm, "full_tensor"):  # the norm of sharded gradients (FSDP2) is itself a DTensor
+        grad_norm = grad_norm.full_tensor()
     problem = _nonfinite_problem(run.accelerator, nonfinite_loss, grad_norm)
     if problem and cfg.on_nonfinite == "error":
         _stop_on_nonfinite(run.accelerator, problem, state["step"] + 1, rows, run.output_dir)
@@ -157,11 +163,16 @@ def _finish(run: Run) -> Path:
     if run.metrics_log:
         run.metrics_log.close()
     accelerator.wait_for_everyone()
-    weights = accelerator.get_state_dict(run.policy)  # every process: FSDP and ZeRO-3 gather their shards here
+    sharded = is_sharded(run.policy)
+    # every process: FSDP and ZeRO-3 gather their shards here
+    weights = full_state_dict(run.policy) if sharded else accelerator.get_state_dict(run.policy)
     if accelerator.is_main_process:
         accelerator.unwrap_model(run.policy).save_pretrained(run.output_dir, state_dict=weights)
         run.processor.save_pretrained(run.output_dir)
-    _save(run)
+    if sharded:
+        run.log("train.sharding: no resumable checkpoint is written (sharded checkpoints are not implemented yet)")
+    else:
+        _save(run)
     accelerator.end_training()
     return run.output_dir
 

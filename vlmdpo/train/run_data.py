@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 from vlmdpo.config import Config, ConfigError
-from vlmdpo.data.rows import PreferenceDataset, default_image_root, load_preference_dataset
 from vlmdpo.data.formats import apply_format
+from vlmdpo.data.rows import PreferenceDataset, default_image_root, load_preference_dataset
 from vlmdpo.data.validate import ValidationReport, position_limit, validate_rows
 
 VALIDATION_FILE, BAD_ROWS_FILE, SKIPPED_ROWS_FILE = "validation.json", "bad_rows.jsonl", "skipped_rows.jsonl"
@@ -58,6 +58,8 @@ def data_fingerprint(pairs: PreferenceDataset, config: Config) -> str:
         "train", "train_split", "format", "format_options", "columns", "max_rows", "max_prompt_length", "max_response_length", "skip_long_prompts",
         "on_bad_row", "allow_outside_images", "max_image_pixels")}
     settings["train"] = None  # the path may move; the rows' fingerprint is what counts
+    if data.special_tokens_in_text != "error":  # only where set, so runs from before it keep their fingerprint
+        settings["special_tokens_in_text"] = data.special_tokens_in_text
     payload = {"dataset": pairs.dataset._fingerprint, "rows": len(pairs.dataset), "image_root": pairs.image_root,
                "responses": pairs.responses, **settings}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -135,7 +137,8 @@ def validate_training_data(config: Config, out: str | Path | None = None) -> tup
     check_paths(config)
     name = resolve_model_path(config.model.name_or_path)
     processor = load_processor(name)
-    collator = PreferenceCollator(processor, config.data.max_prompt_length, config.data.max_response_length)
+    collator = PreferenceCollator(processor, config.data.max_prompt_length, config.data.max_response_length,
+                                  special_tokens_in_text=config.data.special_tokens_in_text)
     pairs = load_pairs(config)
     sample = config.data.validate_sample if config.data.validate == "sample" else None
     report = validate_rows(pairs, collator, limit=position_limit(AutoConfig.from_pretrained(name)), sample=sample,

@@ -35,6 +35,7 @@ from vlmdpo.train.reference_cache import (
     weights_fingerprint,
 )
 from vlmdpo.train.run_data import check_paths, checked_pairs, data_fingerprint, held_out_pairs, load_pairs, run_record
+from vlmdpo.train.sharding import block_classes, shard_policy, sharding_active
 from vlmdpo.train.step import logps_function
 
 PROBE_RESPONSE_TOKENS = 32
@@ -146,7 +147,8 @@ def set_up(config: Config) -> Run:
     pairs = load_pairs(config, log)  # before the model: a dataset of an unknown layout stops the run here
     set_seed(cfg.seed)
     policy, reference, processor = build_policy(config)
-    collator = PreferenceCollator(processor, config.data.max_prompt_length, config.data.max_response_length)
+    collator = PreferenceCollator(processor, config.data.max_prompt_length, config.data.max_response_length,
+                                  special_tokens_in_text=config.data.special_tokens_in_text)
     fingerprint = data_fingerprint(pairs, config)
     record = run_record(config, fingerprint, accelerator.num_processes)
     if accelerator.is_main_process:
@@ -155,6 +157,14 @@ def set_up(config: Config) -> Run:
     accelerator.wait_for_everyone()
     # before the optimizer gathers the trainable weights: a method may add modules (TR-DPO's reference adapter)
     checkpointed = [item for method in methods for item in method.prepare_models(policy, reference)]
+    sharded = sharding_active(cfg.sharding)
+    if sharded:  # before the optimizer: its parameters become shards
+        _check_sharding(config)
+        images = getattr(processor, "image_processor", None) is not None
+        shard_policy(policy, collator.blank_image_inputs() if images else None)
+        log(f"sharding: FSDP2 over {accelerator.num_processes} processes, per block of {sorted(block_classes(policy))}")
+    elif cfg.sharding != "none":
+        log(f"sharding: none (train.sharding={cfg.sharding} needs more than one process)")
     optimizer = build_optimizer(policy, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                 part_learning_rates=cfg.part_learning_rates)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
@@ -173,7 +183,10 @@ def set_up(config: Config) -> Run:
                               num_training_steps=max_steps)
     # the scheduler is stepped by the loop once per optimizer step; accelerate's wrapper would step it once per
     # process (N times too fast with N processes), so it is only registered for checkpointing
-    policy, optimizer, loader = accelerator.prepare(policy, optimizer, loader)
+    if sharded:  # the sharded policy reduces its own gradients: DDP around it would reduce them again
+        optimizer, loader = accelerator.prepare(optimizer, loader)
+    else:
+        policy, optimizer, loader = accelerator.prepare(policy, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler, *checkpointed)
     if reference is not None:
         reference = reference.to(accelerator.device)
@@ -212,6 +225,17 @@ def _check_reference_cache(config: Config, methods: list[Method]) -> None:
                          "train.precompute_ref_logps=false or loss.sync_ref_model=false")
 
 
+def _check_sharding(config: Config) -> None:
+    """Refuses what a sharded run cannot do yet: work one process does while the others wait (the held-out
+    evaluation, precomputing reference log-probs) would be a collective the others skip, and the checkpoints
+    are not sharded."""
+    wanted = [name for name, on in (("data.eval", config.data.eval), ("train.save_steps", config.train.save_steps),
+                                    ("train.precompute_ref_logps", config.train.precompute_ref_logps)) if on]
+    if wanted:
+        raise ValueError(f"train.sharding={config.train.sharding} does not yet run with {', '.join(wanted)}: unset "
+                         "them, or set train.sharding=none")
+
+
 def _start_folder(output_dir: Path, resuming: bool, log) -> None:
     """Clear what a killed save left; with ``train.resume=false`` also the earlier run's checkpoints."""
     for path in remove_partial_checkpoints(output_dir):
@@ -233,7 +257,8 @@ def _checked_forward_path(policy, reference, processor, pairs: PreferenceDataset
     # responses cut short: the probes' plain-path pass keeps full-vocabulary logits of every response token,
     # which for long responses and a large vocabulary would be the run's peak memory
     probe_length = min(PROBE_RESPONSE_TOKENS, config.data.max_response_length or PROBE_RESPONSE_TOKENS)
-    probe_collator = PreferenceCollator(processor, config.data.max_prompt_length, probe_length)
+    probe_collator = PreferenceCollator(processor, config.data.max_prompt_length, probe_length,
+                                        special_tokens_in_text=config.data.special_tokens_in_text)
     probe = send_to_device(probe_collator([pairs[i] for i in range(min(2, len(pairs)))]), device)
     problem = causality_problem(policy, probe, pad_token_id)
     if problem is not None:

@@ -1,0 +1,150 @@
+"""FSDP2 over gloo, 2 processes on the CPU: one DPO step with the policy sharded per block (LoRA on language,
+projector and vision) equals one unsharded process running the same global batch (the two processes'
+micro-batches accumulated): summed log-probs, loss and LoRA gradients to 1e-5. One process's micro-batch is text
+only while the other's has an image, so the text-only process must run the vision tower on its blank image
+(without it gloo aborts on the mismatched all-gathers). Under sharding ``forward_path=auto`` takes the plain path
+and ``fast`` is refused."""
+
+import os
+import socket
+import time
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from helpers import randomize_lora, rows_from
+
+from vlmdpo.config import LossConfig
+from vlmdpo.data.collator import PreferenceCollator
+from vlmdpo.forward.fast import choose_forward_path
+from vlmdpo.forward.idle_vision import vision_tower
+from vlmdpo.forward.logps import completion_logps
+from vlmdpo.model.load import is_sharded, load_model_and_processor
+from vlmdpo.model.lora import apply_lora, part_of
+from vlmdpo.train.sharding import block_classes, shard_policy
+from vlmdpo.train.step import dpo_step
+
+WORLD_SIZE, TIMEOUT_S = 2, 120
+PARTS = ("language", "projector", "vision")
+RANK_SPECS = [  # each process's micro-batch: process 0 has an image (and a text-only row), process 1 none
+    [(["square"], "describe the image.", "a large red circle.", "a small blue square."),
+     ([], "is there a dog?", "no.", "yes.")],
+    [([], "what colour is grass?", "it is green.", "it is a cat."),
+     ([], "is the sky blue?", "yes, it is.", "no.")],
+]
+
+
+def _policy(model_dir):
+    model, processor = load_model_and_processor(model_dir)
+    model.requires_grad_(False)
+    policy = randomize_lora(apply_lora(model, r=4, alpha=8, parts=PARTS), seed=1).train()
+    return policy, processor, PreferenceCollator(processor)
+
+
+def _lora_grads(policy) -> dict[str, torch.Tensor]:
+    """Every LoRA gradient, whole (a sharded one gathered: every process calls this, in the same order)."""
+    grads = {}
+    for name, param in policy.named_parameters():
+        if "lora_" in name and param.grad is not None:
+            grad = param.grad
+            grads[name] = grad.full_tensor() if hasattr(grad, "full_tensor") else grad.clone()
+    return grads
+
+
+def _sharded_step(rank, model_dir, images, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    try:
+        policy, processor, collator = _policy(model_dir)
+        pad = processor.tokenizer.pad_token_id
+        shard_policy(policy, collator.blank_image_inputs())
+        vision_calls = []
+        vision_tower(policy).register_forward_hook(lambda *_: vision_calls.append(1))
+        probe = collator(rows_from(images, RANK_SPECS[0]))
+        paths, log = [], []
+        paths.append(choose_forward_path("auto", [policy], probe, pad, log=log.append))
+        try:
+            choose_forward_path("fast", [policy], probe, pad, log=log.append)
+        except ValueError as error:
+            paths.append(str(error))
+        batch = collator(rows_from(images, RANK_SPECS[rank]))
+        with torch.no_grad():
+            logps = completion_logps(policy, batch, pad)
+        loss, _ = dpo_step(policy, None, batch, LossConfig(), pad_token_id=pad, forward_path=paths[0])
+        loss.backward()
+        mean_loss = loss.detach().clone()
+        dist.all_reduce(mean_loss)
+        gathered = [torch.zeros(2, len(RANK_SPECS[0])) for _ in range(WORLD_SIZE)]
+        dist.all_gather(gathered, torch.stack([logps["chosen_logps"], logps["rejected_logps"]]))
+        result = {"loss": mean_loss / WORLD_SIZE, "logps": torch.cat(gathered, dim=1), "grads": _lora_grads(policy),
+                  "paths": paths, "log": log, "vision_calls": len(vision_calls), "sharded": is_sharded(policy)}
+        torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _launch(function, args):
+    """``function(rank, *args)`` in ``WORLD_SIZE`` spawned processes; a hang fails after ``TIMEOUT_S``."""
+    context = mp.start_processes(function, args=args, nprocs=WORLD_SIZE, join=False, start_method="spawn")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not context.join(timeout=max(1.0, deadline - time.monotonic())):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail(f"the sharded processes did not finish in {TIMEOUT_S} s (a collective one process skipped?)")
+
+
+def _unsharded_step(model_dir, images):
+    """The same global batch in one process: the two micro-batches accumulated, each loss halved."""
+    policy, processor, collator = _policy(model_dir)
+    pad = processor.tokenizer.pad_token_id
+    losses, logps = [], []
+    for specs in RANK_SPECS:
+        batch = collator(rows_from(images, specs))
+        with torch.no_grad():
+            out = completion_logps(policy, batch, pad)
+        logps.append(torch.stack([out["chosen_logps"], out["rejected_logps"]]))
+        loss, _ = dpo_step(policy, None, batch, LossConfig(), pad_token_id=pad, forward_path="plain")
+        (loss / WORLD_SIZE).backward()
+        losses.append(loss.detach())
+    return {"loss": torch.stack(losses).mean(), "logps": torch.cat(logps, dim=1), "grads": _lora_grads(policy)}
+
+
+def test_block_classes_name_every_layer_of_every_part(tiny_model_and_processor):
+    """The units ``shard_policy`` makes: each decoder layer and each vision-encoder layer, asked of the model."""
+    model, _ = tiny_model_and_processor
+    stacks = {part_of(name): type(module[0]).__name__ for name, module in model.named_modules()
+              if isinstance(module, torch.nn.ModuleList) and part_of(name) in ("language", "vision")}
+    assert set(stacks) == {"language", "vision"} and set(stacks.values()) <= block_classes(model)
+
+
+@pytest.mark.parametrize("family", ["llava"], indirect=True)
+def test_fsdp2_step_with_a_text_only_process_equals_one_process(family, tiny_model_dir, images, tmp_path):
+    _launch(_sharded_step, (tiny_model_dir, images, _free_port(), str(tmp_path)))
+    ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    with torch.random.fork_rng():
+        expected = _unsharded_step(tiny_model_dir, images)
+
+    for result in ranks:
+        assert result["sharded"]
+        assert result["paths"][0] == "plain" and "sharded" in result["log"][0]
+        assert "train.forward_path=fast" in result["paths"][1] and "forward_path=auto or plain" in result["paths"][1]
+        torch.testing.assert_close(result["loss"], expected["loss"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(result["logps"], expected["logps"], rtol=0, atol=1e-5)
+    assert ranks[0]["loss"] == ranks[1]["loss"]
+    # the text-only process ran the vision tower in each of its forwards (log-probs, policy, reference), as the
+    # process with the image did
+    assert ranks[1]["vision_calls"] == ranks[0]["vision_calls"] == 3
+    grads, expected_grads = ranks[0]["grads"], expected["grads"]
+    assert set(grads) == set(expected_grads) and any("vision_tower" in name for name in grads)
+    for name, grad in expected_grads.items():
+        torch.testing.assert_close(grads[name], grad, rtol=0, atol=1e-5, msg=name)
+    assert any(grad.abs().max() > 0 for name, grad in grads.items() if "vision_tower" in name)

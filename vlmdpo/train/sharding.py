@@ -1,0 +1,76 @@
+"""Sharded training with FSDP2 (``torch.distributed.fsdp.fully_shard``), in the loop ``accelerate`` runs.
+
+``accelerate`` runs FSDP only on accelerators: with ``ACCELERATE_USE_CPU`` its distributed type stays
+``MULTI_CPU`` whatever the FSDP settings, so on a CPU (and wherever ``train.sharding=fsdp2`` is set) vlmdpo shards
+the policy itself, as ``accelerate``'s FSDP2 plugin does with its transformer-block wrap policy: ``fully_shard`` on
+each block the model names in ``_no_split_modules`` (decoder layers, vision encoder layers, embeddings), then on the
+whole model. ``accelerate`` then keeps the devices, the loader, accumulation and logging, but must not wrap the
+policy in DDP.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from vlmdpo.forward.idle_vision import run_vision_every_forward, take_images_seen
+from vlmdpo.model.load import hf_model
+from vlmdpo.model.lora import part_of
+
+SHARDING_CHOICES = ("none", "fsdp2")
+
+
+def block_classes(model: nn.Module) -> set[str]:
+    """Class names of the blocks a model must not be split inside: the union of ``_no_split_modules`` of every
+    ``transformers`` model in it (the VLM's, its language model's, its vision tower's)."""
+    return set().union(*(getattr(module, "_no_split_modules", None) or () for module in model.modules()))
+
+
+def sharding_active(choice: str) -> bool:
+    """True when ``train.sharding`` asks for sharding and ``torch.distributed`` runs more than one process."""
+    distributed = torch.distributed.is_available() and torch.distributed.is_initialized()
+    return choice != "none" and distributed and torch.distributed.get_world_size() > 1
+
+
+def shard_policy(policy: nn.Module, blank_image_inputs: dict[str, torch.Tensor] | None) -> nn.Module:
+    """``fully_shard`` each block of every part of ``policy``'s model, then the model; return ``policy``.
+
+    Call it after every module is in place (LoRA, a method's extra adapter) and before the optimizer is built:
+    the parameters become ``DTensor`` shards. ``blank_image_inputs`` (``PreferenceCollator.blank_image_inputs``)
+    keep the vision tower running on text-only batches (``vlmdpo.forward.idle_vision``); ``None`` for a model
+    without images.
+    """
+    from torch.distributed.fsdp import fully_shard
+
+    base = hf_model(policy)
+    names = block_classes(base)
+    blocks = [module for module in base.modules() if type(module).__name__ in names
+              and any(True for _ in module.parameters())]
+    if not blocks:
+        raise ValueError(f"{type(base).__name__} names no blocks in _no_split_modules to shard by")
+    for block in reversed(blocks):  # innermost first: a unit's parameters are those no inner unit holds
+        fully_shard(block)
+    fully_shard(base)
+    if blank_image_inputs is not None:
+        run_vision_every_forward(base, blank_image_inputs)
+    return policy
+
+
+def full_state_dict(policy: nn.Module) -> dict[str, torch.Tensor]:
+    """The policy's whole state dict on the CPU, gathered from every process's shards (a collective: every process
+    calls it)."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+    return get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def drop_blank_image_gradients(policy: nn.Module) -> None:
+    """Before an optimizer step of a sharded run: when no process ran a real image since the last step, the
+    vision tower's and projector's gradients come from blank images alone (zeros) and are set to ``None``, as an
+    unsharded run leaves them; Adam would otherwise still move those weights by their momentum."""
+    seen = torch.tensor([float(take_images_seen(policy))])
+    torch.distributed.all_reduce(seen)
+    if seen.item() == 0:
+        for name, param in policy.named_parameters():
+            if part_of(name) in ("vision", "projector"):
+                param.grad = None
