@@ -130,7 +130,8 @@ def vlmdpo_loss(config, policy, ref, sum_sq, mask, monkeypatch):
                 "chosen_lengths": lengths[:batch_size], "rejected_lengths": lengths[batch_size:]}
 
     def forward(policy_model, reference, batch, pad_token_id, forward_path, with_reference, ref_logps,
-                policy_outputs=()):
+                policy_outputs=(), policy_pass=None):
+        assert policy_pass is None  # no model, so no router logits to record
         assert list(policy_outputs) == (["log_sum_sq_probs"] if config.use_weighting else [])
         return {**out(policy), "per_token_log_sum_sq_probs": sum_sq}, out(ref.detach())
 

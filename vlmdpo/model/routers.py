@@ -40,8 +40,12 @@ def router_modules(model: nn.Module) -> list[nn.Module]:
 
 def router_loss_coefficient(model: nn.Module) -> float:
     """``router_aux_loss_coef`` when the load-balancing term applies to ``model`` (a transformers model, unwrapped):
-    its config asks for router logits and a router weight trains; else 0."""
-    text_config = model.config.get_text_config()
+    its config asks for router logits and a router weight trains; else 0 (also for a model with no
+    ``transformers`` config: nothing there returns router logits)."""
+    config = getattr(model, "config", None)
+    if config is None or not hasattr(config, "get_text_config"):
+        return 0.0
+    text_config = config.get_text_config()
     coefficient = float(getattr(text_config, "router_aux_loss_coef", 0.0) or 0.0)
     if not (getattr(text_config, "output_router_logits", False) and coefficient):
         return 0.0
