@@ -172,26 +172,6 @@ def test_the_classes_are_the_ones_claimed(built):
     assert type(model).__name__ == TESTED_FAMILIES[family][0]
 
 
-def test_mllama_is_refused_at_load_because_its_own_forward_is_batch_dependent(vlmdpo_cache):
-    """The measurement behind ``BROKEN_FAMILIES["mllama"]``: tokens that see no image cross-attend evenly to all of
-    the batch's vision tokens (padding included), so a row alone differs from the row in the batch. If transformers
-    fixes this, this test fails: list the family in ``TESTED_FAMILIES`` and lift the refusal."""
-    from transformers import AutoModelForImageTextToText
-
-    from vlmdpo.model.load import load_processor
-
-    path = tiny_vlm("mllama")
-    with pytest.raises(ValueError, match="mllama model, which vlmdpo refuses: its forward is batch-dependent"):
-        load_model_and_processor(path)
-    model = AutoModelForImageTextToText.from_pretrained(path, dtype=torch.float32).eval()
-    processor = load_processor(path)  # its PIL image processor: the torchvision one fails on a text-only first row
-    rows, collator, pad = matrix_rows(), PreferenceCollator(processor), processor.tokenizer.pad_token_id
-    with torch.no_grad():
-        together = completion_logps(model, collator(rows), pad)["chosen_logps"]
-        alone = torch.stack([completion_logps(model, collator([row]), pad)["chosen_logps"][0] for row in rows])
-    assert (alone - together).abs().max() > 1e-3
-
-
 def test_the_readme_support_matrix_is_rendered_from_the_tested_families():
     from pathlib import Path
 

@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from transformers import CompileConfig
 
 from vlmdpo.data.collator import PreferenceCollator
+from vlmdpo.forward.image_groups import batches_by_image_count
 from vlmdpo.forward.logps import cast_floating, model_dtype
 from vlmdpo.model.lora import eval_mode
 
@@ -143,21 +144,18 @@ def generate_responses(
                     pad_token_id=tokenizer.pad_token_id, **_sampling_kwargs(do_sample, temperature, top_p),
                     **_cache_kwargs(cache_implementation, compile))
     order = length_order(prompt_lengths(processor, rows, batch_size)) if sort_by_length else range(len(rows))
-    ordered = [rows[i] for i in order]
-    responses: list[str] = []
+    batches = batches_by_image_count(collator, rows, [list(order[start: start + batch_size])
+                                                      for start in range(0, len(rows), batch_size)])
+    n = num_return_sequences
+    by_row: list = [None] * len(rows)
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices), eval_mode(model), torch.inference_mode():
         torch.manual_seed(seed)
-        for start in tqdm(range(0, len(rows), batch_size), desc="generate", disable=not progress,
-                          leave=False, dynamic_ncols=True):
-            inputs = cast_floating(dict(collator.encode_prompts(ordered[start: start + batch_size]).to(device)), dtype)
+        for batch in tqdm(batches, desc="generate", disable=not progress, leave=False, dynamic_ncols=True):
+            inputs = cast_floating(dict(collator.encode_prompts([rows[i] for i in batch]).to(device)), dtype)
             output = inner.generate(**inputs, **settings)
             new_tokens = output[:, inputs["input_ids"].shape[1]:]
-            texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-            responses.extend(text.strip() for text in texts)
-    n = num_return_sequences
-    groups = [responses[k * n: (k + 1) * n] for k in range(len(rows))]
-    by_row: list = [None] * len(rows)
-    for k, i in enumerate(order):
-        by_row[i] = groups[k] if n > 1 else groups[k][0]
+            texts = [text.strip() for text in tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+            for k, i in enumerate(batch):
+                by_row[i] = texts[k * n: (k + 1) * n] if n > 1 else texts[k]
     return by_row

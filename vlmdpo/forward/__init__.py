@@ -5,6 +5,8 @@
   ``choose_forward_path`` checks it against the plain path on a probe batch. Its parts: ``packing`` (the
   packed sequence), ``tree_attention`` (responses that see their prompt and their own past), ``lm_head`` (the
   head and log-softmax a slice of rows at a time).
+- ``image_groups``: one plain forward per image count where a model's own forward depends on the batch's
+  (Mllama's cross-attention to image slots padded per row).
 - ``probes``: the checks before step 1 (a later response token must not move earlier log-probs).
 """
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from vlmdpo.forward.image_groups import by_image_count, has_image_slots
+
 _LOGSOFTMAX_CHUNK = 1024
 
 PER_TOKEN_OUTPUTS = ("log_sum_sq_probs",)
@@ -126,8 +128,17 @@ def completion_logps(model, batch: dict, pad_token_id: int, outputs=()) -> dict[
     ``chosen_lengths``, ``rejected_lengths`` (B,) response token counts, and ``per_token_logps`` (2B, C)
     (zero outside the response) for metrics. Supervised batches give only the ``chosen_*`` entries.
     ``outputs`` names more per-token outputs (``PER_TOKEN_OUTPUTS``), each ``per_token_{name}`` (2B, C).
+    A batch whose rows differ in image count runs one forward per count where the model needs it
+    (``vlmdpo.forward.image_groups``).
     """
     check_outputs(outputs)
+    if has_image_slots(batch["prompt_token_types"]):
+        return by_image_count(lambda part: _completion_logps(model, part, pad_token_id, outputs), batch,
+                              copies=len(response_fields(batch)))
+    return _completion_logps(model, batch, pad_token_id, outputs)
+
+
+def _completion_logps(model, batch: dict, pad_token_id: int, outputs=()) -> dict[str, torch.Tensor]:
     inputs = concatenated_inputs(batch, pad_token_id)
     completion_ids, completion_mask = inputs["completion_ids"], inputs["completion_mask"]
     length = completion_ids.shape[1]

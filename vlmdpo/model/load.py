@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 
+
 def resolve_model_path(name_or_path: str) -> str:
     """``tiny:<family>`` names a cached random-weight model built by ``vlmdpo.tiny.models``; anything else is
     a hub name or a local folder and is returned as it is."""
@@ -45,19 +46,15 @@ def load_model_and_processor(name_or_path: str, dtype: str | torch.dtype = "floa
 
 
 # model types whose own transformers forward gives a row log-probs that depend on the rest of its batch, which
-# DPO's per-row log-probs cannot use; refused before the weights load. Mllama's is checked on tiny:mllama by
-# tests/test_families.py (upstream: huggingface/transformers#39379, rows masked out of cross-attention still get
-# its output through the residual); Llama 4's, Gemma 3n's and Phi-4-multimodal's were found with tiny models and
-# are not re-checked by this repository's tests.
+# DPO's per-row log-probs cannot use; refused before the weights load. Llama 4's, Gemma 3n's and
+# Phi-4-multimodal's were found with tiny models and are not re-checked by this repository's tests. (Mllama's is
+# batch-dependent too, through the image count: vlmdpo.forward.image_groups runs it per image count.)
 BROKEN_FAMILIES = {
     "llama4": "its forward was found batch-dependent (a row's log-probs change with the other rows of the batch)",
     "gemma3n": "with left padding, which batched prompts need, its forward was found batch-dependent (a row's "
                "log-probs differ from the row alone)",
     "phi4_multimodal": "its forward was found batch-dependent (a row's log-probs change with the other rows of the "
                        "batch)",
-    "mllama": "its forward is batch-dependent: tokens that see no image (a text-only row, the prompt before the "
-              "image) cross-attend evenly to all of the batch's vision tokens, padding included, so a row's log-probs "
-              "change with the images of the other rows",
 }
 
 

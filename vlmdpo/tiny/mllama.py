@@ -1,6 +1,7 @@
 """The tiny builder of Llama 3.2 Vision (``mllama``), whose decoder reads the image through cross-attention
 layers rather than image tokens in the sequence. ``builder(tokenizer, sizes: TinySizes) -> (model, processor)``,
-as in ``vlmdpo.tiny.llava``; refused at load (``vlmdpo.model.load.BROKEN_FAMILIES``)."""
+as in ``vlmdpo.tiny.llava``; its forward depends on the batch's image count, so vlmdpo runs it per image count
+(``vlmdpo.forward.image_groups``)."""
 
 from __future__ import annotations
 

@@ -13,8 +13,8 @@ checkpoint does. The families, chosen for the cases that differ most, live by la
 - ``vlmdpo.tiny.moe``: ``qwen3_vl_moe``, ``glm4v_moe`` (the same, with mixture-of-experts language models).
 - ``vlmdpo.tiny.pixel_shuffle``: ``idefics3`` and ``smolvlm`` (images per row), ``internvl``, ``aya_vision``.
 - ``vlmdpo.tiny.gemma``: ``gemma3``, ``paligemma``, ``gemma4`` (bidirectional attention within images).
-- ``vlmdpo.tiny.mllama``: ``mllama`` (cross-attention to image tiles; refused at load, see
-  ``vlmdpo.model.load.BROKEN_FAMILIES``).
+- ``vlmdpo.tiny.mllama``: ``mllama`` (cross-attention to image tiles, run per image count: see
+  ``vlmdpo.forward.image_groups``).
 """
 
 from __future__ import annotations

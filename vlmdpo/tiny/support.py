@@ -30,6 +30,8 @@ TESTED_FAMILIES: dict[str, tuple[str, str | None]] = {
     "gemma4": ("Gemma4ForConditionalGeneration", None),
     "qwen3_vl_moe": ("Qwen3VLMoeForConditionalGeneration", None),
     "glm4v_moe": ("Glm4vMoeForConditionalGeneration", None),
+    "mllama": ("MllamaForConditionalGeneration", ("a per-token input holds more than one value per token "
+                                                  "(Mllama's cross-attention mask)")),
 }
 
 
