@@ -3,20 +3,28 @@ projector and vision) equals one unsharded process running the same global batch
 micro-batches accumulated): summed log-probs, loss and LoRA gradients to 1e-5. One process's micro-batch is text
 only while the other's has an image, so the text-only process must run the vision tower on its blank image
 (without it gloo aborts on the mismatched all-gathers). Under sharding ``forward_path=auto`` takes the plain path
-and ``fast`` is refused."""
+and ``fast`` is refused. A sharded ``vlmdpo train`` SIGKILLed after a checkpoint resumes exactly, and its adapter
+(gathered from the shards) loads with ``PeftModel.from_pretrained`` and merges."""
 
 import os
+import signal
 import socket
+import subprocess
+import sys
 import time
 
+import psutil
 import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from helpers import randomize_lora, rows_from
+from safetensors.torch import load_file
+from test_multiprocess import write_mixed_pairs
 
 from vlmdpo.config import LossConfig
 from vlmdpo.data.collator import PreferenceCollator
+from vlmdpo.eval.metrics_log import read_metrics
 from vlmdpo.forward.fast import choose_forward_path
 from vlmdpo.forward.idle_vision import vision_tower
 from vlmdpo.forward.logps import completion_logps
@@ -148,3 +156,74 @@ def test_fsdp2_step_with_a_text_only_process_equals_one_process(family, tiny_mod
     for name, grad in expected_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=0, atol=1e-5, msg=name)
     assert any(grad.abs().max() > 0 for name, grad in grads.items() if "vision_tower" in name)
+
+
+def _sharded_train(model_dir, data, output_dir):
+    """``vlmdpo train`` sharded over 2 processes under ``accelerate launch``, in its own process group."""
+    command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+               "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+               "--main_process_port", str(_free_port()), "-m", "vlmdpo.cli", "train",
+               f"model.name_or_path={model_dir}", f"data.train={data}", "model.lora_parts=[language,projector,vision]",
+               f"train.output_dir={output_dir}", "train.max_steps=4", "train.save_steps=2", "train.batch_size=1",
+               "train.learning_rate=5e-3", "train.lr_scheduler=cosine", "train.warmup_ratio=0.2",
+               "train.mixed_precision=no", "train.progress=false", "train.seed=3", "train.sharding=fsdp2"]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+
+
+def _finished(process) -> str:
+    try:
+        log = process.communicate(timeout=TIMEOUT_S)[0]
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        pytest.fail(f"the sharded run did not finish in {TIMEOUT_S} s")
+    assert process.returncode == 0, log[-6000:]
+    return log
+
+
+@pytest.mark.parametrize("family", ["llava"], indirect=True)
+def test_a_killed_sharded_run_resumes_exactly_and_its_adapter_merges(family, tiny_model_dir, tmp_path):
+    from peft import PeftModel
+
+    from vlmdpo.model.merge import merge_adapter
+
+    data = write_mixed_pairs(tmp_path / "data")
+    whole, out = tmp_path / "whole", tmp_path / "killed"
+    _finished(_sharded_train(tiny_model_dir, data, whole))
+    expected = read_metrics(whole / "metrics.jsonl")
+
+    killed = _sharded_train(tiny_model_dir, data, out)
+    deadline = time.monotonic() + TIMEOUT_S
+    while killed.poll() is None and not (out / "checkpoint-2").exists() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    for process in [killed_launcher := psutil.Process(killed.pid), *killed_launcher.children(recursive=True)]:
+        process.kill()  # the launcher and both training processes (torchrun starts them in their own sessions)
+    assert killed.wait(timeout=30) == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not (out / "checkpoint-4").exists() and not (out / "adapter_model.safetensors").exists()
+    # each process wrote its own shards
+    assert {p.name for p in (out / "checkpoint-2" / "sharded").glob("*.distcp")} == {"__0_0.distcp", "__1_0.distcp"}
+
+    log = _finished(_sharded_train(tiny_model_dir, data, out))
+    assert f"resuming from {out / 'checkpoint-2'} at step 2" in log
+    records = read_metrics(out / "metrics.jsonl")
+    assert [r["step"] for r in records] == [r["step"] for r in expected] == [1, 2, 3, 4]
+    for ours, theirs in zip(records, expected):
+        for key in ("loss", "logps/chosen", "logps/rejected", "learning_rate"):
+            assert ours[key] == pytest.approx(theirs[key], rel=0, abs=1e-6), (ours["step"], key)
+    adapter, expected_adapter = load_file(str(out / "adapter_model.safetensors")), load_file(
+        str(whole / "adapter_model.safetensors"))
+    assert set(adapter) == set(expected_adapter) and any("vision" in name for name in adapter)
+    for name, value in expected_adapter.items():
+        torch.testing.assert_close(adapter[name], value, rtol=0, atol=1e-6, msg=name)
+
+    # the gathered adapter is whole: it loads onto the base model with peft, and merges
+    base, processor = load_model_and_processor(tiny_model_dir)
+    peft_model = PeftModel.from_pretrained(base, str(out)).eval()
+    loaded = {name: param for name, param in peft_model.named_parameters() if "lora_" in name}
+    assert len(loaded) == len(adapter)
+    merged_dir = merge_adapter(str(out), str(tmp_path / "merged"))
+    merged, _ = load_model_and_processor(str(merged_dir))
+    ids = processor.tokenizer("is the sky blue?", return_tensors="pt").input_ids
+    with torch.no_grad():
+        torch.testing.assert_close(merged(input_ids=ids).logits, peft_model(input_ids=ids).logits, rtol=0, atol=1e-5)

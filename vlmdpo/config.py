@@ -208,8 +208,8 @@ class TrainConfig:
     sharding: str = "none"
     """``fsdp2``: shard the policy with FSDP2 (``fully_shard`` on each decoder and vision-encoder block, then the
     model; ``vlmdpo.train.sharding``) when more than one process runs; the vision tower then runs on every
-    micro-batch, and the forward path is plain. Not yet with ``data.eval``, ``train.save_steps`` or
-    ``train.precompute_ref_logps``. ``none``: the model is whole on every process (DDP)."""
+    micro-batch, the forward path is plain, and checkpoints hold each process's shards. Not yet with
+    ``data.eval`` or ``train.precompute_ref_logps``. ``none``: the model is whole on every process (DDP)."""
     precompute_ref_logps: bool = False
     """Compute the reference log-probs of every training pair once before training, in inference mode, and read
     them from a cache instead of running the reference in every step (``vlmdpo.train.reference_cache``)."""

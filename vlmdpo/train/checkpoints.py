@@ -4,7 +4,9 @@ A checkpoint is ``output_dir/checkpoint-<step>/`` holding ``accelerate``'s state
 RNG of every process), the adapter with its processor under ``adapter/`` (loadable with
 ``PeftModel.from_pretrained``), ``run.json`` (the data fingerprint and the settings that shape the run) and
 ``trainer_state.json`` (the loop's counters). It is written under ``.checkpoint-<step>.partial/`` and renamed
-when complete, so a run killed mid-save leaves no half-written ``checkpoint-<step>``.
+when complete, so a run killed mid-save leaves no half-written ``checkpoint-<step>``. A sharded run
+(``train.sharding=fsdp2``) keeps its trainable weights and optimizer state as each process's shards under
+``sharded/`` (``torch.distributed.checkpoint``), and the adapter gathered from them.
 """
 
 from __future__ import annotations
@@ -14,8 +16,11 @@ import re
 import shutil
 from pathlib import Path
 
+from vlmdpo.train.sharding import full_state_dict, load_sharded_state, save_sharded_state
+
 STATE_FILE = "trainer_state.json"
 RUN_FILE = "run.json"
+SHARDED_DIR = "sharded"
 STATE_KEYS = ("step", "micro_batches")
 _CHECKPOINT_NAME = re.compile(r"checkpoint-(\d+)")
 
@@ -69,16 +74,21 @@ def run_differences(saved: dict, current: dict) -> list[str]:
 
 
 def save_checkpoint(accelerator, policy, processor, output_dir: Path, step: int, state: dict, limit: int,
-                    run: dict | None = None) -> Path:
+                    run: dict | None = None, sharded_optimizer=None) -> Path:
     """Write ``checkpoint-<step>`` atomically (every process takes part), then keep the newest ``limit``
-    (0: all)."""
+    (0: all). ``sharded_optimizer``: the optimizer of an FSDP2-sharded ``policy``, which ``accelerate`` does not
+    hold; its state and the policy's go to ``sharded/``."""
     output_dir = Path(output_dir)
     final, partial = output_dir / f"checkpoint-{step}", output_dir / f".checkpoint-{step}.partial"
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(partial))
-    weights = accelerator.get_state_dict(policy)  # every process: FSDP and ZeRO-3 gather their shards here
+    if sharded_optimizer is not None:
+        save_sharded_state(policy, sharded_optimizer, partial / SHARDED_DIR)
+        weights = full_state_dict(policy)
+    else:
+        weights = accelerator.get_state_dict(policy)  # every process: FSDP and ZeRO-3 gather their shards here
     if accelerator.is_main_process:
         accelerator.unwrap_model(policy).save_pretrained(partial / "adapter", state_dict=weights)
         processor.save_pretrained(partial / "adapter")
@@ -107,8 +117,10 @@ def remove_partial_checkpoints(output_dir: Path) -> list[Path]:
     return found
 
 
-def resume(accelerator, output_dir: Path, run: dict, allow_changes: bool, log=print) -> tuple[Path, dict] | None:
+def resume(accelerator, output_dir: Path, run: dict, allow_changes: bool, log=print,
+           sharded: tuple | None = None) -> tuple[Path, dict] | None:
     """Load the newest checkpoint of ``output_dir`` that loads; return ``(checkpoint, state)`` or ``None``.
+    ``sharded``: ``(policy, optimizer)`` of an FSDP2-sharded run, loaded from the checkpoint's ``sharded/``.
 
     Damaged checkpoints (an empty or cut ``trainer_state.json``, a truncated or missing model or optimizer
     file) are skipped with a log line saying why. A checkpoint of other data or settings than ``run`` raises
@@ -130,6 +142,8 @@ def resume(accelerator, output_dir: Path, run: dict, allow_changes: bool, log=pr
         try:
             state = read_state(checkpoint)
             accelerator.load_state(str(checkpoint))
+            if sharded is not None:
+                load_sharded_state(*sharded, checkpoint / SHARDED_DIR)
             problem = None
         except Exception as err:  # any damage: fall back to the previous checkpoint
             problem = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"

@@ -19,7 +19,7 @@ from vlmdpo.model.load import is_sharded
 from vlmdpo.train.checkpoints import latest_checkpoint, save_checkpoint
 from vlmdpo.train.metric_window import MetricWindow
 from vlmdpo.train.setup import Run, set_up
-from vlmdpo.train.sharding import drop_blank_image_gradients, full_state_dict
+from vlmdpo.train.sharding import drop_blank_image_gradients, full_state_dict, is_fsdp2
 from vlmdpo.train.step import dpo_step
 
 
@@ -153,7 +153,8 @@ def _save(run: Run) -> None:
     for method in run.methods:
         state.update(method.state_dict())
     save_checkpoint(run.accelerator, run.policy, run.processor, run.output_dir, run.state["step"], state,
-                    run.config.train.save_total_limit, run.record)
+                    run.config.train.save_total_limit, run.record,
+                    sharded_optimizer=run.optimizer if is_fsdp2(run.policy) else None)
 
 
 def _finish(run: Run) -> Path:
@@ -169,10 +170,7 @@ def _finish(run: Run) -> Path:
     if accelerator.is_main_process:
         accelerator.unwrap_model(run.policy).save_pretrained(run.output_dir, state_dict=weights)
         run.processor.save_pretrained(run.output_dir)
-    if sharded:
-        run.log("train.sharding: no resumable checkpoint is written (sharded checkpoints are not implemented yet)")
-    else:
-        _save(run)
+    _save(run)
     accelerator.end_training()
     return run.output_dir
 

@@ -183,8 +183,15 @@ def set_up(config: Config) -> Run:
                               num_training_steps=max_steps)
     # the scheduler is stepped by the loop once per optimizer step; accelerate's wrapper would step it once per
     # process (N times too fast with N processes), so it is only registered for checkpointing
-    if sharded:  # the sharded policy reduces its own gradients: DDP around it would reduce them again
-        optimizer, loader = accelerator.prepare(optimizer, loader)
+    if sharded:
+        # the sharded policy reduces its own gradients (DDP around it would reduce them again), and its optimizer
+        # state is sharded too: vlmdpo checkpoints both itself (torch.distributed.checkpoint), so accelerate,
+        # which would save the optimizer from the main process alone, holds neither
+        if accelerator.scaler is not None:
+            raise ValueError(f"train.sharding={cfg.sharding} does not run with fp16 mixed precision (its loss "
+                             "scaler steps only an optimizer accelerate holds, and a sharded run keeps its own): "
+                             "set train.mixed_precision=bf16 or no")
+        loader = accelerator.prepare(loader)
     else:
         policy, optimizer, loader = accelerator.prepare(policy, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler, *checkpointed)
@@ -197,7 +204,8 @@ def set_up(config: Config) -> Run:
                                                 forward_path, accelerator, log)
 
     state = {"step": 0, "micro_batches": 0, "nonfinite_skipped": 0}
-    resumed = resume(accelerator, output_dir, record, cfg.resume_with_changes, log) if cfg.resume else None
+    resumed = resume(accelerator, output_dir, record, cfg.resume_with_changes, log,
+                     sharded=(policy, optimizer) if sharded else None) if cfg.resume else None
     if resumed is not None:
         checkpoint, saved_state = resumed
         state.update({key: saved_state.get(key, 0) for key in state})
@@ -227,9 +235,8 @@ def _check_reference_cache(config: Config, methods: list[Method]) -> None:
 
 def _check_sharding(config: Config) -> None:
     """Refuses what a sharded run cannot do yet: work one process does while the others wait (the held-out
-    evaluation, precomputing reference log-probs) would be a collective the others skip, and the checkpoints
-    are not sharded."""
-    wanted = [name for name, on in (("data.eval", config.data.eval), ("train.save_steps", config.train.save_steps),
+    evaluation, precomputing reference log-probs) would be a collective the others skip."""
+    wanted = [name for name, on in (("data.eval", config.data.eval),
                                     ("train.precompute_ref_logps", config.train.precompute_ref_logps)) if on]
     if wanted:
         raise ValueError(f"train.sharding={config.train.sharding} does not yet run with {', '.join(wanted)}: unset "

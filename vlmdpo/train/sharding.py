@@ -10,6 +10,8 @@ policy in DDP.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import nn
 
@@ -62,6 +64,48 @@ def full_state_dict(policy: nn.Module) -> dict[str, torch.Tensor]:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     return get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+
+
+def is_fsdp2(policy: nn.Module) -> bool:
+    """True when ``shard_policy`` sharded ``policy`` (its model is an FSDP2 unit)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    return isinstance(hf_model(policy), FSDPModule)
+
+
+def save_sharded_state(policy: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Each process writes its shards of the trainable weights and of the optimizer state to ``folder``
+    (``torch.distributed.checkpoint``; a collective). Frozen weights are left out: they come from the base model."""
+    import torch.distributed.checkpoint as dcp
+
+    dcp.save(_sharded_state(policy, optimizer), checkpoint_id=str(folder))
+
+
+def load_sharded_state(policy: nn.Module, optimizer: torch.optim.Optimizer, folder: Path) -> None:
+    """Load what ``save_sharded_state`` wrote into ``policy`` and ``optimizer`` (a collective; any number of
+    processes may read it)."""
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import set_state_dict
+
+    state = _sharded_state(policy, optimizer)
+    dcp.load(state, checkpoint_id=str(folder))
+    set_state_dict(policy, optimizer, model_state_dict=state["model"], optim_state_dict=state["optimizer"],
+                   options=_options())
+
+
+def _sharded_state(policy: nn.Module, optimizer: torch.optim.Optimizer) -> dict:
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    model_state, optimizer_state = get_state_dict(policy, optimizer, options=_options())
+    return {"model": model_state, "optimizer": optimizer_state}
+
+
+def _options():
+    """Only the trainable weights (LoRA, or every weight under full fine-tuning). Loading them is not strict,
+    as the frozen ones stay as loaded from the base model; ``dcp.load`` fails on any trainable one missing."""
+    from torch.distributed.checkpoint.state_dict import StateDictOptions
+
+    return StateDictOptions(ignore_frozen_params=True, strict=False)
 
 
 def drop_blank_image_gradients(policy: nn.Module) -> None:
