@@ -3,9 +3,12 @@ projector and vision) equals one unsharded process running the same global batch
 micro-batches accumulated): summed log-probs, loss and LoRA gradients to 1e-5. One process's micro-batch is text
 only while the other's has an image, so the text-only process must run the vision tower on its blank image
 (without it gloo aborts on the mismatched all-gathers). Under sharding ``forward_path=auto`` takes the plain path
-and ``fast`` is refused. A sharded ``vlmdpo train`` SIGKILLed after a checkpoint resumes exactly, and its adapter
-(gathered from the shards) loads with ``PeftModel.from_pretrained`` and merges."""
+and ``fast`` is refused. Full fine-tuning shards the frozen reference copy too (its vision tower also runs on the
+blank image) and gives the loss and updated weights of one process. A sharded ``vlmdpo train`` SIGKILLed after a
+checkpoint resumes exactly, and its adapter (gathered from the shards) loads with ``PeftModel.from_pretrained`` and
+merges."""
 
+import math
 import os
 import signal
 import socket
@@ -21,6 +24,8 @@ import torch.multiprocessing as mp
 from helpers import randomize_lora, rows_from
 from safetensors.torch import load_file
 from test_multiprocess import write_mixed_pairs
+from torch.distributed.fsdp import FSDPModule
+from torch.distributed.tensor import DTensor
 
 from vlmdpo.config import LossConfig
 from vlmdpo.data.collator import PreferenceCollator
@@ -29,8 +34,8 @@ from vlmdpo.forward.fast import choose_forward_path
 from vlmdpo.forward.idle_vision import vision_tower
 from vlmdpo.forward.logps import completion_logps
 from vlmdpo.model.load import is_sharded, load_model_and_processor
-from vlmdpo.model.lora import apply_lora, part_of
-from vlmdpo.train.sharding import block_classes, shard_policy
+from vlmdpo.model.lora import apply_lora, frozen_copy, part_of
+from vlmdpo.train.sharding import block_classes, full_state_dict, shard_policy, shard_reference
 from vlmdpo.train.step import dpo_step
 
 WORLD_SIZE, TIMEOUT_S = 2, 120
@@ -156,6 +161,88 @@ def test_fsdp2_step_with_a_text_only_process_equals_one_process(family, tiny_mod
     for name, grad in expected_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=0, atol=1e-5, msg=name)
     assert any(grad.abs().max() > 0 for name, grad in grads.items() if "vision_tower" in name)
+
+
+def _full_finetuning(model_dir):
+    """The whole model trained, its reference a frozen copy; the policy then moved off it by a seeded amount, so
+    the loss is not ``log 2`` and depends on the reference."""
+    model, processor = load_model_and_processor(model_dir)
+    reference = frozen_copy(model)
+    generator = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for _, param in sorted(model.named_parameters()):
+            param.add_(torch.randn(param.shape, generator=generator) * 0.02)
+    return model.train(), reference, processor, PreferenceCollator(processor)
+
+
+def _sgd_step(policy, reference, pad, batches):
+    """One SGD step on the micro-batches, each loss divided by their number (FSDP2 averages the processes'
+    gradients); return their mean loss. SGD, not Adam: Adam's first step is about ``lr * sign(grad)``, which would
+    blow rounding in a near-zero gradient up to the learning rate."""
+    optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
+    losses = []
+    for batch in batches:
+        loss, _ = dpo_step(policy, reference, batch, LossConfig(), pad_token_id=pad, forward_path="plain")
+        (loss / len(batches)).backward()
+        losses.append(loss.detach())
+    optimizer.step()
+    return torch.stack(losses).mean()
+
+
+def _sharded_full_step(rank, model_dir, images, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
+    try:
+        policy, reference, processor, collator = _full_finetuning(model_dir)
+        shard_policy(policy, collator.blank_image_inputs())
+        shard_reference(reference, collator.blank_image_inputs())
+        reference_vision_calls = []
+        vision_tower(reference).register_forward_hook(lambda *_: reference_vision_calls.append(1))
+        loss = _sgd_step(policy, reference, processor.tokenizer.pad_token_id,
+                         [collator(rows_from(images, RANK_SPECS[rank]))])
+        dist.all_reduce(loss)
+        result = {"loss": loss / WORLD_SIZE, "reference_vision_calls": len(reference_vision_calls),
+                  "reference_dtensors": all(isinstance(p, DTensor) for p in reference.parameters()),
+                  "reference_units": sum(isinstance(m, FSDPModule) for m in reference.modules()),
+                  "reference_local": sum(getattr(p, "_local_tensor", p).numel() for p in reference.parameters()),
+                  "reference_numel": sum(p.numel() for p in reference.parameters())}
+        policy_weights, reference_weights = full_state_dict(policy), full_state_dict(reference)
+        if rank == 0:
+            result.update(policy=policy_weights, reference=reference_weights)
+        torch.save(result, os.path.join(out_dir, f"full{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("family", ["llava"], indirect=True)
+def test_fsdp2_full_finetuning_shards_the_reference_and_equals_one_process(family, tiny_model_dir, images,
+                                                                           tmp_path):
+    _launch(_sharded_full_step, (tiny_model_dir, images, _free_port(), str(tmp_path)))
+    ranks = [torch.load(tmp_path / f"full{rank}.pt") for rank in range(WORLD_SIZE)]
+    with torch.random.fork_rng():
+        policy, reference, processor, collator = _full_finetuning(tiny_model_dir)
+        expected_loss = _sgd_step(policy, reference, processor.tokenizer.pad_token_id,
+                                  [collator(rows_from(images, specs)) for specs in RANK_SPECS])
+
+    for result in ranks:
+        torch.testing.assert_close(result["loss"], expected_loss, rtol=0, atol=1e-5)
+        # sharded per block, and back to shards after its forward (the outermost unit too, which FSDP2 would keep
+        # gathered for a backward the reference never runs): every process holds half of it
+        assert result["reference_dtensors"] and result["reference_units"] > 2
+        assert result["reference_local"] < 0.6 * result["reference_numel"]
+        # the text-only process ran the reference's vision tower on its blank image, as the other ran it on its image
+        assert result["reference_vision_calls"] == 1
+    assert abs(expected_loss - math.log(2)) > 1e-3  # the reference differs from the policy
+    weights = ranks[0]["policy"]
+    assert set(weights) == set(policy.state_dict())
+    moved = 0
+    for name, value in policy.state_dict().items():
+        torch.testing.assert_close(weights[name], value, rtol=0, atol=1e-5, msg=name)
+        moved += not torch.equal(value, reference.state_dict()[name])
+    assert moved > len(weights) // 2 and any("vision_tower" in name for name in weights)
+    for name, value in reference.state_dict().items():  # the reference did not move
+        assert torch.equal(ranks[0]["reference"][name], value), name
 
 
 def _sharded_train(model_dir, data, output_dir):

@@ -35,7 +35,7 @@ from vlmdpo.train.reference_cache import (
     weights_fingerprint,
 )
 from vlmdpo.train.run_data import check_paths, checked_pairs, data_fingerprint, held_out_pairs, load_pairs, run_record
-from vlmdpo.train.sharding import block_classes, shard_policy, sharding_active
+from vlmdpo.train.sharding import block_classes, shard_policy, shard_reference, sharding_active
 from vlmdpo.train.step import logps_function
 
 PROBE_RESPONSE_TOKENS = 32
@@ -160,9 +160,12 @@ def set_up(config: Config) -> Run:
     sharded = sharding_active(cfg.sharding)
     if sharded:  # before the optimizer: its parameters become shards
         _check_sharding(config)
-        images = getattr(processor, "image_processor", None) is not None
-        shard_policy(policy, collator.blank_image_inputs() if images else None)
-        log(f"sharding: FSDP2 over {accelerator.num_processes} processes, per block of {sorted(block_classes(policy))}")
+        blank = collator.blank_image_inputs() if getattr(processor, "image_processor", None) is not None else None
+        shard_policy(policy, blank)
+        if reference is not None:  # full fine-tuning's frozen copy (_check_sharding refuses refreshing it)
+            shard_reference(reference, blank)
+        log(f"sharding: FSDP2 over {accelerator.num_processes} processes, per block of {sorted(block_classes(policy))}"
+            + (", the frozen reference too" if reference is not None else ""))
     elif cfg.sharding != "none":
         log(f"sharding: none (train.sharding={cfg.sharding} needs more than one process)")
     optimizer = build_optimizer(policy, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
@@ -195,7 +198,7 @@ def set_up(config: Config) -> Run:
     else:
         policy, optimizer, loader = accelerator.prepare(policy, optimizer, loader)
     accelerator.register_for_checkpointing(scheduler, *checkpointed)
-    if reference is not None:
+    if reference is not None and not sharded:  # fully_shard placed a sharded one
         reference = reference.to(accelerator.device)
     forward_path = _checked_forward_path(policy, reference, processor, pairs, config, accelerator.device, log)
     ref_logps = None
@@ -235,9 +238,12 @@ def _check_reference_cache(config: Config, methods: list[Method]) -> None:
 
 def _check_sharding(config: Config) -> None:
     """Refuses what a sharded run cannot do yet: work one process does while the others wait (the held-out
-    evaluation, precomputing reference log-probs) would be a collective the others skip."""
+    evaluation, precomputing reference log-probs) would be a collective the others skip, and ``accelerate`` would
+    checkpoint a refreshed frozen reference (TR-DPO under full fine-tuning) from the main process's shards alone."""
+    moving_copy = config.loss.sync_ref_model and config.model.finetune == "full"
     wanted = [name for name, on in (("data.eval", config.data.eval),
-                                    ("train.precompute_ref_logps", config.train.precompute_ref_logps)) if on]
+                                    ("train.precompute_ref_logps", config.train.precompute_ref_logps),
+                                    ("loss.sync_ref_model with model.finetune=full", moving_copy)) if on]
     if wanted:
         raise ValueError(f"train.sharding={config.train.sharding} does not yet run with {', '.join(wanted)}: unset "
                          "them, or set train.sharding=none")

@@ -4,8 +4,8 @@
 ``MULTI_CPU`` whatever the FSDP settings, so on a CPU (and wherever ``train.sharding=fsdp2`` is set) vlmdpo shards
 the policy itself, as ``accelerate``'s FSDP2 plugin does with its transformer-block wrap policy: ``fully_shard`` on
 each block the model names in ``_no_split_modules`` (decoder layers, vision encoder layers, embeddings), then on the
-whole model. ``accelerate`` then keeps the devices, the loader, accumulation and logging, but must not wrap the
-policy in DDP.
+whole model. Under full fine-tuning the frozen reference copy is sharded the same way. ``accelerate`` then keeps
+the devices, the loader, accumulation and logging, but must not wrap the policy in DDP.
 """
 
 from __future__ import annotations
@@ -42,9 +42,25 @@ def shard_policy(policy: nn.Module, blank_image_inputs: dict[str, torch.Tensor] 
     keep the vision tower running on text-only batches (``vlmdpo.forward.idle_vision``); ``None`` for a model
     without images.
     """
+    return _shard(policy, blank_image_inputs, root_reshards_after_forward=None)
+
+
+def shard_reference(reference: nn.Module, blank_image_inputs: dict[str, torch.Tensor] | None) -> nn.Module:
+    """``shard_policy`` for the frozen reference copy of full fine-tuning; return ``reference``.
+
+    It only runs forward, on every process in the same order (the reference pass of each step), and the blank
+    image keeps its vision tower's all-gathers in step too. Its whole model also reshards after each forward: FSDP2
+    keeps the outermost unit's parameters gathered after forward for the backward that follows, which a reference
+    never runs.
+    """
+    return _shard(reference, blank_image_inputs, root_reshards_after_forward=True)
+
+
+def _shard(model: nn.Module, blank_image_inputs: dict[str, torch.Tensor] | None,
+           root_reshards_after_forward: bool | None) -> nn.Module:
     from torch.distributed.fsdp import fully_shard
 
-    base = hf_model(policy)
+    base = hf_model(model)
     names = block_classes(base)
     blocks = [module for module in base.modules() if type(module).__name__ in names
               and any(True for _ in module.parameters())]
@@ -52,10 +68,10 @@ def shard_policy(policy: nn.Module, blank_image_inputs: dict[str, torch.Tensor] 
         raise ValueError(f"{type(base).__name__} names no blocks in _no_split_modules to shard by")
     for block in reversed(blocks):  # innermost first: a unit's parameters are those no inner unit holds
         fully_shard(block)
-    fully_shard(base)
+    fully_shard(base, reshard_after_forward=root_reshards_after_forward)
     if blank_image_inputs is not None:
         run_vision_every_forward(base, blank_image_inputs)
-    return policy
+    return model
 
 
 def full_state_dict(policy: nn.Module) -> dict[str, torch.Tensor]:
