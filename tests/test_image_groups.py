@@ -75,3 +75,13 @@ def test_gradients_reach_every_group(mllama):
     finally:
         head.requires_grad_(False)
     assert grads[0].abs().sum() > 0
+
+
+@pytest.mark.parametrize("family, pads", [("mllama", True), ("llava", False), ("qwen2_vl", False)])
+def test_the_collator_says_which_processors_pad_images_per_row(family, pads, vlmdpo_cache):
+    """What ``train.sharding=fsdp2`` refuses (a group per image count differs between processes)."""
+    from vlmdpo.data.collator import PreferenceCollator
+    from vlmdpo.model.load import load_processor
+    from vlmdpo.tiny.models import tiny_vlm
+
+    assert PreferenceCollator(load_processor(tiny_vlm(family))).pads_images_per_row() is pads

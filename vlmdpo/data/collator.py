@@ -118,15 +118,24 @@ class PreferenceCollator:
         kwargs = {"images": images} if any(images) else {}
         return self.processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
 
-    def blank_image_inputs(self, size: int = 32) -> dict[str, torch.Tensor]:
-        """``vision_inputs`` of one black ``size`` x ``size`` image, as this processor makes them: what a forward runs
-        the vision tower on when its batch has no image but every process must run it (``vlmdpo.forward.idle_vision``)."""
+    def _blank_batch(self, size: int = 32) -> dict:
         from PIL import Image
 
         row = {"images": [Image.new("RGB", (size, size))], "prompt": [{"role": "user", "content": [
             {"type": "image"}, {"type": "text", "text": "."}]}], "chosen": [{"role": "assistant", "content": [
                 {"type": "text", "text": "."}]}]}
-        return self([row])["vision_inputs"]
+        return self([row])
+
+    def blank_image_inputs(self, size: int = 32) -> dict[str, torch.Tensor]:
+        """``vision_inputs`` of one black ``size`` x ``size`` image, as this processor makes them: what a forward runs
+        the vision tower on when its batch has no image but every process must run it (``vlmdpo.forward.idle_vision``)."""
+        return self._blank_batch(size)["vision_inputs"]
+
+    def pads_images_per_row(self) -> bool:
+        """True when the processor gives a per-token input with an image axis (Mllama's (B, T, images, tiles)
+        cross-attention mask): rows are then run in groups by image count (``vlmdpo.forward.image_groups``)."""
+        per_token = self._blank_batch()["prompt_token_types"]
+        return any(isinstance(value, torch.Tensor) and value.dim() == 4 for value in per_token.values())
 
     def prompt_length(self, row: dict) -> int:
         """Number of prompt tokens of one row, image tokens included."""

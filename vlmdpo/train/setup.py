@@ -161,6 +161,10 @@ def set_up(config: Config) -> Run:
     if sharded:  # before the optimizer: its parameters become shards
         _check_sharding(config)
         blank = collator.blank_image_inputs() if getattr(processor, "image_processor", None) is not None else None
+        if blank is not None and collator.pads_images_per_row():
+            raise ValueError("train.sharding=fsdp2 does not yet run a model whose processor pads images per row "
+                             "(Mllama): its batches run one forward per image count, which differs between "
+                             "processes; set train.sharding=none")
         shard_policy(policy, blank)
         if reference is not None:  # full fine-tuning's frozen copy (_check_sharding refuses refreshing it)
             shard_reference(reference, blank)
