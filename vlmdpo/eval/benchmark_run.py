@@ -19,10 +19,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from vlmdpo.eval.benchmarks.tasks import BenchmarkQuestion
-from vlmdpo.eval.checkpoints import CheckpointModels, checkpoint_dir, resolve_checkpoints, training_metrics_files
+from vlmdpo.eval.checkpoints import (
+    CheckpointModels, checkpoint_dir, finished_checkpoints, resolve_checkpoints, training_metrics_files,
+)
 from vlmdpo.eval.config import EvalConfig, config_dict, save_eval_config
 from vlmdpo.eval.report import write_report
-from vlmdpo.eval.store import WEIGHT_SUFFIXES, fingerprint, load_json, settings_hash, write_json, write_jsonl
+from vlmdpo.eval.store import WEIGHT_SUFFIXES, fingerprint, write_json, write_jsonl
 
 SPEED_SETTINGS = ("sort_by_length", "cache_implementation", "compile")
 """``generation.*`` keys that change how fast answers come, not what they are asked: they apply to every question."""
@@ -144,16 +146,7 @@ def evaluate_benchmark(config: EvalConfig, log=tqdm.write) -> dict[str, dict]:
     base_path = resolve_model_path(config.base)
     checkpoints = resolve_checkpoints(config.checkpoints, config.include_base)
     settings = benchmark_settings(config, base_path)
-    hashes = {c.name: settings_hash([settings, c.kind, fingerprint(c.path, WEIGHT_SUFFIXES) if c.path else None])
-              for c in checkpoints}
-    results, records = {}, {}
-    for checkpoint in checkpoints:
-        folder = checkpoint_dir(out, checkpoint)
-        cached, saved = load_json(folder / "result.json"), _records(folder)
-        if cached is not None and saved is not None and cached.get("settings_hash") == hashes[checkpoint.name]:
-            results[checkpoint.name], records[checkpoint.name] = cached, saved
-    if results:
-        log(f"skipping {len(results)} checkpoint(s) already evaluated with these settings: {', '.join(results)}")
+    hashes, results, records = finished_checkpoints(out, checkpoints, settings, log, load_extra=_records)
     todo = [c for c in checkpoints if c.name not in results]
     models = CheckpointModels(base_path, config.dtype, config.device)
     bar = tqdm(todo, desc=f"{config.benchmark} checkpoints", disable=not config.progress, dynamic_ncols=True)

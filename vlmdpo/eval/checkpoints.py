@@ -73,6 +73,27 @@ def checkpoint_dir(out: Path, checkpoint: Checkpoint) -> Path:
     return out / "checkpoints" / checkpoint.name.replace("/", "--")
 
 
+def finished_checkpoints(out: Path, checkpoints: list[Checkpoint], settings: dict, log,
+                         load_extra=None) -> tuple[dict[str, str], dict[str, dict], dict[str, object]]:
+    """``(hashes, results, extras)``: each checkpoint's settings hash (the run's ``settings``, its kind and its
+    weight files), and the results already written under ``out`` with that hash, which a rerun skips (logged).
+    ``load_extra(folder)`` reads what else a finished checkpoint must have saved (``None``: it is not finished)."""
+    from vlmdpo.eval.store import WEIGHT_SUFFIXES, fingerprint, load_json, settings_hash
+
+    hashes = {c.name: settings_hash([settings, c.kind, fingerprint(c.path, WEIGHT_SUFFIXES) if c.path else None])
+              for c in checkpoints}
+    results, extras = {}, {}
+    for checkpoint in checkpoints:
+        folder = checkpoint_dir(out, checkpoint)
+        cached = load_json(folder / "result.json")
+        extra = load_extra(folder) if load_extra is not None else True
+        if cached is not None and extra is not None and cached.get("settings_hash") == hashes[checkpoint.name]:
+            results[checkpoint.name], extras[checkpoint.name] = cached, extra
+    if results:
+        log(f"skipping {len(results)} checkpoint(s) already evaluated with these settings: {', '.join(results)}")
+    return hashes, results, extras
+
+
 def training_metrics_files(checkpoints: list[Checkpoint]) -> dict[str, Path]:
     """``{run name: metrics.jsonl}`` of the training runs the checkpoints come from (for training curves)."""
     found: dict[Path, str] = {}

@@ -19,6 +19,7 @@ from vlmdpo.eval.checkpoints import (
     Checkpoint,
     CheckpointModels,
     checkpoint_dir,
+    finished_checkpoints,
     resolve_checkpoints,
     training_metrics_files,
 )
@@ -26,11 +27,8 @@ from vlmdpo.eval.config import EvalConfig, config_dict, load_eval_config, save_e
 from vlmdpo.eval.report import write_report
 from vlmdpo.eval.rows import load_eval_rows, load_vocabulary
 from vlmdpo.eval.store import (
-    WEIGHT_SUFFIXES,
     ReferenceLogps,
     eval_settings,
-    fingerprint,
-    load_json,
     settings_hash,
     write_json,
     write_jsonl,
@@ -50,15 +48,7 @@ def evaluate(config: EvalConfig, log=tqdm.write) -> dict[str, dict]:
     base_path = resolve_model_path(config.base)
     checkpoints = resolve_checkpoints(config.checkpoints, config.include_base)
     settings = eval_settings(config, base_path)
-    hashes = {c.name: settings_hash([settings, c.kind, fingerprint(c.path, WEIGHT_SUFFIXES) if c.path else None])
-              for c in checkpoints}
-    results: dict[str, dict] = {}
-    for checkpoint in checkpoints:
-        cached = load_json(checkpoint_dir(out, checkpoint) / "result.json")
-        if cached is not None and cached.get("settings_hash") == hashes[checkpoint.name]:
-            results[checkpoint.name] = cached
-    if results:
-        log(f"skipping {len(results)} checkpoint(s) already evaluated with these settings: {', '.join(results)}")
+    hashes, results, _ = finished_checkpoints(out, checkpoints, settings, log)
     todo = [c for c in checkpoints if c.name not in results]
     if todo:
         session = _Session(config, base_path, settings, out)
