@@ -1,6 +1,8 @@
 """Helpers shared by several test modules (rows in several shapes, a LoRA policy that differs from its
 reference). Random draws come from local generators, never from the global RNG."""
 
+import math
+
 import torch
 
 from vlmdpo.data.rows import normalize_row
@@ -60,3 +62,27 @@ def assert_fast_path_equals_plain(policy, batch, pad_token_id, grad_scale=None):
         scale = theirs.abs().max().clamp(min=1.0) if grad_scale == "relative" else 1.0
         torch.testing.assert_close(ours / scale, theirs / scale, rtol=1e-4, atol=1e-4)
     return plain
+
+
+# hand-worked loss inputs (tests/test_losses.py, tests/test_fdivergence.py)
+
+LN2, LN3, LN4_3, LN4 = math.log(2), math.log(3), math.log(4 / 3), math.log(4)
+
+
+def t(*values, dtype=torch.float32):
+    return torch.tensor(values, dtype=dtype)
+
+
+def equal_policy_and_ref(batch=3):
+    """pi == ref for every response, so every log-ratio and h are 0."""
+    logps = t(-5.0, -12.0, -7.5)[:batch]
+    return logps, logps - 1.0, logps.clone(), logps - 1.0
+
+
+def chosen_ratio_ln3():
+    """chosen_logratio = ln 3, rejected_logratio = 0, so h = ln 3 (with beta = 1, beta*h = ln 3)."""
+    return t(-1.0), t(-2.0), t(-1.0 - LN3), t(-2.0)
+
+
+def check(actual, expected):
+    torch.testing.assert_close(actual, torch.as_tensor(expected, dtype=torch.float32), rtol=1e-5, atol=1e-6)
