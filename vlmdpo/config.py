@@ -108,6 +108,11 @@ class DataConfig:
     """Open image paths that lead outside the dataset's folder (``../x.png``, absolute paths)."""
     max_image_pixels: int | None = 40_000_000
     """Refuse images with more pixels than this, checked before they are decoded (null: no limit)."""
+    video_frames: int | None = None
+    """Frames given for each video in a ``videos`` column, evenly spaced from the first to the last (a shorter
+    video repeats frames); null: every frame its folder, file or list holds. Each frame costs image tokens
+    (Qwen2-VL merges two frames into one grid step; LLaVA-OneVision pools each frame's patches), and processors
+    that stack a batch's videos (LLaVA-OneVision, LLaVA-NeXT-Video) need one length: set it for those."""
     special_tokens_in_text: str = "error"
     """A special token written as text in a row (``</s>``, ``<|im_end|>``, ``<end_of_turn>``, an image token; the
     tokenizer's and processor's own, whatever the family): ``error`` names the row, field and token in the
@@ -135,7 +140,7 @@ class DataConfig:
         if self.on_bad_row == "skip" and self.validate != "full":
             raise ValueError("data.on_bad_row=skip needs data.validate=full: rows are skipped only after every "
                              "row has been checked, so none is dropped unseen mid-run")
-        for name in ("max_rows", "max_prompt_length", "max_response_length", "max_image_pixels"):
+        for name in ("max_rows", "max_prompt_length", "max_response_length", "max_image_pixels", "video_frames"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"data.{name} must be >= 1 (or null), got {value}")

@@ -116,7 +116,33 @@ class PreferenceCollator:
         # Gemma 3, Mllama) need it, and those that take a flat list flatten it themselves
         images = [list(row["images"]) for row in rows]
         kwargs = {"images": images} if any(images) else {}
-        return self.processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
+        # videos as one flat list, each a list of frames: what every video processor takes
+        videos = [list(video) for row in rows for video in row.get("videos", ())]
+        if videos:
+            self._check_takes_videos(rows)
+            kwargs.update(videos=videos, do_sample_frames=False)  # the rows' frames are the frames (data.video_frames)
+        try:
+            return self.processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
+        except ValueError as err:
+            lengths = sorted({len(video) for video in videos})
+            if len(lengths) > 1 and "pixel_values_videos" in str(err):
+                raise DataError(None, "videos", f"the batch holds videos of {lengths} frames, and "
+                                f"{type(self.processor).__name__} stacks a batch's videos into one tensor",
+                                "set data.video_frames (every video then gives that many frames)",
+                                kind="video_lengths", where=f"rows {[row.get('index') for row in rows]}") from err
+            raise
+
+    def _check_takes_videos(self, rows: list[dict]) -> None:
+        if getattr(self.processor, "video_processor", None) is None or not self._video_tokens():
+            row = next(row for row in rows if row.get("videos"))
+            raise DataError(row.get("index"), "videos", f"{type(self.processor).__name__} takes no video",
+                            "use a model whose processor has a video processor (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, "
+                            "LLaVA-OneVision, LLaVA-NeXT-Video, ...), or give the frames as images",
+                            kind="video_unsupported")
+
+    def _video_tokens(self) -> list[str]:
+        token = getattr(self.processor, "video_token", None)
+        return [token] if isinstance(token, str) and token else []
 
     def _blank_batch(self, size: int = 32) -> dict:
         from PIL import Image

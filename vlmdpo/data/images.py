@@ -30,24 +30,28 @@ class ImageError(ValueError):
         self.kind, self.problem, self.fix = kind, problem, fix
 
 
-def resolve_image_path(value: str | os.PathLike, image_root: str | None, allow_outside: bool) -> Path:
+def resolve_image_path(value: str | os.PathLike, image_root: str | None, allow_outside: bool, *,
+                       what: str = "image", folder: bool = False) -> Path:
     """``value`` as a path: relative ones against ``image_root``; with a root, the resolved file must lie
-    inside it unless ``allow_outside`` (so ``../x`` or ``/etc/...`` in scraped data is never opened)."""
+    inside it unless ``allow_outside`` (so ``../x`` or ``/etc/...`` in scraped data is never opened).
+    ``folder``: a folder is accepted too (a video given as its frames); ``what`` names the thing in errors."""
     path = Path(value)
     if not path.is_absolute() and image_root is not None:
         path = Path(image_root) / path
     if image_root is not None and not allow_outside:
         root = Path(image_root).resolve()
         if not path.resolve().is_relative_to(root):
-            raise ImageError("image_outside_root", f"image path {str(value)!r} leads outside the dataset's "
-                             f"folder {str(root)!r}", "move the image into that folder, set data.image_root to a "
+            raise ImageError(f"{what}_outside_root", f"{what} path {str(value)!r} leads outside the dataset's "
+                             f"folder {str(root)!r}", f"move the {what} into that folder, set data.image_root to a "
                              "folder that holds it, or set data.allow_outside_images=true if you trust the data")
     if not path.exists():
-        raise ImageError("missing_image", f"image file {str(path)!r} does not exist",
+        raise ImageError(f"missing_{what}", f"{what} file {str(path)!r} does not exist",
                          "correct the path, or set data.image_root (image_root=) to the folder paths are relative to")
-    if not path.is_file():
-        raise ImageError("not_an_image", f"image path {str(path)!r} is not a regular file",
-                         "point the row at an image file")
+    if not (path.is_file() or (folder and path.is_dir())):
+        article = "an" if what[0] in "aeiou" else "a"
+        kind = f"not_{article}_{what}"
+        fix = f"point the row at {article} {what} file" + (" or a folder of its frames" if folder else "")
+        raise ImageError(kind, f"{what} path {str(path)!r} is not a regular file", fix)
     return path
 
 

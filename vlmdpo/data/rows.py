@@ -1,13 +1,15 @@
 """Preference rows: loading with ``datasets``, and lazy but strict validation.
 
-A row has ``images`` (a list of PIL images, paths or bytes, or the ``datasets`` Image feature), ``prompt``,
+A row has ``images`` (a list of PIL images, paths or bytes, or the ``datasets`` Image feature), optionally
+``videos`` (each a folder of frames, a video file or a list of frames: ``vlmdpo.data.videos``), ``prompt``,
 ``chosen`` and ``rejected``, in TRL's conversational format (lists of ``{"role", "content"}`` messages whose
-content holds ``{"type": "image"}`` and ``{"type": "text"}`` blocks) or as plain strings. Every row is turned
+content holds ``{"type": "image"}``, ``{"type": "video"}`` and ``{"type": "text"}`` blocks) or as plain strings. Every row is turned
 into the conversational form here, so the collator sees one format only.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import datasets
 from PIL import Image
 
 from vlmdpo.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from vlmdpo.data.videos import load_video
 
 RESPONSE_FIELDS = ("chosen", "rejected")
 
@@ -24,8 +27,9 @@ SCORE_COLUMNS = ("reward_margin", "chosen_score", "rejected_score", "clip_score_
 """A pair's scores from a reward model, a judge or CLIP, kept on the row when the dataset has them (MM-DPO's
 margin-scaled beta reads the first three, ``vlmdpo.methods.margin_beta``; DAMA the CLIP ones, ``vlmdpo.methods.dama``)."""
 
-IMAGE_PLACEHOLDER = "<image>"
-"""The image placeholder of plain-string prompts (TRL's and LLaVA's): each one stands for the next image."""
+IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER = "<image>", "<video>"
+"""The placeholders of plain-string prompts (TRL's and LLaVA's): each one stands for the next image or video."""
+PLACEHOLDERS = {"image": IMAGE_PLACEHOLDER, "video": VIDEO_PLACEHOLDER}
 PROMPT_ROLES, RESPONSE_ROLES = ("system", "user", "assistant"), ("assistant",)
 
 
@@ -132,34 +136,38 @@ def _open_image(image, index: int, position: int, image_root: str | None, allow_
         raise DataError(index, f"images[{position}]", err.problem, err.fix, kind=err.kind) from err
 
 
-def _placeholder_blocks(text: str, num_images: int, index: int, field: str) -> list[dict]:
-    """Content blocks of a plain-string prompt: each ``<image>`` in the text becomes an image block in its place;
-    a text without any gets the images before it (TRL's layout)."""
-    pieces = text.split(IMAGE_PLACEHOLDER)
-    if len(pieces) == 1:
-        return [{"type": "image"} for _ in range(num_images)] + [{"type": "text", "text": text}]
-    if len(pieces) - 1 != num_images:
-        raise DataError(index, field, f"the text holds {len(pieces) - 1} {IMAGE_PLACEHOLDER} placeholder(s) but the "
-                        f"row has {num_images} image(s)", f"give one {IMAGE_PLACEHOLDER} per image, or none (the "
-                        "images then come before the text)", kind="placeholder_mismatch")
+def _placeholder_blocks(text: str, media: dict[str, int], index: int, field: str) -> list[dict]:
+    """Content blocks of a plain-string prompt: each ``<image>`` / ``<video>`` in the text becomes a block in its
+    place; a text without any gets the row's images, then its videos, before it (TRL's layout)."""
+    found = {kind: text.count(mark) for kind, mark in PLACEHOLDERS.items()}
+    if not any(found.values()):
+        return [{"type": kind} for kind, count in media.items() for _ in range(count)] + [
+            {"type": "text", "text": text}]
+    for kind, mark in PLACEHOLDERS.items():
+        if found[kind] != media.get(kind, 0):
+            raise DataError(index, field, f"the text holds {found[kind]} {mark} placeholder(s) but the row has "
+                            f"{media.get(kind, 0)} {kind}(s)", f"give one {mark} per {kind}, or no placeholder at "
+                            "all (the images and videos then come before the text)", kind="placeholder_mismatch")
     return split_placeholders(text)
 
 
 def split_placeholders(text: str) -> list[dict]:
-    """Content blocks of ``text``: each ``<image>`` becomes an image block in its place."""
-    pieces = text.split(IMAGE_PLACEHOLDER)
-    blocks = [{"type": "text", "text": pieces[0]}] if pieces[0] else []
-    for piece in pieces[1:]:
-        blocks.append({"type": "image"})
-        if piece:
+    """Content blocks of ``text``: each ``<image>`` or ``<video>`` becomes an image or video block in its place."""
+    blocks = []
+    for piece in re.split(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(VIDEO_PLACEHOLDER)})", text):
+        kind = next((kind for kind, mark in PLACEHOLDERS.items() if piece == mark), None)
+        if kind:
+            blocks.append({"type": kind})
+        elif piece:
             blocks.append({"type": "text", "text": piece})
     return blocks
 
 
-def _as_messages(value, index: int, field: str, role: str, num_images: int = 0,
+def _as_messages(value, index: int, field: str, role: str, media: dict[str, int] | None = None,
                  roles: tuple[str, ...] = PROMPT_ROLES) -> list[dict]:
+    media = media or {}
     if isinstance(value, str):
-        blocks = (_placeholder_blocks(value, num_images, index, field) if role == "user"
+        blocks = (_placeholder_blocks(value, media, index, field) if role == "user"
                   else [{"type": "text", "text": value}])
         return [{"role": role, "content": blocks}]
     if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m for m in value):
@@ -167,11 +175,13 @@ def _as_messages(value, index: int, field: str, role: str, num_images: int = 0,
                         f"got {type(value).__name__}", "use TRL's conversational or plain format", kind="bad_format")
     messages = [_message(message, index, field, roles) for message in value]
     string_contents = all(isinstance(message.get("content"), str) for message in value)
-    if role == "user" and num_images and string_contents and not count_image_blocks(messages):
-        # TRL's string-content messages without placeholders: the images go before the first user text
+    if role == "user" and any(media.values()) and string_contents and not any(
+            count_blocks(messages, kind) for kind in PLACEHOLDERS):
+        # TRL's string-content messages without placeholders: the images and videos go before the first user text
         first_user = next((m for m in messages if m["role"] == "user"), None)
         if first_user is not None:
-            first_user["content"] = [{"type": "image"} for _ in range(num_images)] + first_user["content"]
+            first_user["content"] = [{"type": kind} for kind, count in media.items() for _ in range(count)] + \
+                first_user["content"]
     return messages
 
 
@@ -180,7 +190,7 @@ def _message(message: dict, index: int, field: str, roles: tuple[str, ...]) -> d
         raise DataError(index, field, f"a message has role {message['role']!r}", f"use one of {list(roles)} "
                         f"in the {field}", kind="bad_role")
     content = message.get("content")
-    if isinstance(content, str):  # a string content may carry <image> placeholders (TRL, LLaVA, ms-swift)
+    if isinstance(content, str):  # a string content may carry <image>/<video> placeholders (TRL, LLaVA, ms-swift)
         return {"role": message["role"], "content": split_placeholders(content)}
     if not isinstance(content, list):
         raise DataError(index, field, "a message has no 'content' list", "give each message a content",
@@ -188,19 +198,19 @@ def _message(message: dict, index: int, field: str, roles: tuple[str, ...]) -> d
     # datasets stores blocks with every key of the union schema; keep only what each type needs
     blocks = []
     for block in content:
-        if block.get("type") == "image":
-            blocks.append({"type": "image"})
+        if block.get("type") in PLACEHOLDERS:
+            blocks.append({"type": block["type"]})
         elif block.get("type") == "text":
             text = block.get("text") or ""
-            if IMAGE_PLACEHOLDER in text:
-                raise DataError(index, field, f"a text block holds a literal {IMAGE_PLACEHOLDER}, in a message "
-                                "that marks its images with {'type': 'image'} blocks",
-                                f"remove {IMAGE_PLACEHOLDER} from the text (the image blocks place the images)",
-                                kind="placeholder_mismatch")
+            for kind, mark in PLACEHOLDERS.items():
+                if mark in text:
+                    raise DataError(index, field, f"a text block holds a literal {mark}, in a message that marks "
+                                    f"its {kind}s with {{'type': '{kind}'}} blocks", f"remove {mark} from the text "
+                                    f"(the {kind} blocks place the {kind}s)", kind="placeholder_mismatch")
             blocks.append({"type": "text", "text": text})
         else:
             raise DataError(index, field, f"unknown content block type {block.get('type')!r}",
-                            "use blocks of type 'image' or 'text'", kind="bad_format")
+                            "use blocks of type 'image', 'video' or 'text'", kind="bad_format")
     return {"role": message["role"], "content": blocks}
 
 
@@ -209,23 +219,46 @@ def response_text(messages: list[dict]) -> str:
     return "".join(b["text"] for m in messages for b in m["content"] if b["type"] == "text")
 
 
-def count_image_blocks(messages: list[dict]) -> int:
-    return sum(b["type"] == "image" for m in messages for b in m["content"])
+def count_blocks(messages: list[dict], kind: str = "image") -> int:
+    """How many ``{"type": kind}`` blocks (``image`` or ``video``) the messages hold."""
+    return sum(b["type"] == kind for m in messages for b in m["content"])
+
+
+def _media_values(row: dict, plural: str, singular: str) -> list:
+    """A row's ``images`` (or ``videos``) as a list; a single ``image`` (``video``) column counts as one."""
+    values = row.get(plural)
+    if values is None and row.get(singular) is not None:
+        values = [row[singular]]
+    values = [] if values is None else values
+    if not isinstance(values, Sequence) or isinstance(values, (str, bytes)):
+        values = [values]
+    return list(values)
+
+
+def _open_video(video, index: int, position: int, image_root: str | None, allow_outside: bool,
+                max_pixels: int | None, frames: int | None) -> list[Image.Image]:
+    try:
+        return load_video(video, image_root, frames=frames, allow_outside=allow_outside, max_pixels=max_pixels)
+    except ImageError as err:
+        raise DataError(index, f"videos[{position}]", err.problem, err.fix, kind=err.kind) from err
 
 
 def normalize_row(row: dict, index: int, image_root: str | None = None,
                   responses: Sequence[str] = RESPONSE_FIELDS, *, allow_outside_images: bool = False,
-                  max_image_pixels: int | None = DEFAULT_MAX_PIXELS, decode_images: bool = True) -> dict:
-    """Validate one preference row and return it as ``{images, prompt, chosen, rejected}``.
+                  max_image_pixels: int | None = DEFAULT_MAX_PIXELS, decode_images: bool = True,
+                  video_frames: int | None = None) -> dict:
+    """Validate one preference row and return it as ``{images, videos, prompt, chosen, rejected}``.
 
     Images are decoded to RGB PIL images (``vlmdpo.data.images.load_image``; with an ``image_root``, paths must lie
-    inside it unless ``allow_outside_images``); a plain-string prompt gets an image block for each ``<image>``
-    in its text, or one per image before the text; plain-string responses become one assistant message.
-    Raises ``DataError`` on a missing field, an unreadable image, an unknown role, an empty response, a pair
-    whose two responses are the same text, or image placeholders that do not match the number of images.
+    inside it unless ``allow_outside_images``), videos to lists of them (``vlmdpo.data.videos.load_video``: a frame
+    folder, a video file or a list of frames; ``video_frames`` keeps that many, evenly spaced); a plain-string
+    prompt gets a block for each ``<image>`` / ``<video>`` in its text, or the images and videos before the text;
+    plain-string responses become one assistant message.
+    Raises ``DataError`` on a missing field, an unreadable image or video, an unknown role, an empty response, a
+    pair whose two responses are the same text, or placeholders that do not match the number of images or videos.
     ``responses=("chosen",)`` reads supervised rows, where a ``completion`` column may stand for ``chosen``;
-    ``responses=()`` reads prompt-only rows (for generation), returning ``{images, prompt}``.
-    ``decode_images=False`` checks the text only and returns the image values as given (for inspecting).
+    ``responses=()`` reads prompt-only rows (for generation), returning ``{images, videos, prompt}``.
+    ``decode_images=False`` checks the text only and returns the image and video values as given (for inspecting).
     """
     if tuple(responses) == ("chosen",) and row.get("chosen") is None and row.get("completion") is not None:
         row = {**row, "chosen": row["completion"]}
@@ -236,30 +269,29 @@ def normalize_row(row: dict, index: int, image_root: str | None = None,
         if row.get(field) is None:
             raise DataError(index, field, "the value is missing (null) in this row",
                             "give the row a value, or drop the row", kind="null_value")
-    images = row.get("images")
-    if images is None and row.get("image") is not None:
-        images = [row["image"]]
-    images = [] if images is None else images
-    if not isinstance(images, Sequence) or isinstance(images, (str, bytes)):
-        images = [images]
+    images, videos = _media_values(row, "images", "image"), _media_values(row, "videos", "video")
     if decode_images:
         images = [_open_image(image, index, i, image_root, allow_outside_images, max_image_pixels)
                   for i, image in enumerate(images)]
-    else:
-        images = list(images)
+        videos = [_open_video(video, index, i, image_root, allow_outside_images, max_image_pixels, video_frames)
+                  for i, video in enumerate(videos)]
 
-    prompt = _as_messages(row["prompt"], index, "prompt", "user", num_images=len(images))
-    num_blocks = count_image_blocks(prompt)
-    if num_blocks != len(images):
-        raise DataError(index, "prompt", f"the prompt has {num_blocks} image placeholder(s) but the row has "
-                        f"{len(images)} image(s)", "add or remove {'type': 'image'} blocks so they match",
-                        kind="placeholder_mismatch")
-    normalized = {"images": images, "prompt": prompt}
+    media = {"image": len(images), "video": len(videos)}
+    prompt = _as_messages(row["prompt"], index, "prompt", "user", media)
+    for kind, count in media.items():
+        blocks = count_blocks(prompt, kind)
+        if blocks != count:
+            raise DataError(index, "prompt", f"the prompt has {blocks} {kind} placeholder(s) but the row has "
+                            f"{count} {kind}(s)", f"add or remove {{'type': '{kind}'}} blocks so they match",
+                            kind="placeholder_mismatch")
+    normalized = {"images": images, "videos": videos, "prompt": prompt}
     for field in responses:
         messages = _as_messages(row[field], index, field, "assistant", roles=RESPONSE_ROLES)
-        if count_image_blocks(messages):
-            raise DataError(index, field, "a response contains an image block", "put images in the prompt",
-                            kind="image_in_response")
+        kind = next((kind for kind in PLACEHOLDERS if count_blocks(messages, kind)), None)
+        if kind:
+            raise DataError(index, field, f"a response contains an {kind} block" if kind == "image" else
+                            f"a response contains a {kind} block", f"put {kind}s in the prompt",
+                            kind=f"{kind}_in_response")
         if not response_text(messages).strip():
             raise DataError(index, field, "the response is empty", "drop the row or give it a response",
                             kind="empty_response")
@@ -282,8 +314,10 @@ class PreferenceDataset:
 
     def __init__(self, dataset: datasets.Dataset, image_root: str | None = None,
                  responses: Sequence[str] = RESPONSE_FIELDS, *, indices: Sequence[int] | None = None,
-                 allow_outside_images: bool = False, max_image_pixels: int | None = DEFAULT_MAX_PIXELS):
+                 allow_outside_images: bool = False, max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
+                 video_frames: int | None = None):
         self.dataset = dataset
+        self.video_frames = video_frames
         self.image_root = image_root
         self.responses = tuple(responses)
         self.indices = None if indices is None else [int(i) for i in indices]
@@ -300,13 +334,14 @@ class PreferenceDataset:
         """The same view restricted to ``indices`` (indices of the underlying dataset)."""
         return PreferenceDataset(self.dataset, self.image_root, self.responses, indices=indices,
                                  allow_outside_images=self.allow_outside_images,
-                                 max_image_pixels=self.max_image_pixels)
+                                 max_image_pixels=self.max_image_pixels, video_frames=self.video_frames)
 
     def __getitem__(self, position: int) -> dict:
         index = self.source_index(position)
         source = self.dataset[index]
         row = normalize_row(source, index, self.image_root, self.responses,
-                            allow_outside_images=self.allow_outside_images, max_image_pixels=self.max_image_pixels)
+                            allow_outside_images=self.allow_outside_images, max_image_pixels=self.max_image_pixels,
+                            video_frames=self.video_frames)
         if source.get("corrupted_images") is not None:  # mDPO's conditional pairs, built ahead of training
             row["corrupted_images"] = self._corrupted_images(source, row, index)
         row.update({column: source[column] for column in SCORE_COLUMNS if source.get(column) is not None})

@@ -172,18 +172,29 @@ def convert_dataset(source: str, out: str | Path, split: str = "train", format: 
                     raise
                 skipped.append({"row": position, "kind": err.kind, "message": str(err)})
                 continue
-            yield {key: row[key] for key in ("images", "prompt", "chosen", "rejected")}
+            if row["videos"] and key is not None:
+                raise DataError(row.get("index"), "videos", "a save_to_disk folder is written with image columns "
+                                "only", f"convert to a .jsonl file instead ({out.with_suffix('.jsonl')}): its "
+                                "videos are written as folders of frames beside it", kind="video_unsupported")
+            columns = ("images", "prompt", "chosen", "rejected") if key is not None else (
+                "images", "videos", "prompt", "chosen", "rejected")
+            yield {column: row[column] for column in columns}
 
     if out.suffix == ".jsonl":
         out.parent.mkdir(parents=True, exist_ok=True)
         (out.parent / "images").mkdir(exist_ok=True)
         with out.open("w") as file:
             for number, row in enumerate(good_rows(None)):
-                names = []
+                names, folders = [], []
                 for k, image in enumerate(row["images"]):
                     names.append(f"images/{number}-{k}.png")
                     image.save(out.parent / names[-1])
-                file.write(json.dumps({**row, "images": names}) + "\n")
+                for k, frames in enumerate(row.pop("videos")):
+                    folders.append(f"videos/{number}-{k}")
+                    (out.parent / folders[-1]).mkdir(parents=True, exist_ok=True)
+                    for f, frame in enumerate(frames):
+                        frame.save(out.parent / folders[-1] / f"frame_{f:05d}.png")
+                file.write(json.dumps({**row, "images": names, **({"videos": folders} if folders else {})}) + "\n")
     else:
         key = f"{rows._fingerprint}|{root}|{skip_bad}"
         datasets.Dataset.from_generator(good_rows, features=FEATURES, gen_kwargs={"key": key}).save_to_disk(str(out))

@@ -30,8 +30,10 @@ its static cache (preallocated, the one ``torch.compile`` can compile)."""
 
 
 def with_prompt(row: dict, text: str) -> dict:
-    """A copy of ``row`` whose prompt is one user turn: an image block per image, then ``text``."""
-    content = [{"type": "image"} for _ in row["images"]] + [{"type": "text", "text": text}]
+    """A copy of ``row`` whose prompt is one user turn: an image block per image, a video block per video, then
+    ``text``."""
+    content = [{"type": "image"} for _ in row["images"]] + [{"type": "video"} for _ in row.get("videos", ())] + [
+        {"type": "text", "text": text}]
     return {**row, "prompt": [{"role": "user", "content": content}]}
 
 

@@ -1,6 +1,7 @@
 """Tiny builders of the LLaVA-layout families: a vision tower, a projector and a decoder, the image's tokens
 spliced into the text where its marker is. ``llava`` (LLaVA-1.5: a fixed number of tokens per image, 1-D
-positions), ``llava_next`` and ``llava_onevision`` (any-resolution tiles, ``image_sizes``) and ``mistral3``
+positions), ``llava_next`` and ``llava_onevision`` (any-resolution tiles, ``image_sizes``), ``llava_next_video`` (and
+pooled video frames) and ``mistral3``
 (Pixtral's variable image sizes and patch merging).
 
 Every builder is ``builder(tokenizer, sizes: TinySizes) -> (model, processor)``: the real ``transformers``
@@ -92,9 +93,41 @@ def llava_onevision(tokenizer, sizes: TinySizes):
     processor = LlavaOnevisionProcessor(
         image_processor=LlavaOnevisionImageProcessor(size={"height": image_size, "width": image_size},
                                                      image_grid_pinpoints=pinpoints),
-        tokenizer=tokenizer, video_processor=LlavaOnevisionVideoProcessor(),
+        tokenizer=tokenizer,
+        video_processor=LlavaOnevisionVideoProcessor(size={"height": image_size, "width": image_size}),
         num_image_tokens=(image_size // sizes.patch_size) ** 2, vision_feature_select_strategy="full",
-        vision_aspect_ratio="anyres_max_9", chat_template=chatml_template("<image>"))
+        vision_aspect_ratio="anyres_max_9", chat_template=chatml_template("<image>", "<video>"))
+    return model, processor
+
+
+def llava_next_video(tokenizer, sizes: TinySizes):
+    """LLaVA-NeXT-Video: LLaVA-NeXT's any-resolution images, and videos as frames whose patch grids are pooled
+    (stride 2) and spliced in where the ``<video>`` marker is."""
+    from transformers import (
+        CLIPVisionConfig, LlamaConfig, LlavaNextImageProcessor, LlavaNextVideoConfig,
+        LlavaNextVideoForConditionalGeneration, LlavaNextVideoProcessor, LlavaNextVideoVideoProcessor,
+    )
+
+    image_size, patch_size = sizes.image_size, sizes.patch_size
+    pinpoints = [[image_size, image_size], [image_size, 2 * image_size], [2 * image_size, image_size]]
+    vision = CLIPVisionConfig(image_size=image_size, patch_size=patch_size, hidden_size=sizes.vision_hidden_size,
+                              intermediate_size=sizes.vision_mlp(), num_hidden_layers=sizes.vision_layers,
+                              num_attention_heads=sizes.vision_heads, projection_dim=sizes.vision_hidden_size)
+    grid = image_size // patch_size
+    config = LlavaNextVideoConfig(
+        vision_config=vision, text_config=LlamaConfig(**text_config(tokenizer, sizes, "</s>")),
+        image_grid_pinpoints=pinpoints, image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=tokenizer.convert_tokens_to_ids("<video>"), vision_feature_select_strategy="default",
+        vision_feature_layer=-1, spatial_pool_stride=2, image_seq_length=grid * grid,
+        video_seq_length=(grid // 2) ** 2, tie_word_embeddings=sizes.tie_word_embeddings)
+    model = LlavaNextVideoForConditionalGeneration(config)
+    crop = {"height": image_size, "width": image_size}
+    processor = LlavaNextVideoProcessor(
+        image_processor=LlavaNextImageProcessor(size={"shortest_edge": image_size}, image_grid_pinpoints=pinpoints,
+                                                crop_size=crop),
+        video_processor=LlavaNextVideoVideoProcessor(size={"shortest_edge": image_size}, crop_size=crop),
+        tokenizer=tokenizer, patch_size=patch_size, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=llava_template(video="<video>\n"))
     return model, processor
 
 
@@ -119,8 +152,10 @@ def mistral3(tokenizer, sizes: TinySizes):
     return model, processor
 
 
-BUILDERS = {"llava": llava, "llava_next": llava_next, "llava_onevision": llava_onevision, "mistral3": mistral3}
+BUILDERS = {"llava": llava, "llava_next": llava_next, "llava_onevision": llava_onevision,
+            "llava_next_video": llava_next_video, "mistral3": mistral3}
 FAMILY_TOKENS = {
+    "llava_next_video": (["<video>"], {}),
     "llava_onevision": (["<video>"], {}),
     "mistral3": (["[IMG]", "[IMG_BREAK]", "[IMG_END]"], {}),
 }

@@ -31,7 +31,8 @@ def qwen_processor(processor_class, video_processor_class, tokenizer, sizes: Tin
                                             max_pixels=4 * sizes.image_size * sizes.image_size)
     return processor_class(
         image_processor=image_processor, tokenizer=tokenizer,
-        video_processor=video_processor_class(patch_size=patch_size, merge_size=2, temporal_patch_size=2),
+        video_processor=video_processor_class(patch_size=patch_size, merge_size=2, temporal_patch_size=2, size={
+            "shortest_edge": (patch_size * 2) ** 2, "longest_edge": 2 * sizes.image_size * sizes.image_size}),
         chat_template=chat_template)
 
 

@@ -14,6 +14,7 @@ TESTED_FAMILIES: dict[str, tuple[str, str | None]] = {
     "llava": ("LlavaForConditionalGeneration", None),
     "llava_next": ("LlavaNextForConditionalGeneration", None),
     "llava_onevision": ("LlavaOnevisionForConditionalGeneration", None),
+    "llava_next_video": ("LlavaNextVideoForConditionalGeneration", None),
     "qwen2_vl": ("Qwen2VLForConditionalGeneration", None),
     "qwen2_5_vl": ("Qwen2_5_VLForConditionalGeneration", None),
     "idefics3": ("Idefics3ForConditionalGeneration", None),
@@ -35,6 +36,10 @@ TESTED_FAMILIES: dict[str, tuple[str, str | None]] = {
 }
 
 
+# families whose video rows (``videos``: frames through the processor's own video processor) pass the same checks
+# in ``tests/test_video.py``: masks, batch invariance, fast path against plain, LoRA steps, batched generation
+VIDEO_FAMILIES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "llava_next_video")
+
 # families whose processor refuses a batch without any image (a text-only row trains only beside image rows)
 NEEDS_AN_IMAGE_PER_BATCH = {"paligemma"}
 
@@ -42,10 +47,11 @@ NEEDS_AN_IMAGE_PER_BATCH = {"paligemma"}
 def support_matrix_markdown() -> str:
     """The README's family table."""
     lines = ["| family (`tiny:<name>`) | transformers class | masks, causal, batch-invariant, LoRA steps, batched "
-             "generation | fast path |", "|---|---|---|---|"]
+             "generation | fast path | video rows |", "|---|---|---|---|---|"]
     for family, (cls, reason) in TESTED_FAMILIES.items():
         tested = "tested" + (" (text-only rows only beside image rows: its processor needs an image per batch)"
                              if family in NEEDS_AN_IMAGE_PER_BATCH else "")
         fast = "exact (tested)" if reason is None else "plain path: " + reason
-        lines.append(f"| `{family}` | `{cls}` | {tested} | {fast} |")
+        video = "tested" if family in VIDEO_FAMILIES else "-"
+        lines.append(f"| `{family}` | `{cls}` | {tested} | {fast} | {video} |")
     return "\n".join(lines)

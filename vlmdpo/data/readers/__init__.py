@@ -5,13 +5,15 @@
 """
 
 from vlmdpo.data.readers.conversations import LLAVA_RLHF, POVID
+from vlmdpo.data.readers.llava_hound import LLAVA_HOUND
 from vlmdpo.data.readers.mdpo import MDPO
 from vlmdpo.data.readers.question import HA_DPO, RLAIF_V
 from vlmdpo.data.readers.rlhf_v import RLHF_V
 from vlmdpo.data.readers.toolkits import LLAMAFACTORY, LLAMAFACTORY_MESSAGES, SWIFT
 from vlmdpo.data.readers.vlfeedback import VLFEEDBACK
 
-FORMATS = [RLAIF_V, HA_DPO, RLHF_V, VLFEEDBACK, POVID, LLAVA_RLHF, MDPO, LLAMAFACTORY, LLAMAFACTORY_MESSAGES, SWIFT]
+FORMATS = [RLAIF_V, HA_DPO, RLHF_V, VLFEEDBACK, POVID, LLAVA_RLHF, MDPO, LLAMAFACTORY, LLAMAFACTORY_MESSAGES, SWIFT,
+           LLAVA_HOUND]
 
-__all__ = ["FORMATS", "HA_DPO", "LLAMAFACTORY", "LLAMAFACTORY_MESSAGES", "LLAVA_RLHF", "MDPO", "POVID", "RLAIF_V", "RLHF_V", "SWIFT",
-           "VLFEEDBACK"]
+__all__ = ["FORMATS", "HA_DPO", "LLAMAFACTORY", "LLAMAFACTORY_MESSAGES", "LLAVA_HOUND", "LLAVA_RLHF", "MDPO", "POVID",
+           "RLAIF_V", "RLHF_V", "SWIFT", "VLFEEDBACK"]

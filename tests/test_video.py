@@ -1,0 +1,232 @@
+"""Video rows: a ``videos`` column read as frames (folder, file or list), placed by ``{"type": "video"}`` blocks or
+``<video>``, through each video family's own processor, on the same checks as the image matrix.
+
+Per video family (``vlmdpo.tiny.support.VIDEO_FAMILIES``), float32, one batch mixing a video row, an image-and-video
+row, a text-only row and a video row with a system message: completion masks cover exactly the response text;
+video tokens count their frames; each row alone equals the row in the batch (1e-5); the fast path equals the plain
+path (log-probs 1e-5, LoRA gradients on language and vision 1e-4); LoRA steps change only LoRA weights and batched
+generation equals one row at a time.
+"""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from helpers import randomize_lora
+from PIL import Image
+
+from vlmdpo.data.collator import PreferenceCollator
+from vlmdpo.data.rows import DataError, normalize_row
+from vlmdpo.data.videos import frame_indices, load_video
+from vlmdpo.eval.generation import generate_responses
+from vlmdpo.forward.fast import fast_completion_logps, fast_path_problem
+from vlmdpo.forward.logps import completion_logps
+from vlmdpo.model.load import load_model_and_processor
+from vlmdpo.model.lora import apply_lora
+from vlmdpo.tiny.models import tiny_vlm
+from vlmdpo.tiny.support import TESTED_FAMILIES, VIDEO_FAMILIES
+
+
+def clip(frames: int, red: int) -> list[Image.Image]:
+    """A clip whose frames differ (a bar moving down), so frame order and sampling show in the pixels."""
+    out = []
+    for i in range(frames):
+        array = np.full((32, 40, 3), (red, 40, 90), dtype=np.uint8)
+        array[4 * i: 4 * i + 4] = 255
+        out.append(Image.fromarray(array))
+    return out
+
+
+def video_rows(frames: int = 4) -> list[dict]:
+    photo = Image.new("RGB", (32, 32), (30, 160, 30))
+    raw = [
+        {"videos": [clip(frames, 200)], "prompt": "what happens in the video?", "chosen": "a white bar moves down.",
+         "rejected": "a cat jumps."},
+        {"images": [photo], "videos": [clip(frames, 20)], "prompt": "is the <image> in the <video>? answer yes or no.",
+         "chosen": "no.", "rejected": "yes, it is."},
+        {"prompt": "is there a dog?", "chosen": "no.", "rejected": "yes, a big dog."},
+        {"videos": [clip(frames, 120)], "prompt": [
+            {"role": "system", "content": [{"type": "text", "text": "answer briefly."}]},
+            {"role": "user", "content": [{"type": "text", "text": "which way does the bar move?"}, {"type": "video"}]}],
+         "chosen": "down.", "rejected": "up and left."},
+    ]
+    return [{**normalize_row(row, index), "index": index} for index, row in enumerate(raw)]
+
+
+@pytest.fixture(scope="module", params=VIDEO_FAMILIES)
+def built(request, vlmdpo_cache):
+    model, processor = load_model_and_processor(tiny_vlm(request.param))
+    model.requires_grad_(False)
+    return request.param, model.eval(), processor
+
+
+def video_token_count(processor, ids: torch.Tensor) -> int:
+    return int((ids == processor.tokenizer.convert_tokens_to_ids(processor.video_token)).sum())
+
+
+def test_completion_mask_covers_exactly_the_response_text(built):
+    family, _, processor = built
+    rows = video_rows()
+    batch = PreferenceCollator(processor)(rows)
+    tokenizer = processor.tokenizer
+    special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special} | set(
+        tokenizer.all_special_tokens)
+    for field in ("chosen", "rejected"):
+        for i, row in enumerate(rows):
+            ids, mask = batch[f"{field}_input_ids"][i], batch[f"{field}_completion_mask"][i].bool()
+            covered = tokenizer.decode(ids[mask], skip_special_tokens=False)
+            text = row[field][0]["content"][0]["text"]
+            assert covered.lstrip().startswith(text), (family, covered)
+            assert covered[covered.index(text) + len(text):] in special, (family, covered)
+    assert video_token_count(processor, batch["prompt_input_ids"][2]) == 0  # the text-only row
+    assert all(video_token_count(processor, batch["prompt_input_ids"][i]) > 0 for i in (0, 1, 3))
+
+
+def test_video_tokens_count_their_frames(built):
+    """Twice the frames, twice the video tokens (LLaVA-OneVision adds one newline token per video), and the prompt
+    length the up-front check reads counts them all (Qwen3-VL adds a timestamp and markers per frame pair)."""
+    family, _, processor = built
+    collator = PreferenceCollator(processor)
+    short, long = video_rows(4)[0], video_rows(8)[0]
+    tokens = [video_token_count(processor, collator.encode_prompts([row])["input_ids"][0]) for row in (short, long)]
+    assert tokens[1] > tokens[0] > 0 and 2 * tokens[0] - tokens[1] in (0, 1), (family, tokens)  # OneVision: +1 newline
+    assert collator.prompt_length(long) - collator.prompt_length(short) >= tokens[1] - tokens[0], family
+
+
+def test_each_row_alone_equals_the_row_in_the_batch(built):
+    family, model, processor = built
+    rows, collator, pad = video_rows(), PreferenceCollator(processor), processor.tokenizer.pad_token_id
+    together = completion_logps(model, collator(rows), pad)
+    for i, row in enumerate(rows):
+        alone = completion_logps(model, collator([row]), pad)
+        for key in ("chosen_logps", "rejected_logps"):
+            torch.testing.assert_close(alone[key][0], together[key][i], rtol=1e-5, atol=1e-5, msg=f"{family} {key}")
+
+
+@pytest.mark.parametrize("parts", [("language",), ("language", "vision")])
+def test_fast_path_equals_plain(built, parts):
+    family, model, processor = built
+    policy = randomize_lora(apply_lora(copy.deepcopy(model), r=4, alpha=8, parts=parts), seed=1)
+    batch = PreferenceCollator(processor)(video_rows())
+    assert fast_path_problem(policy, batch) is None
+    lora = [p for n, p in policy.named_parameters() if "lora_" in n]
+    for p in lora:
+        p.requires_grad_(True)
+    plain = completion_logps(policy, batch, processor.tokenizer.pad_token_id)
+    fast = fast_completion_logps(policy, batch)
+    for key in ("chosen_logps", "rejected_logps"):
+        torch.testing.assert_close(fast[key], plain[key], rtol=1e-5, atol=1e-5, msg=family)
+    # allow_unused: SigLIP's pooling head (LLaVA-OneVision) has LoRA but its output is not among the features
+    grads = [[torch.zeros_like(p) if g is None else g for p, g in zip(lora, torch.autograd.grad(
+        (out["chosen_logps"] - out["rejected_logps"]).sum(), lora, allow_unused=True))] for out in (fast, plain)]
+    names = [n for n, _ in policy.named_parameters() if "lora_" in n]
+    vision = [g for n, g in zip(names, grads[1]) if "visual" in n or "vision" in n]
+    assert not vision or any(g.abs().sum() > 0 for g in vision), f"{family}: no gradient reached the vision LoRA"
+    for ours, theirs in zip(*grads):
+        torch.testing.assert_close(ours, theirs, rtol=1e-4, atol=1e-4, msg=family)
+
+
+def test_lora_steps_and_batched_generation(built):
+    from vlmdpo.config import LossConfig
+    from vlmdpo.train.step import dpo_step
+
+    family, model, processor = built
+    with torch.random.fork_rng(devices=[]):  # peft draws lora_A from the global RNG: the same adapter in any order
+        torch.manual_seed(0)
+        policy = apply_lora(copy.deepcopy(model), r=4, alpha=8, parts=("language",))
+    base = {n: p.detach().clone() for n, p in policy.named_parameters() if "lora_" not in n}
+    optimizer = torch.optim.AdamW([p for p in policy.parameters() if p.requires_grad], lr=1e-2)
+    batch = PreferenceCollator(processor)(video_rows())
+    policy.train()
+    for _ in range(2):
+        loss, _ = dpo_step(policy, None, batch, LossConfig(), pad_token_id=processor.tokenizer.pad_token_id,
+                           forward_path="plain")
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    policy.eval()
+    assert all(torch.equal(p, base[n]) for n, p in policy.named_parameters() if n in base), family
+    assert any(p.grad is None and p.abs().sum() > 0 for n, p in policy.named_parameters() if "lora_B" in n)
+    rows = video_rows()
+    together = generate_responses(policy, processor, rows, max_new_tokens=5, batch_size=len(rows), progress=False)
+    alone = [generate_responses(policy, processor, [row], max_new_tokens=5, progress=False)[0] for row in rows]
+    assert together == alone, family
+
+
+# --- reading videos ----------------------------------------------------------------------------------------------
+
+def test_frame_indices_are_even_and_exact():
+    assert frame_indices(10, None) == list(range(10))
+    assert frame_indices(10, 4) == [0, 3, 6, 9]
+    assert frame_indices(3, 5) == [0, 0, 1, 2, 2]  # a shorter video repeats frames: one length per batch
+
+
+def bar_row(frame) -> int:
+    return int(np.asarray(frame)[:, 0, 0].argmax()) // 4  # where the white bar is: the frame's number
+
+
+def test_a_frame_folder_reads_in_natural_order_and_samples(tmp_path):
+    folder = tmp_path / "clip"
+    folder.mkdir()
+    for i, frame in enumerate(clip(8, 50)):
+        frame.save(folder / f"frame_{i}.png")  # frame_10 would sort before frame_2 by plain name; not here
+    (folder / "notes.txt").write_text("not a frame")
+    assert [bar_row(f) for f in load_video("clip", str(tmp_path))] == list(range(8))
+    assert [bar_row(f) for f in load_video("clip", str(tmp_path), frames=3)] == [0, 4, 7]
+    row = normalize_row({"videos": ["clip"], "prompt": "<video> what moves?", "chosen": "a bar.", "rejected": "no."},
+                        0, str(tmp_path), video_frames=3)
+    assert [bar_row(f) for f in row["videos"][0]] == [0, 4, 7]
+    assert row["prompt"][0]["content"] == [{"type": "video"}, {"type": "text", "text": " what moves?"}]
+
+
+def test_a_video_file_decodes_to_the_same_frames_as_its_folder(tmp_path):
+    import av
+
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=4)
+        stream.width, stream.height, stream.pix_fmt = 40, 32, "yuv420p"
+        for frame in clip(8, 50):
+            container.mux(stream.encode(av.VideoFrame.from_image(frame)))
+        container.mux(stream.encode())
+    frames = load_video(path, frames=3)
+    assert len(frames) == 3 and all(f.size == (40, 32) and f.mode == "RGB" for f in frames)
+    assert [bar_row(f) for f in frames] == [0, 4, 7]  # lossy codec: where the bar is survives
+
+
+@pytest.mark.parametrize("row, field, kind", [
+    ({"videos": ["gone"], "prompt": "p", "chosen": "a", "rejected": "b"}, "videos[0]", "missing_video"),
+    ({"videos": ["../x"], "prompt": "p", "chosen": "a", "rejected": "b"}, "videos[0]", "video_outside_root"),
+    ({"videos": ["empty"], "prompt": "p", "chosen": "a", "rejected": "b"}, "videos[0]", "no_frames"),
+    ({"videos": ["notes.txt"], "prompt": "p", "chosen": "a", "rejected": "b"}, "videos[0]", "not_a_video"),
+    ({"videos": [[]], "prompt": "p", "chosen": "a", "rejected": "b"}, "videos[0]", "no_frames"),
+    ({"videos": [["f.png"]], "prompt": "<video> <video> p", "chosen": "a", "rejected": "b"}, "prompt",
+     "placeholder_mismatch"),
+    ({"videos": [["f.png"]], "prompt": [{"role": "user", "content": [{"type": "text", "text": "p"}]}], "chosen": "a",
+      "rejected": "b"}, "prompt", "placeholder_mismatch"),
+    ({"prompt": "p", "chosen": [{"role": "assistant", "content": [{"type": "video"}]}], "rejected": "b"}, "chosen",
+     "video_in_response"),
+])
+def test_bad_video_rows_name_the_field_and_the_fix(tmp_path, row, field, kind):
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "notes.txt").write_text("x")
+    Image.new("RGB", (8, 8)).save(tmp_path / "f.png")
+    with pytest.raises(DataError) as err:
+        normalize_row(row, 7, str(tmp_path))
+    assert (err.value.index, err.value.field, err.value.kind) == (7, field, kind)
+    assert "Fix:" in str(err.value)
+
+
+def test_a_processor_without_video_refuses_video_rows(vlmdpo_cache):
+    _, processor = load_model_and_processor(tiny_vlm("llava"))
+    with pytest.raises(DataError, match="LlavaProcessor takes no video.*Fix: use a model whose processor has a video"):
+        PreferenceCollator(processor)(video_rows()[:1])
+
+
+def test_videos_of_different_lengths_ask_for_video_frames(vlmdpo_cache):
+    assert "llava_onevision" in TESTED_FAMILIES
+    _, processor = load_model_and_processor(tiny_vlm("llava_onevision"))
+    rows = [video_rows(4)[0], {**video_rows(6)[3], "index": 9}]
+    with pytest.raises(DataError, match=r"videos of \[4, 6\] frames.*Fix: set data.video_frames"):
+        PreferenceCollator(processor)(rows)
