@@ -230,3 +230,64 @@ def test_videos_of_different_lengths_ask_for_video_frames(vlmdpo_cache):
     rows = [video_rows(4)[0], {**video_rows(6)[3], "index": 9}]
     with pytest.raises(DataError, match=r"videos of \[4, 6\] frames.*Fix: set data.video_frames"):
         PreferenceCollator(processor)(rows)
+
+
+# --- training on published video pairs ---------------------------------------------------------------------------
+
+def hound_corpus(root, pairs: int = 6) -> str:
+    """LLaVA-Hound's layout: a jsonl of pairs naming frame folders of JPEGs (``c01_0001.jpeg``...) under a root,
+    the videos 3 to 7 frames long."""
+    import json
+
+    frames_root = root / "train_300k"
+    lines = []
+    for i in range(pairs):
+        folder = frames_root / f"v_{i}"
+        folder.mkdir(parents=True)
+        for f, frame in enumerate(clip(3 + i % 5, 40 * i)):
+            frame.save(folder / f"c01_{f + 1:04d}.jpeg")
+        lines.append({"id": f"v_{i}_q", "video": f"v_{i}", "prompt": f"<video>\nwhere does bar {i} go?",
+                      "answer": "down.", "chosen": f"bar {i} moves down.", "rejected": f"bar {i} spins.",
+                      "chosen_score": 4.0 + i % 2, "rejected_score": 2.0})
+    path = root / "sft_dpo_17k.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return str(path)
+
+
+def hound_config(tmp_path, *more):
+    from vlmdpo.config import load_config
+
+    data = hound_corpus(tmp_path)
+    return load_config(None, [f"model.name_or_path={tiny_vlm('qwen2_vl')}", f"data.train={data}",
+                              f"data.image_root={tmp_path / 'train_300k'}", f"train.output_dir={tmp_path / 'run'}",
+                              "train.batch_size=2", "train.max_steps=2", "train.progress=false",
+                              "train.mixed_precision=no", *more])
+
+
+def test_vlmdpo_train_runs_on_llava_hound_video_pairs(vlmdpo_cache, tmp_path, capsys):
+    import json
+
+    from vlmdpo.train.loop import train
+
+    out = train(hound_config(tmp_path, "data.video_frames=4"))
+    log = capsys.readouterr().out
+    assert "llava_hound" in log and "forward path: fast" in log, log
+    metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    steps = [m for m in metrics if "loss" in m]
+    assert [m["step"] for m in steps] == [1, 2] and all(np.isfinite(m["loss"]) for m in steps)
+    assert (out / "adapter_model.safetensors").exists()
+
+
+def test_the_up_front_check_counts_video_tokens(vlmdpo_cache, tmp_path):
+    """Every video row's prompt is over 40 tokens only because of its frames: the check stops the run before step 1."""
+    from vlmdpo.train.loop import train
+    from vlmdpo.data.validate import BadRowsError
+
+    _, processor = load_model_and_processor(tiny_vlm("qwen2_vl"))
+    text_only = normalize_row({"prompt": "<video>\nwhere does bar 5 go?", "videos": [[Image.new("RGB", (4, 4))]],
+                               "chosen": "a", "rejected": "b"}, 0)
+    assert PreferenceCollator(processor).prompt_length({**text_only, "videos": [], "prompt": [
+        {"role": "user", "content": [text_only["prompt"][0]["content"][1]]}]}) < 40
+    with pytest.raises(BadRowsError, match=r"6 of 6 checked rows are bad.*more than max_prompt_length=40"):
+        train(hound_config(tmp_path, "data.video_frames=8", "data.max_prompt_length=40"))
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
