@@ -57,8 +57,8 @@ def test_normalized_row_shape():
 def test_prompt_only_rows_for_generation():
     image = Image.new("RGB", (8, 8), "red")
     out = normalize_row({"images": [image], "prompt": "describe it"}, 0, responses=())
-    assert set(out) == {"images", "videos", "prompt"} and out["prompt"] == conversational_prompt(1, "describe it")
-    assert out["videos"] == []
+    assert set(out) == {"images", "videos", "video_metadata", "prompt"} and out["prompt"] == conversational_prompt(1, "describe it")
+    assert out["videos"] == out["video_metadata"] == []
     with pytest.raises(DataError) as info:
         normalize_row({"images": [image]}, 3, responses=())
     check_error(info.value, 3, "prompt", "has no 'prompt' column", "add a 'prompt' column")

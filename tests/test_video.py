@@ -51,7 +51,8 @@ def video_rows(frames: int = 4) -> list[dict]:
             {"role": "user", "content": [{"type": "text", "text": "which way does the bar move?"}, {"type": "video"}]}],
          "chosen": "down.", "rejected": "up and left."},
     ]
-    return [{**normalize_row(row, index), "index": index} for index, row in enumerate(raw)]
+    # a frame rate, so every family's processor also reads the frames' metadata (Qwen3-VL's timestamps)
+    return [{**normalize_row(row, index, video_fps=4.0), "index": index} for index, row in enumerate(raw)]
 
 
 @pytest.fixture(scope="module", params=VIDEO_FAMILIES)
@@ -172,8 +173,11 @@ def test_a_frame_folder_reads_in_natural_order_and_samples(tmp_path):
     for i, frame in enumerate(clip(8, 50)):
         frame.save(folder / f"frame_{i}.png")  # frame_10 would sort before frame_2 by plain name; not here
     (folder / "notes.txt").write_text("not a frame")
-    assert [bar_row(f) for f in load_video("clip", str(tmp_path))] == list(range(8))
-    assert [bar_row(f) for f in load_video("clip", str(tmp_path), frames=3)] == [0, 4, 7]
+    frames, metadata = load_video("clip", str(tmp_path))
+    assert [bar_row(f) for f in frames] == list(range(8)) and metadata["fps"] is None
+    frames, metadata = load_video("clip", str(tmp_path), frames=3, fps=2)
+    assert [bar_row(f) for f in frames] == [0, 4, 7]
+    assert metadata == {"total_num_frames": 8, "frames_indices": [0, 4, 7], "fps": 2.0}
     row = normalize_row({"videos": ["clip"], "prompt": "<video> what moves?", "chosen": "a bar.", "rejected": "no."},
                         0, str(tmp_path), video_frames=3)
     assert [bar_row(f) for f in row["videos"][0]] == [0, 4, 7]
@@ -190,9 +194,19 @@ def test_a_video_file_decodes_to_the_same_frames_as_its_folder(tmp_path):
         for frame in clip(8, 50):
             container.mux(stream.encode(av.VideoFrame.from_image(frame)))
         container.mux(stream.encode())
-    frames = load_video(path, frames=3)
+    frames, metadata = load_video(path, frames=3, fps=30)  # a file's own frame rate wins over the setting
     assert len(frames) == 3 and all(f.size == (40, 32) and f.mode == "RGB" for f in frames)
     assert [bar_row(f) for f in frames] == [0, 4, 7]  # lossy codec: where the bar is survives
+    assert metadata == {"total_num_frames": 8, "frames_indices": [0, 4, 7], "fps": 4.0}
+
+
+def test_qwen3_vl_times_each_frame_pair_from_the_frame_rate(vlmdpo_cache):
+    """Frames 0, 2, 5 and 7 of a 2 fps clip: Qwen3-VL merges them in pairs and writes each pair's mean time."""
+    _, processor = load_model_and_processor(tiny_vlm("qwen3_vl"))
+    row = normalize_row({"videos": [clip(8, 9)], "prompt": "what?", "chosen": "a", "rejected": "b"}, 0,
+                        video_frames=4, video_fps=2)
+    text = processor.tokenizer.decode(PreferenceCollator(processor).encode_prompts([row])["input_ids"][0])
+    assert "<0.5 seconds><|vision_start|>" in text and "<3.0 seconds><|vision_start|>" in text, text
 
 
 @pytest.mark.parametrize("row, field, kind", [

@@ -113,6 +113,9 @@ class DataConfig:
     video repeats frames); null: every frame its folder, file or list holds. Each frame costs image tokens
     (Qwen2-VL merges two frames into one grid step; LLaVA-OneVision pools each frame's patches), and processors
     that stack a batch's videos (LLaVA-OneVision, LLaVA-NeXT-Video) need one length: set it for those."""
+    video_fps: float | None = None
+    """Frame rate of videos given as frame folders or frame lists (LLaVA-Hound's frames: 2); a video file carries its
+    own. Qwen3-VL writes each frame pair's time into the prompt from it; unset, ``transformers`` assumes 24 fps."""
     special_tokens_in_text: str = "error"
     """A special token written as text in a row (``</s>``, ``<|im_end|>``, ``<end_of_turn>``, an image token; the
     tokenizer's and processor's own, whatever the family): ``error`` names the row, field and token in the
@@ -140,7 +143,8 @@ class DataConfig:
         if self.on_bad_row == "skip" and self.validate != "full":
             raise ValueError("data.on_bad_row=skip needs data.validate=full: rows are skipped only after every "
                              "row has been checked, so none is dropped unseen mid-run")
-        for name in ("max_rows", "max_prompt_length", "max_response_length", "max_image_pixels", "video_frames"):
+        for name in ("max_rows", "max_prompt_length", "max_response_length", "max_image_pixels", "video_frames",
+                     "video_fps"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"data.{name} must be >= 1 (or null), got {value}")

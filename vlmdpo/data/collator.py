@@ -121,6 +121,12 @@ class PreferenceCollator:
         if videos:
             self._check_takes_videos(rows)
             kwargs.update(videos=videos, do_sample_frames=False)  # the rows' frames are the frames (data.video_frames)
+            metadata = [meta for row in rows for meta in row.get("video_metadata") or [None] * len(row["videos"])]
+            if all(meta is not None and meta["fps"] is not None for meta in metadata):
+                from transformers.video_utils import VideoMetadata
+
+                # which source frames these are, at what rate: Qwen3-VL's frame timestamps are read from it
+                kwargs["video_metadata"] = [VideoMetadata(**meta) for meta in metadata]
         try:
             return self.processor(text=texts, padding=True, padding_side="left", return_tensors="pt", **kwargs)
         except ValueError as err:

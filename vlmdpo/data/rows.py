@@ -236,9 +236,10 @@ def _media_values(row: dict, plural: str, singular: str) -> list:
 
 
 def _open_video(video, index: int, position: int, image_root: str | None, allow_outside: bool,
-                max_pixels: int | None, frames: int | None) -> list[Image.Image]:
+                max_pixels: int | None, frames: int | None, fps: float | None) -> tuple[list[Image.Image], dict]:
     try:
-        return load_video(video, image_root, frames=frames, allow_outside=allow_outside, max_pixels=max_pixels)
+        return load_video(video, image_root, frames=frames, fps=fps, allow_outside=allow_outside,
+                          max_pixels=max_pixels)
     except ImageError as err:
         raise DataError(index, f"videos[{position}]", err.problem, err.fix, kind=err.kind) from err
 
@@ -246,18 +247,19 @@ def _open_video(video, index: int, position: int, image_root: str | None, allow_
 def normalize_row(row: dict, index: int, image_root: str | None = None,
                   responses: Sequence[str] = RESPONSE_FIELDS, *, allow_outside_images: bool = False,
                   max_image_pixels: int | None = DEFAULT_MAX_PIXELS, decode_images: bool = True,
-                  video_frames: int | None = None) -> dict:
-    """Validate one preference row and return it as ``{images, videos, prompt, chosen, rejected}``.
+                  video_frames: int | None = None, video_fps: float | None = None) -> dict:
+    """Validate one preference row and return it as ``{images, videos, video_metadata, prompt, chosen, rejected}``.
 
     Images are decoded to RGB PIL images (``vlmdpo.data.images.load_image``; with an ``image_root``, paths must lie
     inside it unless ``allow_outside_images``), videos to lists of them (``vlmdpo.data.videos.load_video``: a frame
-    folder, a video file or a list of frames; ``video_frames`` keeps that many, evenly spaced); a plain-string
+    folder, a video file or a list of frames; ``video_frames`` keeps that many, evenly spaced; ``video_metadata``
+    says which, with the frame rate: a file's own, else ``video_fps``); a plain-string
     prompt gets a block for each ``<image>`` / ``<video>`` in its text, or the images and videos before the text;
     plain-string responses become one assistant message.
     Raises ``DataError`` on a missing field, an unreadable image or video, an unknown role, an empty response, a
     pair whose two responses are the same text, or placeholders that do not match the number of images or videos.
     ``responses=("chosen",)`` reads supervised rows, where a ``completion`` column may stand for ``chosen``;
-    ``responses=()`` reads prompt-only rows (for generation), returning ``{images, videos, prompt}``.
+    ``responses=()`` reads prompt-only rows (for generation), returning ``{images, videos, video_metadata, prompt}``.
     ``decode_images=False`` checks the text only and returns the image and video values as given (for inspecting).
     """
     if tuple(responses) == ("chosen",) and row.get("chosen") is None and row.get("completion") is not None:
@@ -273,8 +275,11 @@ def normalize_row(row: dict, index: int, image_root: str | None = None,
     if decode_images:
         images = [_open_image(image, index, i, image_root, allow_outside_images, max_image_pixels)
                   for i, image in enumerate(images)]
-        videos = [_open_video(video, index, i, image_root, allow_outside_images, max_image_pixels, video_frames)
-                  for i, video in enumerate(videos)]
+        opened = [_open_video(video, index, i, image_root, allow_outside_images, max_image_pixels, video_frames,
+                              video_fps) for i, video in enumerate(videos)]
+        videos, metadata = [frames for frames, _ in opened], [meta for _, meta in opened]
+    else:
+        metadata = [None] * len(videos)
 
     media = {"image": len(images), "video": len(videos)}
     prompt = _as_messages(row["prompt"], index, "prompt", "user", media)
@@ -284,7 +289,7 @@ def normalize_row(row: dict, index: int, image_root: str | None = None,
             raise DataError(index, "prompt", f"the prompt has {blocks} {kind} placeholder(s) but the row has "
                             f"{count} {kind}(s)", f"add or remove {{'type': '{kind}'}} blocks so they match",
                             kind="placeholder_mismatch")
-    normalized = {"images": images, "videos": videos, "prompt": prompt}
+    normalized = {"images": images, "videos": videos, "video_metadata": metadata, "prompt": prompt}
     for field in responses:
         messages = _as_messages(row[field], index, field, "assistant", roles=RESPONSE_ROLES)
         kind = next((kind for kind in PLACEHOLDERS if count_blocks(messages, kind)), None)
@@ -315,9 +320,9 @@ class PreferenceDataset:
     def __init__(self, dataset: datasets.Dataset, image_root: str | None = None,
                  responses: Sequence[str] = RESPONSE_FIELDS, *, indices: Sequence[int] | None = None,
                  allow_outside_images: bool = False, max_image_pixels: int | None = DEFAULT_MAX_PIXELS,
-                 video_frames: int | None = None):
+                 video_frames: int | None = None, video_fps: float | None = None):
         self.dataset = dataset
-        self.video_frames = video_frames
+        self.video_frames, self.video_fps = video_frames, video_fps
         self.image_root = image_root
         self.responses = tuple(responses)
         self.indices = None if indices is None else [int(i) for i in indices]
@@ -334,14 +339,15 @@ class PreferenceDataset:
         """The same view restricted to ``indices`` (indices of the underlying dataset)."""
         return PreferenceDataset(self.dataset, self.image_root, self.responses, indices=indices,
                                  allow_outside_images=self.allow_outside_images,
-                                 max_image_pixels=self.max_image_pixels, video_frames=self.video_frames)
+                                 max_image_pixels=self.max_image_pixels, video_frames=self.video_frames,
+                                 video_fps=self.video_fps)
 
     def __getitem__(self, position: int) -> dict:
         index = self.source_index(position)
         source = self.dataset[index]
         row = normalize_row(source, index, self.image_root, self.responses,
                             allow_outside_images=self.allow_outside_images, max_image_pixels=self.max_image_pixels,
-                            video_frames=self.video_frames)
+                            video_frames=self.video_frames, video_fps=self.video_fps)
         if source.get("corrupted_images") is not None:  # mDPO's conditional pairs, built ahead of training
             row["corrupted_images"] = self._corrupted_images(source, row, index)
         row.update({column: source[column] for column in SCORE_COLUMNS if source.get(column) is not None})

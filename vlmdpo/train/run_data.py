@@ -48,7 +48,8 @@ def load_pairs(config: Config, log=print) -> PreferenceDataset:
         dataset = dataset.select(range(min(data.max_rows, len(dataset))))
     return PreferenceDataset(dataset, image_root=default_image_root(data.train, data.image_root),
                              responses=config.loss.responses, allow_outside_images=data.allow_outside_images,
-                             max_image_pixels=data.max_image_pixels, video_frames=data.video_frames)
+                             max_image_pixels=data.max_image_pixels, video_frames=data.video_frames,
+                             video_fps=data.video_fps)
 
 
 def data_fingerprint(pairs: PreferenceDataset, config: Config) -> str:
@@ -61,8 +62,9 @@ def data_fingerprint(pairs: PreferenceDataset, config: Config) -> str:
     settings["train"] = None  # the path may move; the rows' fingerprint is what counts
     if data.special_tokens_in_text != "error":  # only where set, so runs from before it keep their fingerprint
         settings["special_tokens_in_text"] = data.special_tokens_in_text
-    if data.video_frames is not None:
-        settings["video_frames"] = data.video_frames
+    for key in ("video_frames", "video_fps"):  # only where set, as above
+        if getattr(data, key) is not None:
+            settings[key] = getattr(data, key)
     payload = {"dataset": pairs.dataset._fingerprint, "rows": len(pairs.dataset), "image_root": pairs.image_root,
                "responses": pairs.responses, **settings}
     return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -164,7 +166,7 @@ def held_out_pairs(config: Config) -> list[dict] | None:
         dataset = dataset.select(range(min(data.eval_max_rows, len(dataset))))
     pairs = PreferenceDataset(dataset, image_root=default_image_root(data.eval, data.image_root),
                               allow_outside_images=data.allow_outside_images, max_image_pixels=data.max_image_pixels,
-                              video_frames=data.video_frames)
+                              video_frames=data.video_frames, video_fps=data.video_fps)
     rows = [pairs[i] for i in range(len(pairs))]
     if "objects" in dataset.column_names:  # a FormattedRows view lists only the four row columns
         for row, objects in zip(rows, dataset["objects"]):
