@@ -155,6 +155,32 @@ def test_lora_steps_and_batched_generation(built):
     assert together == alone, family
 
 
+def test_videos_of_8_and_4_frames_beside_an_image_row(built):
+    """The issue's batch: an 8-frame video, a 4-frame video and an image row. Processors that keep each video's own
+    length (Qwen) take it as it is; those that stack videos (LLaVA-OneVision, LLaVA-NeXT-Video) refuse it naming
+    data.video_frames, which makes the lengths equal."""
+    family, model, processor = built
+    image_row = {**normalize_row({"images": [clip(1, 70)[0]], "prompt": "what colour is it?", "chosen": "teal.",
+                                  "rejected": "red."}, 5), "index": 5}
+    rows = [video_rows(8)[0], {**video_rows(4)[3], "index": 6}, image_row]
+    collator, pad = PreferenceCollator(processor), processor.tokenizer.pad_token_id
+    if family in ("llava_onevision", "llava_next_video"):
+        with pytest.raises(DataError, match=r"videos of \[4, 8\] frames.*set data.video_frames"):
+            collator(rows)
+        return
+    batch = collator(rows)
+    plain = completion_logps(model, batch, pad)
+    fast = fast_completion_logps(model, batch)
+    for key in ("chosen_logps", "rejected_logps"):
+        torch.testing.assert_close(fast[key], plain[key], rtol=1e-5, atol=1e-5, msg=family)
+        for i, row in enumerate(rows):
+            torch.testing.assert_close(completion_logps(model, collator([row]), pad)[key][0], plain[key][i],
+                                       rtol=1e-5, atol=1e-5, msg=family)
+    for i, row in enumerate(rows):
+        covered = processor.tokenizer.decode(batch["chosen_input_ids"][i][batch["chosen_completion_mask"][i].bool()])
+        assert covered.lstrip().startswith(row["chosen"][0]["content"][0]["text"]), (family, covered)
+
+
 # --- reading videos ----------------------------------------------------------------------------------------------
 
 def test_frame_indices_are_even_and_exact():
@@ -302,6 +328,8 @@ def test_the_up_front_check_counts_video_tokens(vlmdpo_cache, tmp_path):
                                "chosen": "a", "rejected": "b"}, 0)
     assert PreferenceCollator(processor).prompt_length({**text_only, "videos": [], "prompt": [
         {"role": "user", "content": [text_only["prompt"][0]["content"][1]]}]}) < 40
-    with pytest.raises(BadRowsError, match=r"6 of 6 checked rows are bad.*more than max_prompt_length=40"):
+    with pytest.raises(BadRowsError, match=r"6 of 6 checked rows are bad.*First: row 0 \(counted from 0\), field "
+                                           r"'prompt': the prompt is \d+ tokens with its image and video tokens, more than "
+                                           r"max_prompt_length=40"):
         train(hound_config(tmp_path, "data.video_frames=8", "data.max_prompt_length=40"))
     assert not (tmp_path / "run" / "metrics.jsonl").exists()

@@ -186,7 +186,7 @@ class PreferenceCollator:
 
     def _check_prompt_length(self, row: dict, length: int) -> None:
         if self.max_prompt_length is not None and length > self.max_prompt_length:
-            raise DataError(row.get("index"), "prompt", f"the prompt is {length} tokens with its image tokens, "
+            raise DataError(row.get("index"), "prompt", f"the prompt is {length} tokens with its image and video tokens, "
                             f"more than max_prompt_length={self.max_prompt_length}", "raise max_prompt_length, "
                             "shrink the images, set data.skip_long_prompts, or data.on_bad_row=skip",
                             kind="prompt_too_long")
