@@ -37,6 +37,8 @@ class PreferenceCollator:
         ``index``: list of the rows' dataset indices.
         ``response_token_types``: ``{key: value}`` for per-token outputs whose response tokens are not 0
             (PaliGemma's ``token_type_ids``: 1, the suffix), asked of the processor once.
+        ``image_axes``: ``{key: axis}`` for per-image inputs that stack images along another axis than the first
+            (MiniCPM-V's ``pixel_values``: the last), asked of the processor once.
 
     Args:
         processor: the model's ``AutoProcessor`` (with a chat template).
@@ -60,6 +62,7 @@ class PreferenceCollator:
         added = [token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special]
         self._special_tokens = sorted(set(added) | set(self.tokenizer.all_special_tokens), key=len, reverse=True)
         self.response_token_types = _response_token_types(processor, self.tokenizer)
+        self.image_axes = _image_axes(processor)
         # what the image and video processors output is per image, even where its first two dims happen to equal
         # (batch, prompt length): Gemma 4's (images, patches, 2) image_position_ids, Idefics3's pixel_attention_mask
         self._per_image_keys = {name for part in ("image_processor", "video_processor")
@@ -262,6 +265,7 @@ class PreferenceCollator:
             "vision_inputs": {},
             "index": [row.get("index") for row in rows],
             "response_token_types": dict(self.response_token_types),
+            "image_axes": dict(self.image_axes),
         }
         for key, value in prompts.items():
             if key in _TEXT_KEYS or key in _NOT_MODEL_INPUTS or not isinstance(value, torch.Tensor):
@@ -296,6 +300,30 @@ def _response_token_types(processor, tokenizer) -> dict[str, int]:
             if key not in _TEXT_KEYS and key not in _NOT_MODEL_INPUTS and isinstance(value, torch.Tensor)
             and value.dim() == 2 and value.shape[1] == length and not value.is_floating_point()
             and int(value[0, -1]) != 0}
+
+
+def _image_axes(processor) -> dict[str, int]:
+    """The axis each per-image output of the image processor stacks a batch's images along, where it is not the
+    first, asked of the image processor itself (one row of one image, then two): MiniCPM-V packs every patch of
+    a batch into one row of ``pixel_values`` (1, C, patch, patches), so its images grow the last axis."""
+    from PIL import Image
+
+    image_processor = getattr(processor, "image_processor", None)
+    if image_processor is None:
+        return {}
+    image = Image.new("RGB", (32, 32))
+    try:
+        one, two = (image_processor([[image]] * rows, return_tensors="pt") for rows in (1, 2))
+    except Exception:  # noqa: BLE001 - an image processor that cannot say: images stack along the first axis
+        return {}
+    axes = {}
+    for key, value in one.items():
+        other = two.get(key)
+        if isinstance(value, torch.Tensor) and isinstance(other, torch.Tensor) and value.dim() == other.dim():
+            grown = [axis for axis in range(value.dim()) if value.shape[axis] != other.shape[axis]]
+            if grown and grown[0] != 0:
+                axes[key] = grown[0]
+    return axes
 
 
 def _truncate_at(mask: list[int], max_tokens: int) -> int:

@@ -17,7 +17,7 @@ from vlmdpo.forward.lm_head import head_log_sum_sq_probs, head_logps
 from vlmdpo.forward.logps import (
     cast_floating, check_outputs, completion_logps, log_sum_sq_probs, model_dtype, selective_log_softmax,
 )
-from vlmdpo.model.load import hf_model, is_sharded
+from vlmdpo.model.load import hf_model, image_features_fn, is_sharded
 from vlmdpo.model.lora import eval_mode, part_of
 from vlmdpo.forward.packing import PackedPairs, pack_pairs
 from vlmdpo.forward.tree_attention import LAYOUT_KWARG, SUPPORTED_ATTENTION, install_tree_attention, placeholder_mask
@@ -40,7 +40,7 @@ def image_features(model, vision_inputs: dict) -> dict | None:
     if any("video" in key for key in vision_inputs):
         return None
     base = hf_model(model)
-    return {"image": base.get_image_features(**cast_floating(vision_inputs, model_dtype(base)), return_dict=True)}
+    return {"image": image_features_fn(base)(**cast_floating(vision_inputs, model_dtype(base)), return_dict=True)}
 
 
 def shared_image_features(model, batch: dict) -> dict | None:
@@ -152,7 +152,7 @@ def fast_path_problem(model, batch: dict) -> str | None:
     head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
     if logit_transform(config)["logit_scale"] != 1.0 and getattr(head, "bias", None) is not None:
         return "the model scales the logits of an LM head with a bias, which the fused LM head does not"
-    if not hasattr(base, "get_image_features") or not hasattr(base, "get_output_embeddings"):
+    if image_features_fn(base) is None or not hasattr(base, "get_output_embeddings"):
         return f"{type(base).__name__} has no get_image_features / get_output_embeddings"
     return None
 

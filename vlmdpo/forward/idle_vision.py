@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from vlmdpo.forward.logps import cast_floating, model_dtype
-from vlmdpo.model.load import hf_model
+from vlmdpo.model.load import hf_model, image_features_fn
 from vlmdpo.model.lora import part_of
 
 
@@ -67,7 +67,7 @@ def run_vision_every_forward(model, blank_image_inputs: dict[str, torch.Tensor])
                              "batch cannot run the vision tower beside it")
         device = kwargs["inputs_embeds"].device
         inputs = cast_floating({key: value.to(device) for key, value in blank_image_inputs.items()}, model_dtype(base))
-        zero = _zero_of(base.get_image_features(**inputs, return_dict=True))
+        zero = _zero_of(image_features_fn(base)(**inputs, return_dict=True))
         base.vlmdpo_images_seen -= 1  # the blank image's run of the tower is not an image seen
         return args, {**kwargs, "inputs_embeds": kwargs["inputs_embeds"] + zero.to(kwargs["inputs_embeds"].dtype)}
 

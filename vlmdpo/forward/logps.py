@@ -96,7 +96,8 @@ def concatenated_inputs(batch: dict, pad_token_id: int) -> dict:
     """Model inputs for the 2B sequences ``[prompt; chosen]`` (rows 0..B-1) and ``[prompt; rejected]``.
 
     Returns ``model_inputs`` (kwargs for the model's forward), ``completion_ids`` (2B, C) and
-    ``completion_mask`` (2B, C). Per-image inputs are repeated in the same order; per-token prompt inputs
+    ``completion_mask`` (2B, C). Per-image inputs are repeated in the same order, along the axis the processor
+    stacks images along (the batch's ``image_axes``, else the first); per-token prompt inputs
     (``token_type_ids``, ``mm_token_type_ids``, ``cross_attention_mask``) continue over the responses as
     ``extend_per_token`` says.
     A supervised batch (no ``rejected``) gives B sequences instead of 2B.
@@ -116,8 +117,9 @@ def concatenated_inputs(batch: dict, pad_token_id: int) -> dict:
     fills = batch.get("response_token_types", {})
     for key, value in batch["prompt_token_types"].items():
         model_inputs[key] = extend_per_token(value, copies, length, fills.get(key, 0))
+    axes = batch.get("image_axes", {})  # a processor that stacks images along another axis (MiniCPM-V's last)
     for key, value in batch["vision_inputs"].items():
-        model_inputs[key] = torch.cat([value] * copies)
+        model_inputs[key] = torch.cat([value] * copies, dim=axes.get(key, 0))
     return {"model_inputs": model_inputs, "completion_ids": completion_ids, "completion_mask": completion_mask}
 
 

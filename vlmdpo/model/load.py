@@ -22,6 +22,13 @@ def hf_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
+def image_features_fn(model):
+    """The model's own ``get_image_features``: the wrapper's, else its base model's (DeepSeek-VL defines it only
+    there); ``None`` when neither has one."""
+    base = hf_model(model)
+    return getattr(base, "get_image_features", None) or getattr(base.base_model, "get_image_features", None)
+
+
 def is_sharded(model) -> bool:
     """True when the model's parameters are split across processes (FSDP2's ``fully_shard``, DeepSpeed ZeRO-3),
     so that running one of its modules is a collective every process must enter."""
@@ -45,16 +52,24 @@ def load_model_and_processor(name_or_path: str, dtype: str | torch.dtype = "floa
     return model, load_processor(name_or_path, revision)
 
 
-# model types whose own transformers forward gives a row log-probs that depend on the rest of its batch, which
-# DPO's per-row log-probs cannot use; refused before the weights load. Llama 4's, Gemma 3n's and
-# Phi-4-multimodal's were found with tiny models and are not re-checked by this repository's tests. (Mllama's is
-# batch-dependent too, through the image count: vlmdpo.forward.image_groups runs it per image count.)
+# model types whose own transformers forward cannot give DPO's per-row log-probs (a row's depend on the rest of its
+# batch, or the logits are not a causal LM's over prompt and response, or not its decoder's); refused before the
+# weights load. Llama 4's, Gemma 3n's and Phi-4-multimodal's were found with tiny models and are not re-checked by
+# this repository's tests. (Mllama's is batch-dependent too, through the image count: vlmdpo.forward.image_groups
+# runs it per image count.)
 BROKEN_FAMILIES = {
     "llama4": "its forward was found batch-dependent (a row's log-probs change with the other rows of the batch)",
     "gemma3n": "with left padding, which batched prompts need, its forward was found batch-dependent (a row's "
                "log-probs differ from the row alone)",
     "phi4_multimodal": "its forward was found batch-dependent (a row's log-probs change with the other rows of the "
                        "batch)",
+    # found with the tiny models of vlmdpo.tiny.encoder_variants; tests/test_new_families.py checks the refusal
+    "florence2": "it is an encoder-decoder (transformers' modeling_florence2.py, Florence2Model.forward): input_ids, "
+                 "prompt and response alike, go through its bidirectional BART encoder and logits come only for the "
+                 "decoder_input_ids, so there are no causal per-token logits to score a response with",
+    "cohere2_vision": "its forward (transformers' modeling_cohere2_vision.py, Cohere2VisionForConditionalGeneration."
+                      "forward) returns lm_head(hidden_states) without its Cohere 2 text config's logit_scale, which "
+                      "Cohere2ForCausalLM.forward multiplies the logits by: its log-probs are not its decoder's",
 }
 
 

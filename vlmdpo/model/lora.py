@@ -16,9 +16,11 @@ from torch import nn
 
 # Attribute names transformers uses for the parts of a VLM (LLaVA, Qwen2-VL, Idefics, PaliGemma, Gemma 3...).
 _LANGUAGE_NAMES = ("language_model", "text_model")
-_VISION_NAMES = ("vision_tower", "visual", "vision_model")
+_VISION_NAMES = ("vision_tower", "visual", "vision_model",
+                 "high_res_vision_model", "high_res_vision_neck", "high_res_vision_proj", "high_res_vision_alpha")
 _PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector", "mm_projector", "vision_projection",
-                    "embed_vision")  # Gemma 3n / Gemma 4's multimodal embedder
+                    "embed_vision",  # Gemma 3n / Gemma 4's multimodal embedder
+                    "aligner")  # DeepSeek-VL's; its hybrid's second (SAM) encoder is the high_res_vision_* above
 
 PART_CHOICES = ("language", "projector", "vision")
 LORA_PART_CHOICES = PART_CHOICES + ("experts",)

@@ -15,6 +15,11 @@ checkpoint does. The families, chosen for the cases that differ most, live by la
 - ``vlmdpo.tiny.gemma``: ``gemma3``, ``paligemma``, ``gemma4`` (bidirectional attention within images).
 - ``vlmdpo.tiny.mllama``: ``mllama`` (cross-attention to image tiles, run per image count: see
   ``vlmdpo.forward.image_groups``).
+- ``vlmdpo.tiny.packed_patches``: ``minicpmv4_7``, ``molmo2``, ``ovis2_5`` (every image of a batch packed into one
+  patch tensor at a size of its own, split by a per-image index; start and end markers around each image's tokens).
+- ``vlmdpo.tiny.encoder_variants``: ``deepseek_vl``, ``deepseek_vl_hybrid`` (LLaVA's splice, other encoders:
+  two on one image in the hybrid); ``cohere2_vision`` and ``florence2`` (an encoder-decoder), built but refused
+  at load.
 """
 
 from __future__ import annotations
@@ -22,16 +27,18 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import vlmdpo.tiny.encoder_variants as encoder_variants
 import vlmdpo.tiny.gemma as gemma
 import vlmdpo.tiny.llava as llava
 import vlmdpo.tiny.mllama as mllama
 import vlmdpo.tiny.moe as moe
 import vlmdpo.tiny.mrope as mrope
+import vlmdpo.tiny.packed_patches as packed_patches
 import vlmdpo.tiny.pixel_shuffle as pixel_shuffle
 from vlmdpo.tiny.configs import TinySizes
 from vlmdpo.tiny.tokenizer import train_tokenizer
 
-_MODULES = (llava, mrope, moe, pixel_shuffle, gemma, mllama)
+_MODULES = (llava, mrope, moe, pixel_shuffle, gemma, mllama, packed_patches, encoder_variants)
 FAMILIES = {family: builder for module in _MODULES for family, builder in module.BUILDERS.items()}
 """family (``tiny:<family>``) -> ``builder(tokenizer, sizes: TinySizes) -> (model, processor)``."""
 FAMILY_TOKENS = {family: tokens for module in _MODULES for family, tokens in module.FAMILY_TOKENS.items()}

@@ -33,6 +33,12 @@ TESTED_FAMILIES: dict[str, tuple[str, str | None]] = {
     "glm4v_moe": ("Glm4vMoeForConditionalGeneration", None),
     "mllama": ("MllamaForConditionalGeneration", ("a per-token input holds more than one value per token "
                                                   "(Mllama's cross-attention mask)")),
+    "minicpmv4_7": ("MiniCPMV4_7ForConditionalGeneration", "the language model has layers packed pairs do not split "
+                    "by pair (linear_attention)"),
+    "molmo2": ("Molmo2ForConditionalGeneration", None),
+    "ovis2_5": ("Ovis2_5ForConditionalGeneration", None),
+    "deepseek_vl": ("DeepseekVLForConditionalGeneration", None),
+    "deepseek_vl_hybrid": ("DeepseekVLHybridForConditionalGeneration", None),
 }
 
 
