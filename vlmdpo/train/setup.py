@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from accelerate.utils import send_to_device
+from accelerate.utils import DistributedType, send_to_device
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
@@ -35,7 +35,9 @@ from vlmdpo.train.reference_cache import (
     weights_fingerprint,
 )
 from vlmdpo.train.run_data import check_paths, checked_pairs, data_fingerprint, held_out_pairs, load_pairs, run_record
-from vlmdpo.train.sharding import block_classes, shard_policy, shard_reference, sharding_active
+from vlmdpo.train.sharding import (
+    block_classes, shard_policy, shard_reference, sharding_active, vision_every_forward_under_deepspeed,
+)
 from vlmdpo.train.step import logps_function
 
 PROBE_RESPONSE_TOKENS = 32
@@ -172,6 +174,11 @@ def set_up(config: Config) -> Run:
             + (", the frozen reference too" if reference is not None else ""))
     elif cfg.sharding != "none":
         log(f"sharding: none (train.sharding={cfg.sharding} needs more than one process)")
+    if not sharded and accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.num_processes > 1:
+        blank = collator.blank_image_inputs() if getattr(processor, "image_processor", None) is not None else None
+        if vision_every_forward_under_deepspeed([m for m in (policy, reference) if m is not None], blank,
+                                                blank is not None and collator.pads_images_per_row()):
+            log("DeepSpeed: every forward runs the vision tower (a blank image on text-only micro-batches)")
     optimizer = build_optimizer(policy, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                 part_learning_rates=cfg.part_learning_rates)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]

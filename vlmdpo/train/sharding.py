@@ -74,10 +74,34 @@ def _shard(model: nn.Module, blank_image_inputs: dict[str, torch.Tensor] | None,
     return model
 
 
+def vision_every_forward_under_deepspeed(models: list[nn.Module], blank_image_inputs: dict[str, torch.Tensor] | None,
+                                         pads_images_per_row: bool) -> bool:
+    """Under ``accelerate`` with DeepSpeed on several processes, hook ``models`` (the policy, full fine-tuning's
+    reference) so that every forward runs the vision tower (``vlmdpo.forward.idle_vision``); return whether it did.
+
+    ZeRO-3 all-gathers each module's parameters when it runs, and ZeRO-2 reduces gradients in buckets every process
+    must fill alike: a text-only micro-batch beside one with images aborts the job on gloo and hangs NCCL
+    (``tests/test_deepspeed.py`` shows both, and the rule making them equal one process). A step where no process
+    saw an image still differs from one process under ZeRO: its zero vision gradients count as an Adam step there.
+    """
+    if blank_image_inputs is None:
+        return False
+    if pads_images_per_row:
+        raise ValueError("DeepSpeed with several processes does not yet run a model whose processor pads images per "
+                         "row (Mllama): its batches run one forward per image count, which can differ between "
+                         "processes; run it on one process")
+    for model in models:
+        run_vision_every_forward(hf_model(model), blank_image_inputs)
+    return True
+
+
 def full_state_dict(policy: nn.Module) -> dict[str, torch.Tensor]:
     """The policy's whole state dict on the CPU, gathered from every process's shards (a collective: every process
     calls it)."""
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+    from torch.distributed.checkpoint.state_dict import (
+        StateDictOptions,
+        get_model_state_dict,
+    )
 
     return get_model_state_dict(policy, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
 
