@@ -20,7 +20,8 @@ _VISION_NAMES = ("vision_tower", "visual", "vision_model",
                  "high_res_vision_model", "high_res_vision_neck", "high_res_vision_proj", "high_res_vision_alpha")
 _PROJECTOR_NAMES = ("multi_modal_projector", "merger", "connector", "mm_projector", "vision_projection",
                     "embed_vision",  # Gemma 3n / Gemma 4's multimodal embedder
-                    "aligner")  # DeepSeek-VL's; its hybrid's second (SAM) encoder is the high_res_vision_* above
+                    "aligner",  # DeepSeek-VL's; its hybrid's second (SAM) encoder is the high_res_vision_* above
+                    "resampler_model")  # ERNIE 4.5 VL's: merges patches (and a video's frame pairs) into text width
 
 PART_CHOICES = ("language", "projector", "vision")
 LORA_PART_CHOICES = PART_CHOICES + ("experts",)

@@ -7,9 +7,10 @@ module computes it) times the config's ``router_aux_loss_coef``. It applies when
 wraps a router, so under LoRA the term is left out: the routers cannot learn from it, and its only gradient would
 push the adapters to move hidden states toward a balance the frozen router was never trained to need.
 
-Router logits are recorded by hooks on the routers rather than read from the model's output, so that both forward
-paths (plain and packed) give them; the loss counts every token the forward saw except padding. The plain path sees
-a pair's prompt twice (once with each response), the packed one once, so the term differs slightly between them.
+Router logits are recorded by hooks on the modules the model records them from (the routers, or the block around
+them) rather than read from the model's output, so that both forward paths (plain and packed) give them; the loss
+counts every token the forward saw except padding. The plain path sees a pair's prompt twice (once with each
+response), the packed one once, so the term differs slightly between them.
 """
 
 from __future__ import annotations
@@ -33,9 +34,16 @@ def _router_classes(model: nn.Module) -> dict[type, int]:
 
 
 def router_modules(model: nn.Module) -> list[nn.Module]:
-    """The routers in ``model``: the modules whose outputs the model records as ``router_logits``."""
+    """The routers in ``model``: the modules whose outputs the model records as ``router_logits``, or, where it
+    records them from the mixture-of-experts block around its routers, the block's ``*Router`` modules (ERNIE 4.5
+    VL: one per modality). Never the whole block: its experts and shared experts are not routers."""
     classes = tuple(_router_classes(model))
-    return [module for module in model.modules() if classes and isinstance(module, classes)]
+    routers = []
+    for module in model.modules():
+        if classes and isinstance(module, classes):
+            inner = [sub for sub in module.modules() if sub is not module and "router" in type(sub).__name__.lower()]
+            routers += inner or [module]
+    return routers
 
 
 def router_loss_coefficient(model: nn.Module) -> float:

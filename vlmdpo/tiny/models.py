@@ -10,7 +10,8 @@ checkpoint does. The families, chosen for the cases that differ most, live by la
   ``llava_onevision`` (any-resolution tiles), ``mistral3`` (Pixtral).
 - ``vlmdpo.tiny.mrope``: ``qwen2_vl``, ``qwen2_5_vl``, ``qwen3_vl``, ``qwen3_5``, ``glm4v`` (3-D M-RoPE positions,
   a dynamic number of image tokens from ``image_grid_thw``).
-- ``vlmdpo.tiny.moe``: ``qwen3_vl_moe``, ``glm4v_moe`` (the same, with mixture-of-experts language models).
+- ``vlmdpo.tiny.moe``: ``qwen3_vl_moe``, ``glm4v_moe``, ``qwen3_5_moe`` (the same, with mixture-of-experts language
+  models), ``ernie4_5_vl_moe`` (3-D positions too; separate text and vision experts).
 - ``vlmdpo.tiny.pixel_shuffle``: ``idefics3`` and ``smolvlm`` (images per row), ``internvl``, ``aya_vision``.
 - ``vlmdpo.tiny.gemma``: ``gemma3``, ``paligemma``, ``gemma4`` (bidirectional attention within images).
 - ``vlmdpo.tiny.mllama``: ``mllama`` (cross-attention to image tiles, run per image count: see

@@ -31,6 +31,9 @@ TESTED_FAMILIES: dict[str, tuple[str, str | None]] = {
     "gemma4": ("Gemma4ForConditionalGeneration", None),
     "qwen3_vl_moe": ("Qwen3VLMoeForConditionalGeneration", None),
     "glm4v_moe": ("Glm4vMoeForConditionalGeneration", None),
+    "qwen3_5_moe": ("Qwen3_5MoeForConditionalGeneration", "the language model has layers packed pairs do not split "
+                    "by pair (linear_attention)"),
+    "ernie4_5_vl_moe": ("Ernie4_5_VLMoeForConditionalGeneration", None),
     "mllama": ("MllamaForConditionalGeneration", ("a per-token input holds more than one value per token "
                                                   "(Mllama's cross-attention mask)")),
     "minicpmv4_7": ("MiniCPMV4_7ForConditionalGeneration", "the language model has layers packed pairs do not split "
