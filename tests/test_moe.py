@@ -166,3 +166,53 @@ def test_lora_parts_accepts_experts_and_names_the_choices():
     assert ModelConfig(lora_parts=["language", "experts"]).lora_parts == ["language", "experts"]
     with pytest.raises(ValueError, match="unknown parts \\['expert'\\]; use language/projector/vision/experts"):
         ModelConfig(lora_parts=["expert"])
+
+
+# --- model.router_aux_loss_coef ----------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("settings, words", [
+    ({"router_aux_loss_coef": 0.01}, "applies when the routers train .model.finetune=full."),
+    ({"router_aux_loss_coef": -1.0, "finetune": "full"}, "must be >= 0"),
+])
+def test_router_aux_loss_coef_is_checked_when_the_config_loads(settings, words):
+    with pytest.raises(ValueError, match=words):
+        ModelConfig(**settings)
+
+
+def test_vlmdpo_train_adds_the_load_balancing_term_when_asked(vlmdpo_cache, tmp_path):
+    """Full fine-tuning of tiny Qwen3-VL-MoE through ``vlmdpo train``: with ``model.router_aux_loss_coef`` the term
+    is logged and weighed by it; without, the checkpoint's settings (router logits off) leave it out."""
+    import json
+
+    from PIL import Image
+
+    from vlmdpo.config import load_config
+    from vlmdpo.train.loop import train
+
+    (tmp_path / "red.png").write_bytes(b"")
+    Image.new("RGB", (32, 32), (200, 30, 30)).save(tmp_path / "red.png")
+    rows = [{"images": ["red.png"], "prompt": f"what colour is shape {i}?", "chosen": "red.", "rejected": "blue."}
+            for i in range(4)]
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(row) + "\n" for row in rows))
+    logged = {}
+    for coefficient in (None, 0.01):
+        out = tmp_path / f"run-{coefficient}"
+        extra = [] if coefficient is None else [f"model.router_aux_loss_coef={coefficient}"]
+        train(load_config(None, [f"model.name_or_path={tiny_vlm('qwen3_vl_moe')}", "model.finetune=full",
+                                 f"data.train={tmp_path / 'pairs.jsonl'}", f"train.output_dir={out}",
+                                 "train.batch_size=2", "train.max_steps=1", "train.progress=false",
+                                 "train.mixed_precision=no", *extra]))
+        logged[coefficient] = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()][0]
+    assert ROUTER_PART not in logged[None]
+    # 4 experts, top 2: the term is at least top_k = 2 times the coefficient, and near it for a near-balanced router
+    assert 0.01 * 2 <= logged[0.01][ROUTER_PART] < 0.01 * 2.5, logged[0.01]
+
+
+def test_generation_runs_with_router_logits_on(built):
+    from vlmdpo.eval.generation import generate_responses
+
+    family, model, processor, _ = built
+    rows = matrix_rows()[:2]
+    off = generate_responses(model, processor, rows, max_new_tokens=4, progress=False)
+    on = generate_responses(routing_on(copy.deepcopy(model)), processor, rows, max_new_tokens=4, progress=False)
+    assert on == off, family

@@ -50,8 +50,18 @@ class ModelConfig:
     """Recompute activations in the backward pass to save memory."""
     attn_implementation: str | None = None
     """Passed to ``from_pretrained`` (e.g. sdpa, flash_attention_2)."""
+    router_aux_loss_coef: float | None = None
+    """Mixture-of-experts models under ``finetune=full``: the weight of the routers' load-balancing term in the
+    training loss (the model's own Switch Transformer loss, logged as ``loss/router_load_balancing``). Setting it
+    turns the model's router logits on; null keeps the checkpoint's settings (off on the hub checkpoints)."""
 
     def __post_init__(self):
+        if self.router_aux_loss_coef is not None:
+            if self.router_aux_loss_coef < 0:
+                raise ValueError(f"model.router_aux_loss_coef must be >= 0, got {self.router_aux_loss_coef}")
+            if self.finetune != "full":
+                raise ValueError("model.router_aux_loss_coef applies when the routers train (model.finetune=full); "
+                                 "LoRA never wraps a router, so the term would have nothing to train: unset it")
         if self.finetune not in ("lora", "full"):
             raise ValueError(f"model.finetune must be 'lora' or 'full', got {self.finetune!r}")
         if self.dtype not in ("float32", "bfloat16", "float16"):

@@ -23,6 +23,7 @@ from vlmdpo.data.collator import PreferenceCollator
 from vlmdpo.forward.image_groups import batches_by_image_count
 from vlmdpo.forward.logps import cast_floating, model_dtype
 from vlmdpo.model.lora import eval_mode
+from vlmdpo.model.routers import generation_settings
 
 CACHE_IMPLEMENTATIONS = (None, "dynamic", "static")
 """KV caches ``generate_responses`` offers: the model's default (``None``), ``transformers``' dynamic cache, or
@@ -144,7 +145,7 @@ def generate_responses(
     device, dtype = next(inner.parameters()).device, model_dtype(inner)
     settings = dict(max_new_tokens=max_new_tokens, num_return_sequences=num_return_sequences, use_cache=True,
                     pad_token_id=tokenizer.pad_token_id, **_sampling_kwargs(do_sample, temperature, top_p),
-                    **_cache_kwargs(cache_implementation, compile))
+                    **_cache_kwargs(cache_implementation, compile), **generation_settings(inner))
     order = length_order(prompt_lengths(processor, rows, batch_size)) if sort_by_length else range(len(rows))
     batches = batches_by_image_count(collator, rows, [list(order[start: start + batch_size])
                                                       for start in range(0, len(rows), batch_size)])

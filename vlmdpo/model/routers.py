@@ -62,6 +62,24 @@ def router_loss_coefficient(model: nn.Module) -> float:
     return coefficient if trains else 0.0
 
 
+def turn_on_load_balancing(model: nn.Module, coefficient: float) -> None:
+    """Ask ``model`` (a transformers model) for its router logits and weigh its load-balancing term by
+    ``coefficient`` (``model.router_aux_loss_coef``); ``ValueError`` for a model without routers."""
+    if not router_modules(model):
+        raise ValueError(f"model.router_aux_loss_coef is set, but {type(model).__name__} has no mixture-of-experts "
+                         "routers: unset it")
+    text_config = model.config.get_text_config()
+    text_config.output_router_logits, text_config.router_aux_loss_coef = True, float(coefficient)
+
+
+def generation_settings(model: nn.Module) -> dict:
+    """``generate`` keywords for ``model``: with its router logits on, ``output_router_logits=False`` (transformers'
+    load-balancing loss fails on a cached decoding step's router logits with the whole attention mask)."""
+    config = getattr(model, "config", None)
+    text_config = config.get_text_config() if config is not None and hasattr(config, "get_text_config") else None
+    return {"output_router_logits": False} if getattr(text_config, "output_router_logits", False) else {}
+
+
 class RecordedRouterLogits:
     """A context manager: while it is open, each router call of ``model`` adds its logits ``(tokens, experts)`` to
     ``logits``, in call order (layer by layer)."""

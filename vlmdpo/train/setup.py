@@ -28,6 +28,7 @@ from vlmdpo.methods.collate import MethodCollator
 from vlmdpo.methods.registry import build_methods
 from vlmdpo.model.load import load_model_and_processor, resolve_model_path
 from vlmdpo.model.lora import apply_lora, freeze_parts, frozen_copy, reference_mode
+from vlmdpo.model.routers import turn_on_load_balancing
 from vlmdpo.train.checkpoints import remove_partial_checkpoints, resume, step_checkpoints
 from vlmdpo.train.optimizer import build_optimizer
 from vlmdpo.train.reference_cache import (
@@ -112,6 +113,8 @@ def build_policy(config: Config):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.enable_input_require_grads()
     if model_cfg.finetune == "full":
+        if model_cfg.router_aux_loss_coef is not None:
+            turn_on_load_balancing(model, model_cfg.router_aux_loss_coef)
         freeze_parts(model, tuple(model_cfg.frozen_parts))
         return model, frozen_copy(model) if config.loss.needs_reference else None, processor
     model.requires_grad_(False)
