@@ -333,3 +333,31 @@ def test_the_up_front_check_counts_video_tokens(vlmdpo_cache, tmp_path):
                                            r"max_prompt_length=40"):
         train(hound_config(tmp_path, "data.video_frames=8", "data.max_prompt_length=40"))
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_data_inspect_counts_videos_and_convert_writes_their_frames(tmp_path):
+    """``vlmdpo data inspect`` counts a row's videos; ``vlmdpo data convert`` to jsonl writes each video as a folder
+    of its frames that reads back to the same pixels, and a save_to_disk output refuses video rows by name."""
+    from vlmdpo.data.rows import PreferenceDataset, load_preference_dataset
+    from vlmdpo.data.tools import convert_dataset, inspect_dataset
+
+    source = hound_corpus(tmp_path)
+    root = str(tmp_path / "train_300k")
+    report = inspect_dataset(source, image_root=root)
+    assert report.videos_per_row == [1] * 6 and "videos per row: 1: 6" in report.summary()
+    out, skipped = convert_dataset(source, tmp_path / "converted" / "pairs.jsonl", image_root=root, progress=False)
+    assert skipped == []
+    original = PreferenceDataset(load_rows_of(source), image_root=root)
+    converted = PreferenceDataset(load_preference_dataset(str(out)), image_root=str(out.parent))
+    for i in (0, 5):
+        assert converted[i]["prompt"] == original[i]["prompt"]
+        assert [np.asarray(f).tolist() for f in converted[i]["videos"][0]] == [
+            np.asarray(f).tolist() for f in original[i]["videos"][0]]
+    with pytest.raises(DataError, match="convert to a .jsonl file instead"):
+        convert_dataset(source, tmp_path / "folder", image_root=root, progress=False)
+
+
+def load_rows_of(source):
+    from vlmdpo.data.tools import load_rows
+
+    return load_rows(source)[0]

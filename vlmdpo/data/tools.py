@@ -48,8 +48,8 @@ def load_rows(source: str, split: str = "train", format: str = "auto", options: 
 
 @dataclass
 class Inspection:
-    """What ``inspect_dataset`` found in a sample of rows: word counts per part, images per row, image sizes,
-    bad rows by kind, and a few example rows."""
+    """What ``inspect_dataset`` found in a sample of rows: word counts per part, images and videos per row, image
+    sizes, bad rows by kind, and a few example rows."""
 
     source: str
     format: str
@@ -59,6 +59,7 @@ class Inspection:
     examples: list[dict] = field(default_factory=list)
     words: dict[str, list[int]] = field(default_factory=lambda: collections.defaultdict(list))
     images_per_row: list[int] = field(default_factory=list)
+    videos_per_row: list[int] = field(default_factory=list)
     sizes: list[tuple[int, int]] = field(default_factory=list)
     bad: dict[str, int] = field(default_factory=dict)
 
@@ -73,6 +74,9 @@ class Inspection:
         if self.images_per_row:
             counts = collections.Counter(self.images_per_row)
             lines.append("  images per row: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
+        if any(self.videos_per_row):
+            counts = collections.Counter(self.videos_per_row)
+            lines.append("  videos per row: " + ", ".join(f"{k}: {v}" for k, v in sorted(counts.items())))
         if self.sizes:
             widths, heights = zip(*self.sizes)
             lines.append(f"  image sizes: width {min(widths)}-{int(np.median(widths))}-{max(widths)}, height "
@@ -111,6 +115,7 @@ def inspect_dataset(source: str, split: str = "train", format: str = "auto", opt
             bad[err.kind] += 1
             continue
         report.images_per_row.append(len(row["images"]))
+        report.videos_per_row.append(len(row["videos"]))
         texts = {"prompt": response_text(row["prompt"]), "chosen": response_text(row["chosen"]),
                  "rejected": response_text(row["rejected"])}
         for part, text in texts.items():
@@ -197,5 +202,11 @@ def convert_dataset(source: str, out: str | Path, split: str = "train", format: 
                 file.write(json.dumps({**row, "images": names, **({"videos": folders} if folders else {})}) + "\n")
     else:
         key = f"{rows._fingerprint}|{root}|{skip_bad}"
-        datasets.Dataset.from_generator(good_rows, features=FEATURES, gen_kwargs={"key": key}).save_to_disk(str(out))
+        try:
+            written = datasets.Dataset.from_generator(good_rows, features=FEATURES, gen_kwargs={"key": key})
+        except datasets.exceptions.DatasetGenerationError as err:  # a bad row's own message, not datasets' wrapper
+            if isinstance(err.__cause__, DataError):
+                raise err.__cause__ from None
+            raise
+        written.save_to_disk(str(out))
     return out, skipped
