@@ -1,12 +1,13 @@
 """FSDP2 over gloo, 2 processes on the CPU: one DPO step with the policy sharded per block (LoRA on language,
 projector and vision) equals one unsharded process running the same global batch (the two processes'
-micro-batches accumulated): summed log-probs, loss and LoRA gradients to 1e-5. One process's micro-batch is text
-only while the other's has an image, so the text-only process must run the vision tower on its blank image
-(without it gloo aborts on the mismatched all-gathers). Under sharding ``forward_path=auto`` takes the plain path
-and ``fast`` is refused. Full fine-tuning shards the frozen reference copy too (its vision tower also runs on the
-blank image) and gives the loss and updated weights of one process. A sharded ``vlmdpo train`` SIGKILLed after a
-checkpoint resumes exactly, and its adapter (gathered from the shards) loads with ``PeftModel.from_pretrained`` and
-merges."""
+micro-batches accumulated) by the same forward path: per-token log-probs, loss and LoRA gradients to 1e-5. One
+process's micro-batch is text only while the other's has an image, so the text-only process must run the vision
+tower on its blank image (without it gloo aborts on the mismatched all-gathers). Under sharding
+``forward_path=auto`` takes the fast path (run as the model's forward, which gathers the parameters no block
+holds), on LLaVA and Qwen2-VL. Full fine-tuning shards the frozen reference copy too (its vision tower also runs on
+the blank image) and gives the loss and updated weights of one process, by either path. A sharded ``vlmdpo train``
+(fast path) SIGKILLed after a checkpoint resumes exactly, and its adapter (gathered from the shards) loads with
+``PeftModel.from_pretrained`` and merges."""
 
 import math
 import os
@@ -32,11 +33,10 @@ from vlmdpo.data.collator import PreferenceCollator
 from vlmdpo.eval.metrics_log import read_metrics
 from vlmdpo.forward.fast import choose_forward_path
 from vlmdpo.forward.idle_vision import vision_tower
-from vlmdpo.forward.logps import completion_logps
 from vlmdpo.model.load import is_sharded, load_model_and_processor
 from vlmdpo.model.lora import apply_lora, frozen_copy, part_of
 from vlmdpo.train.sharding import block_classes, full_state_dict, shard_policy, shard_reference
-from vlmdpo.train.step import dpo_step
+from vlmdpo.train.step import dpo_step, logps_function
 
 WORLD_SIZE, TIMEOUT_S = 2, 120
 PARTS = ("language", "projector", "vision")
@@ -65,7 +65,7 @@ def _lora_grads(policy) -> dict[str, torch.Tensor]:
     return grads
 
 
-def _sharded_step(rank, model_dir, images, port, out_dir):
+def _sharded_step(rank, model_dir, images, port, out_dir, forward_path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
@@ -73,26 +73,21 @@ def _sharded_step(rank, model_dir, images, port, out_dir):
         policy, processor, collator = _policy(model_dir)
         pad = processor.tokenizer.pad_token_id
         shard_policy(policy, collator.blank_image_inputs())
+        log = []  # the same probe batch on every process, as vlmdpo train gives them
+        path = choose_forward_path(forward_path, [policy], collator(rows_from(images, RANK_SPECS[0])), pad,
+                                   log=log.append)
         vision_calls = []
         vision_tower(policy).register_forward_hook(lambda *_: vision_calls.append(1))
-        probe = collator(rows_from(images, RANK_SPECS[0]))
-        paths, log = [], []
-        paths.append(choose_forward_path("auto", [policy], probe, pad, log=log.append))
-        try:
-            choose_forward_path("fast", [policy], probe, pad, log=log.append)
-        except ValueError as error:
-            paths.append(str(error))
         batch = collator(rows_from(images, RANK_SPECS[rank]))
         with torch.no_grad():
-            logps = completion_logps(policy, batch, pad)
-        loss, _ = dpo_step(policy, None, batch, LossConfig(), pad_token_id=pad, forward_path=paths[0])
+            logps = logps_function(policy, batch, pad, path)(policy)
+        loss, _ = dpo_step(policy, None, batch, LossConfig(), pad_token_id=pad, forward_path=path)
         loss.backward()
         mean_loss = loss.detach().clone()
         dist.all_reduce(mean_loss)
-        gathered = [torch.zeros(2, len(RANK_SPECS[0])) for _ in range(WORLD_SIZE)]
-        dist.all_gather(gathered, torch.stack([logps["chosen_logps"], logps["rejected_logps"]]))
-        result = {"loss": mean_loss / WORLD_SIZE, "logps": torch.cat(gathered, dim=1), "grads": _lora_grads(policy),
-                  "paths": paths, "log": log, "vision_calls": len(vision_calls), "sharded": is_sharded(policy)}
+        result = {"loss": mean_loss / WORLD_SIZE, "per_token_logps": logps["per_token_logps"],
+                  "grads": _lora_grads(policy), "path": path, "log": log, "vision_calls": len(vision_calls),
+                  "sharded": is_sharded(policy)}
         torch.save(result, os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -115,20 +110,19 @@ def _launch(function, args):
             pytest.fail(f"the sharded processes did not finish in {TIMEOUT_S} s (a collective one process skipped?)")
 
 
-def _unsharded_step(model_dir, images):
+def _unsharded_step(model_dir, images, forward_path):
     """The same global batch in one process: the two micro-batches accumulated, each loss halved."""
     policy, processor, collator = _policy(model_dir)
     pad = processor.tokenizer.pad_token_id
-    losses, logps = [], []
+    losses, per_token_logps = [], []
     for specs in RANK_SPECS:
         batch = collator(rows_from(images, specs))
         with torch.no_grad():
-            out = completion_logps(policy, batch, pad)
-        logps.append(torch.stack([out["chosen_logps"], out["rejected_logps"]]))
-        loss, _ = dpo_step(policy, None, batch, LossConfig(), pad_token_id=pad, forward_path="plain")
+            per_token_logps.append(logps_function(policy, batch, pad, forward_path)(policy)["per_token_logps"])
+        loss, _ = dpo_step(policy, None, batch, LossConfig(), pad_token_id=pad, forward_path=forward_path)
         (loss / WORLD_SIZE).backward()
         losses.append(loss.detach())
-    return {"loss": torch.stack(losses).mean(), "logps": torch.cat(logps, dim=1), "grads": _lora_grads(policy)}
+    return {"loss": torch.stack(losses).mean(), "per_token_logps": per_token_logps, "grads": _lora_grads(policy)}
 
 
 def test_block_classes_name_every_layer_of_every_part(tiny_model_and_processor):
@@ -139,28 +133,32 @@ def test_block_classes_name_every_layer_of_every_part(tiny_model_and_processor):
     assert set(stacks) == {"language", "vision"} and set(stacks.values()) <= block_classes(model)
 
 
-@pytest.mark.parametrize("family", ["llava"], indirect=True)
-def test_fsdp2_step_with_a_text_only_process_equals_one_process(family, tiny_model_dir, images, tmp_path):
-    _launch(_sharded_step, (tiny_model_dir, images, _free_port(), str(tmp_path)))
+@pytest.mark.parametrize(("family", "forward_path"), [("llava", "plain"), ("llava", "auto"), ("qwen2_vl", "auto")],
+                         indirect=["family"])
+def test_fsdp2_step_with_a_text_only_process_equals_one_process(family, forward_path, tiny_model_dir, images,
+                                                                tmp_path):
+    _launch(_sharded_step, (tiny_model_dir, images, _free_port(), str(tmp_path), forward_path))
     ranks = [torch.load(tmp_path / f"rank{rank}.pt") for rank in range(WORLD_SIZE)]
+    path = "fast" if forward_path == "auto" else "plain"
     with torch.random.fork_rng():
-        expected = _unsharded_step(tiny_model_dir, images)
+        expected = _unsharded_step(tiny_model_dir, images, path)
 
-    for result in ranks:
-        assert result["sharded"]
-        assert result["paths"][0] == "plain" and "sharded" in result["log"][0]
-        assert "train.forward_path=fast" in result["paths"][1] and "forward_path=auto or plain" in result["paths"][1]
+    for rank, result in enumerate(ranks):
+        assert result["sharded"] and result["path"] == path
+        if forward_path == "auto":  # the fast path runs sharded, after agreeing with the plain one on the probe
+            assert result["log"][0].startswith("forward path: fast")
         torch.testing.assert_close(result["loss"], expected["loss"], rtol=0, atol=1e-5)
-        torch.testing.assert_close(result["logps"], expected["logps"], rtol=0, atol=1e-5)
+        torch.testing.assert_close(result["per_token_logps"], expected["per_token_logps"][rank], rtol=0, atol=1e-5)
     assert ranks[0]["loss"] == ranks[1]["loss"]
     # the text-only process ran the vision tower in each of its forwards (log-probs, policy, reference), as the
     # process with the image did
     assert ranks[1]["vision_calls"] == ranks[0]["vision_calls"] == 3
     grads, expected_grads = ranks[0]["grads"], expected["grads"]
-    assert set(grads) == set(expected_grads) and any("vision_tower" in name for name in grads)
+    assert set(grads) == set(expected_grads) and {part_of(name) for name in grads} == set(PARTS)
     for name, grad in expected_grads.items():
         torch.testing.assert_close(grads[name], grad, rtol=0, atol=1e-5, msg=name)
-    assert any(grad.abs().max() > 0 for name, grad in grads.items() if "vision_tower" in name)
+    for part in PARTS:
+        assert any(grad.abs().max() > 0 for name, grad in grads.items() if part_of(name) == part), part
 
 
 def _full_finetuning(model_dir):
@@ -175,21 +173,21 @@ def _full_finetuning(model_dir):
     return model.train(), reference, processor, PreferenceCollator(processor)
 
 
-def _sgd_step(policy, reference, pad, batches):
+def _sgd_step(policy, reference, pad, batches, forward_path):
     """One SGD step on the micro-batches, each loss divided by their number (FSDP2 averages the processes'
     gradients); return their mean loss. SGD, not Adam: Adam's first step is about ``lr * sign(grad)``, which would
     blow rounding in a near-zero gradient up to the learning rate."""
     optimizer = torch.optim.SGD(policy.parameters(), lr=1.0)
     losses = []
     for batch in batches:
-        loss, _ = dpo_step(policy, reference, batch, LossConfig(), pad_token_id=pad, forward_path="plain")
+        loss, _ = dpo_step(policy, reference, batch, LossConfig(), pad_token_id=pad, forward_path=forward_path)
         (loss / len(batches)).backward()
         losses.append(loss.detach())
     optimizer.step()
     return torch.stack(losses).mean()
 
 
-def _sharded_full_step(rank, model_dir, images, port, out_dir):
+def _sharded_full_step(rank, model_dir, images, port, out_dir, forward_path):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE)
@@ -200,7 +198,7 @@ def _sharded_full_step(rank, model_dir, images, port, out_dir):
         reference_vision_calls = []
         vision_tower(reference).register_forward_hook(lambda *_: reference_vision_calls.append(1))
         loss = _sgd_step(policy, reference, processor.tokenizer.pad_token_id,
-                         [collator(rows_from(images, RANK_SPECS[rank]))])
+                         [collator(rows_from(images, RANK_SPECS[rank]))], forward_path)
         dist.all_reduce(loss)
         result = {"loss": loss / WORLD_SIZE, "reference_vision_calls": len(reference_vision_calls),
                   "reference_dtensors": all(isinstance(p, DTensor) for p in reference.parameters()),
@@ -216,14 +214,15 @@ def _sharded_full_step(rank, model_dir, images, port, out_dir):
 
 
 @pytest.mark.parametrize("family", ["llava"], indirect=True)
-def test_fsdp2_full_finetuning_shards_the_reference_and_equals_one_process(family, tiny_model_dir, images,
-                                                                           tmp_path):
-    _launch(_sharded_full_step, (tiny_model_dir, images, _free_port(), str(tmp_path)))
+@pytest.mark.parametrize("forward_path", ["plain", "fast"])
+def test_fsdp2_full_finetuning_shards_the_reference_and_equals_one_process(family, forward_path, tiny_model_dir,
+                                                                           images, tmp_path):
+    _launch(_sharded_full_step, (tiny_model_dir, images, _free_port(), str(tmp_path), forward_path))
     ranks = [torch.load(tmp_path / f"full{rank}.pt") for rank in range(WORLD_SIZE)]
     with torch.random.fork_rng():
         policy, reference, processor, collator = _full_finetuning(tiny_model_dir)
         expected_loss = _sgd_step(policy, reference, processor.tokenizer.pad_token_id,
-                                  [collator(rows_from(images, specs)) for specs in RANK_SPECS])
+                                  [collator(rows_from(images, specs)) for specs in RANK_SPECS], forward_path)
 
     for result in ranks:
         torch.testing.assert_close(result["loss"], expected_loss, rtol=0, atol=1e-5)
@@ -293,6 +292,7 @@ def test_a_killed_sharded_run_resumes_exactly_and_its_adapter_merges(family, tin
 
     log = _finished(_sharded_train(tiny_model_dir, data, out))
     assert f"resuming from {out / 'checkpoint-2'} at step 2" in log
+    assert "forward path: fast" in log  # forward_path=auto, sharded
     records = read_metrics(out / "metrics.jsonl")
     assert [r["step"] for r in records] == [r["step"] for r in expected] == [1, 2, 3, 4]
     for ours, theirs in zip(records, expected):

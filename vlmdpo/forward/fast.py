@@ -5,8 +5,10 @@
           -> the model's own body with tree attention (vlmdpo.forward.tree_attention)
           -> head_logps on the scored positions only (vlmdpo.forward.lm_head)
 
-It returns what ``vlmdpo.forward.logps.completion_logps`` (the plain path, kept as the reference implementation)
-returns, equal to it up to float rounding. ``choose_forward_path`` picks the path for a model and says why.
+Each model's part of it runs as that model's forward (``as_forward``), so that its forward hooks run (FSDP2's
+gather a sharded model's parameters). It returns what ``vlmdpo.forward.logps.completion_logps`` (the plain path,
+kept as the reference implementation) returns, equal to it up to float rounding. ``choose_forward_path`` picks the
+path for a model and says why.
 """
 
 from __future__ import annotations
@@ -45,8 +47,10 @@ def image_features(model, vision_inputs: dict) -> dict | None:
 
 def shared_image_features(model, batch: dict) -> dict | None:
     """Image features computed once, without gradients, for both the policy and the reference; ``None`` when
-    the vision side trains (each model then encodes the images itself, still once per pair)."""
-    if not shares_image_features(model):
+    the vision side trains (each model then encodes the images itself, still once per pair) or the model is
+    sharded: there every forward runs the vision tower anyway (``vlmdpo.forward.idle_vision``), and a run of it
+    outside a forward would be a collective that a process without images skips."""
+    if is_sharded(model) or not shares_image_features(model):
         return None
     with torch.no_grad():
         return image_features(model, batch["vision_inputs"])
@@ -79,37 +83,68 @@ def packed_completion_logps(model, packed: PackedPairs, features: dict | None = 
     check_outputs(outputs)
     base = hf_model(model)
     install_tree_attention(base)
-    if features is None:  # this model's own image features (with gradients if its vision side trains)
-        features = image_features(model, packed.vision_inputs)
-    inputs = _cast_inputs(model, _model_inputs(packed, features))
     if isinstance(model, torch.nn.parallel.DistributedDataParallel):
         # DDP synchronizes gradients only through its own forward: let the model apply its head
-        logits = model(**inputs, logits_to_keep=packed.score_index).logits[0]
+        if features is None:
+            features = image_features(model, packed.vision_inputs)
+        logits = model(**_cast_inputs(model, _model_inputs(packed, features)),
+                       logits_to_keep=packed.score_index).logits[0]
         logps = selective_log_softmax(logits, packed.labels)
-        scored = {"log_sum_sq_probs": lambda: log_sum_sq_probs(logits)}
+        per_token = {"log_sum_sq_probs": lambda: log_sum_sq_probs(logits)}
+        scored = {name: per_token[name]() for name in outputs}
     else:
-        hidden = base.base_model(**inputs).last_hidden_state[0][packed.score_index]
-        transform = logit_transform(base.config.get_text_config())
-        logps = head_logps(hidden, base.get_output_embeddings(), packed.labels, **transform)
-        scored = {"log_sum_sq_probs": lambda: head_log_sum_sq_probs(hidden, base.get_output_embeddings(),
-                                                                    **transform)}
+        logps, scored = as_forward(base, lambda: _scored_logps(model, packed, features, outputs))
     place = (packed.score_row.to(logps.device), packed.score_col.to(logps.device))
     per_token_logps = torch.zeros(packed.shape, dtype=torch.float32, device=logps.device).index_put(place, logps)
     sums = per_token_logps.sum(dim=1)
     batch_size = packed.shape[0] // len(packed.fields)
     out = {"per_token_logps": per_token_logps}
     for name in outputs:
-        out[f"per_token_{name}"] = torch.zeros_like(per_token_logps).index_put(place, scored[name]())
+        out[f"per_token_{name}"] = torch.zeros_like(per_token_logps).index_put(place, scored[name])
     for i, field in enumerate(packed.fields):
         out[f"{field}_logps"] = sums[i * batch_size: (i + 1) * batch_size]
         out[f"{field}_lengths"] = packed.lengths[i * batch_size: (i + 1) * batch_size].to(logps.device)
     return out
 
 
+def _scored_logps(model, packed: PackedPairs, features: dict | None, outputs) -> tuple[torch.Tensor, dict]:
+    """The scored tokens' log-probs (K,), and each of ``outputs`` (K,) by name: image features (when not given),
+    the model's body, then its output embeddings on the scored positions."""
+    base = hf_model(model)
+    if features is None:  # this model's own image features (with gradients if its vision side trains)
+        features = image_features(model, packed.vision_inputs)
+    inputs = _cast_inputs(model, _model_inputs(packed, features))
+    hidden = base.base_model(**inputs).last_hidden_state[0][packed.score_index]
+    head, transform = base.get_output_embeddings(), logit_transform(base.config.get_text_config())
+    per_token = {"log_sum_sq_probs": lambda: head_log_sum_sq_probs(hidden, head, **transform)}
+    scored = {name: per_token[name]() for name in outputs}
+    return head_logps(hidden, head, packed.labels, **transform), scored
+
+
+def as_forward(module: torch.nn.Module, compute):
+    """``compute()``, run as ``module``'s forward: through ``module.__call__``, so that its forward hooks run
+    as for any forward of it.
+
+    The fast path calls parts of the model (the image features, the body, the output embeddings) rather than
+    the model. Run as the model's forward, FSDP2's hooks on a sharded model (``vlmdpo.train.sharding``) gather
+    the parameters no inner block holds (embeddings, projector, LM head) before it and reduce-scatter their
+    gradients after the backward, as for the model's own forward; the blocks it calls gather their own. The
+    blank-image rule (``vlmdpo.forward.idle_vision``) sees a forward start, too.
+    """
+    own = module.__dict__.get("forward")  # a wrapper's (accelerate's hooks) is put back afterwards
+    module.forward = compute
+    try:
+        return module()
+    finally:
+        if own is None:
+            del module.forward
+        else:
+            module.forward = own
+
+
 def fast_completion_logps(model, batch: dict, outputs=()) -> dict[str, torch.Tensor]:
     """``completion_logps`` by the fast path, for one model (``pack_pairs`` + ``packed_completion_logps``)."""
-    return packed_completion_logps(model, pack_pairs(model, batch), image_features(model, batch["vision_inputs"]),
-                                   outputs)
+    return packed_completion_logps(model, pack_pairs(model, batch), outputs=outputs)
 
 
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
@@ -127,10 +162,10 @@ def logit_transform(text_config) -> dict:
 
 def fast_path_problem(model, batch: dict) -> str | None:
     """Why the fast path cannot serve ``model`` on batches like ``batch``, or ``None`` when it can."""
-    if is_sharded(model):
-        return ("its parameters are sharded across processes (FSDP2, ZeRO-3), and the fast path calls the vision "
-                "tower, embeddings, decoder layers and LM head outside the model's forward, where they stay sharded")
     base = hf_model(model)
+    problem = sharding_problem(base)
+    if problem is not None:
+        return problem
     config = base.config.get_text_config()
     attention = config._attn_implementation or "eager"
     if attention.startswith("vlmdpo_tree_"):
@@ -157,6 +192,31 @@ def fast_path_problem(model, batch: dict) -> str | None:
     return None
 
 
+def sharding_problem(base) -> str | None:
+    """Why the fast path cannot run on sharded ``base`` (a ``transformers`` model), or ``None``.
+
+    It runs as the model's forward (``as_forward``): FSDP2 then gathers what the model's own unit holds, and each
+    block gathers itself when called. The LM head's weight is used outside the head's forward, so it must not be
+    a block's.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    if any(hasattr(param, "ds_id") for param in base.parameters()):
+        return ("its parameters are partitioned by DeepSpeed ZeRO-3, and the fast path uses the LM head's weight "
+                "outside the head's forward, where ZeRO-3 has not gathered it")
+    if not any(isinstance(module, FSDPModule) for module in base.modules()):
+        return None
+    if not isinstance(base, FSDPModule):
+        return ("its blocks are sharded (FSDP2) but the model itself is not an FSDP unit, and the fast path gathers "
+                "the model's other parameters (embeddings, projector, LM head) by running as its forward")
+    head = base.get_output_embeddings() if hasattr(base, "get_output_embeddings") else None
+    block = next((name for name, module in base.named_modules() if module is not base and head is not None
+                  and isinstance(module, FSDPModule) and any(p is head.weight for p in module.parameters())), None)
+    if block is not None:
+        return f"its LM head's weight is sharded with the block {block}, whose forward the fast path does not run"
+    return None
+
+
 def parity_problem(model, batch: dict, pad_token_id: int) -> str | None:
     """Run both paths on a small ``batch`` without gradients; a difference beyond float rounding (in mean
     absolute per-token log-prob) means the model does something the fast path does not reproduce."""
@@ -166,7 +226,10 @@ def parity_problem(model, batch: dict, pad_token_id: int) -> str | None:
     dtype = next(hf_model(model).parameters()).dtype
     tolerance = 1e-3 if dtype == torch.float32 else 5e-2
     scored = plain != 0
-    difference = float((fast - plain)[scored].abs().mean()) if scored.any() else 0.0
+    difference = (fast - plain)[scored].abs().mean() if scored.any() else torch.zeros((), device=plain.device)
+    if is_sharded(model):  # every process must take the same path: the largest difference decides for all
+        torch.distributed.all_reduce(difference, op=torch.distributed.ReduceOp.MAX)
+    difference = float(difference)
     if difference > tolerance:
         return f"on a probe batch its log-probs were {difference:.2g} per token away from the plain path's"
     return None
