@@ -181,6 +181,27 @@ def test_videos_of_8_and_4_frames_beside_an_image_row(built):
         assert covered.lstrip().startswith(row["chosen"][0]["content"][0]["text"]), (family, covered)
 
 
+@pytest.mark.parametrize("parts, encodings", [(("language",), 1), (("language", "vision"), 2)])
+def test_a_step_encodes_each_video_once_when_the_vision_side_is_frozen(built, parts, encodings):
+    """The fast path's DPO step: with the vision tower frozen, the policy and the reference (adapter off) share one
+    run of it per batch (``shared_image_features``); with vision LoRA each model runs it once."""
+    from vlmdpo.config import LossConfig
+    from vlmdpo.model.load import hf_model
+    from vlmdpo.train.step import dpo_step
+
+    family, model, processor = built
+    policy = randomize_lora(apply_lora(copy.deepcopy(model), r=4, alpha=8, parts=parts), seed=1)
+    base = hf_model(policy)
+    owner = base if "get_video_features" in type(base).__dict__ else base.base_model
+    calls = []
+    original = owner.get_video_features
+    owner.get_video_features = lambda *args, **kwargs: calls.append(1) or original(*args, **kwargs)
+    batch = PreferenceCollator(processor)(video_rows())
+    loss, _ = dpo_step(policy, None, batch, LossConfig(), pad_token_id=processor.tokenizer.pad_token_id,
+                       forward_path="fast")
+    assert torch.isfinite(loss) and len(calls) == encodings, (family, len(calls))
+
+
 # --- reading videos ----------------------------------------------------------------------------------------------
 
 def test_frame_indices_are_even_and_exact():

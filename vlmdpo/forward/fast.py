@@ -34,15 +34,29 @@ def shares_image_features(model) -> bool:
                    for name, param in hf_model(model).named_parameters())
 
 
+# processor outputs that only place videos (Qwen2.5-VL's seconds per temporal patch feeds its rope index alone)
+_VIDEO_PLACEMENT = ("second_per_grid_ts",)
+
+
 def image_features(model, vision_inputs: dict) -> dict | None:
-    """``mm_encoder_outputs`` for the model's forward, from its own ``get_image_features``; ``None`` when there
-    are no images or when the inputs hold more than images (videos go through the forward as they are)."""
+    """``mm_encoder_outputs`` for the model's forward: ``image`` from its own ``get_image_features`` and ``video``
+    from its ``get_video_features`` (the inputs whose names say video); ``None`` when there are none, or videos
+    and the model has no ``get_video_features`` (they then go through the forward as they are)."""
     if not vision_inputs or not any(key.startswith("pixel_values") for key in vision_inputs):
         return None
-    if any("video" in key for key in vision_inputs):
-        return None
     base = hf_model(model)
-    return {"image": image_features_fn(base)(**cast_floating(vision_inputs, model_dtype(base)), return_dict=True)}
+    inputs = cast_floating(vision_inputs, model_dtype(base))
+    videos = {key: value for key, value in inputs.items() if "video" in key}
+    images = {key: value for key, value in inputs.items() if key not in videos and key not in _VIDEO_PLACEMENT}
+    video_features = getattr(base, "get_video_features", None) or getattr(base.base_model, "get_video_features", None)
+    if videos and video_features is None:
+        return None
+    features = {}
+    if any(key.startswith("pixel_values") for key in images):
+        features["image"] = image_features_fn(base)(**images, return_dict=True)
+    if videos:
+        features["video"] = video_features(**videos, return_dict=True)
+    return features
 
 
 def shared_image_features(model, batch: dict) -> dict | None:
