@@ -221,3 +221,34 @@ def test_per_token_and_per_image_outputs_of_gemma4_and_mllama_processors(images,
     assert torch.equal(continued[:2, :prompt_length], mask)
     assert torch.equal(continued[:2, prompt_length:], mask[:, -1:].expand_as(continued[:2, prompt_length:]))
     assert continued[1, -1, :, 0].tolist() == [1, 1]  # the two-image row's responses see both images
+
+
+THINKING_TEMPLATE = (  # Qwen3's way: an empty think block in the generation prompt, none in a finished answer
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{% for block in message['content'] %}{% if block['type'] == 'image' %}<|vision_start|><|image_pad|><|vision_end|>"
+    "{% else %}{{ block['text'] }}{% endif %}{% endfor %}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n<think>\n\n</think>\n\n{% endif %}")
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl"], indirect=True)
+def test_a_thinking_template_scores_the_response_after_the_generation_prompt(family, tiny_model_and_processor,
+                                                                            mixed_rows):
+    """The generation prompt (ending in an empty think block) is not a prefix of the finished conversation: the
+    prompt is the generation prompt, the completion the response text and the turn's end, as generation sees it."""
+    import copy
+
+    processor = copy.deepcopy(tiny_model_and_processor[1])
+    processor.chat_template = THINKING_TEMPLATE
+    batch = PreferenceCollator(processor)(mixed_rows)
+    tokenizer = processor.tokenizer
+    for i, row in enumerate(mixed_rows):
+        prompt = tokenizer.decode(batch["prompt_input_ids"][i][batch["prompt_attention_mask"][i].bool()])
+        assert prompt.endswith("<|im_start|>assistant\n<think>\n\n</think>\n\n"), prompt
+        ids = batch["chosen_input_ids"][i][batch["chosen_attention_mask"][i].bool()]
+        text = row["chosen"][0]["content"][0]["text"]
+        assert tokenizer.decode(ids) == text + "<|im_end|>"
+        assert tokens_of(tokenizer, batch["chosen_input_ids"][i], batch["chosen_completion_mask"][i]) == \
+            text + "<|im_end|>"
+    processor.chat_template = THINKING_TEMPLATE.replace("{{ block['text'] }}", "{{ block['text'] | upper }}")
+    with pytest.raises(DataError, match="the response text is not in its rendering"):
+        PreferenceCollator(processor)(mixed_rows)

@@ -6,7 +6,9 @@ by the same chat template, tokenized with the processor's tokenizer, right-padde
 ``completion_mask`` that is 1 exactly on the response's text tokens, the whitespace separator (if any) the
 template puts between the generation prompt and the text (the model must generate it), and the end-of-turn
 token the template closes the turn with; 0 on chat scaffolding and padding. Image tokens and prompt never
-enter the mask because they never enter the completion tensors.
+enter the mask because they never enter the completion tensors. Where the template's generation prompt is not a
+prefix of its rendering of the finished conversation (a thinking template's empty ``<think></think>`` block),
+the response is scored after the generation prompt, as generation will produce it.
 """
 
 from __future__ import annotations
@@ -200,13 +202,19 @@ class PreferenceCollator:
         self._check_text(row, field)
         prompt_text = self._chat(row["prompt"], add_generation_prompt=True)
         full_text = self._chat(row["prompt"] + row[field], add_generation_prompt=False)
-        if not full_text.startswith(prompt_text):
-            raise DataError(row.get("index"), field, "the chat template renders the prompt differently when "
-                            "a response follows it, so the response cannot be located",
-                            "use a chat template whose generation prompt is a prefix of the full conversation",
-                            kind="chat_template")
-        suffix = full_text[len(prompt_text):]
         text = response_text(row[field])
+        if full_text.startswith(prompt_text):
+            suffix = full_text[len(prompt_text):]
+        else:
+            # a thinking template's generation prompt opens (and here closes) a <think> block its rendering of a
+            # finished answer leaves out (Qwen3, ERNIE 4.5 VL): the response is scored after the generation prompt,
+            # as generation will produce it, ending the way the template ends the answer
+            at = full_text.rfind(text)
+            if at < 0 or not text:
+                raise DataError(row.get("index"), field, "the chat template renders the prompt differently when "
+                                "a response follows it, and the response text is not in its rendering",
+                                "use a chat template that renders the response as given", kind="chat_template")
+            suffix = full_text[at:]
         start = suffix.find(text)
         if start < 0:
             raise DataError(row.get("index"), field, "the chat template changed the response text",
