@@ -244,15 +244,19 @@ def test_fsdp2_full_finetuning_shards_the_reference_and_equals_one_process(famil
         assert torch.equal(ranks[0]["reference"][name], value), name
 
 
-def _sharded_train(model_dir, data, output_dir):
+def _train_settings(model_dir, data, output_dir, forward_path="auto"):
+    return [f"model.name_or_path={model_dir}", f"data.train={data}", "model.lora_parts=[language,projector,vision]",
+            f"train.output_dir={output_dir}", "train.max_steps=4", "train.save_steps=2", "train.batch_size=1",
+            "train.learning_rate=5e-3", "train.lr_scheduler=cosine", "train.warmup_ratio=0.2",
+            "train.mixed_precision=no", "train.progress=false", "train.seed=3", f"train.forward_path={forward_path}"]
+
+
+def _sharded_train(model_dir, data, output_dir, forward_path="auto"):
     """``vlmdpo train`` sharded over 2 processes under ``accelerate launch``, in its own process group."""
     command = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
                "--main_process_port", str(_free_port()), "-m", "vlmdpo.cli", "train",
-               f"model.name_or_path={model_dir}", f"data.train={data}", "model.lora_parts=[language,projector,vision]",
-               f"train.output_dir={output_dir}", "train.max_steps=4", "train.save_steps=2", "train.batch_size=1",
-               "train.learning_rate=5e-3", "train.lr_scheduler=cosine", "train.warmup_ratio=0.2",
-               "train.mixed_precision=no", "train.progress=false", "train.seed=3", "train.sharding=fsdp2"]
+               *_train_settings(model_dir, data, output_dir, forward_path), "train.sharding=fsdp2"]
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
     return subprocess.Popen(command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
@@ -266,6 +270,33 @@ def _finished(process) -> str:
         pytest.fail(f"the sharded run did not finish in {TIMEOUT_S} s")
     assert process.returncode == 0, log[-6000:]
     return log
+
+
+@pytest.mark.parametrize("family", ["llava"], indirect=True)
+@pytest.mark.parametrize("forward_path", ["plain", "auto"])
+def test_sharded_vlmdpo_train_equals_one_process_with_doubled_accumulation(family, forward_path, tiny_model_dir,
+                                                                          tmp_path):
+    """``vlmdpo train`` with ``train.sharding=fsdp2`` on 2 processes (the 8 mixed rows: steps where both, one or
+    neither process holds an image), cosine schedule, LoRA on all three parts, against ``vlmdpo train`` on one
+    process with gradient accumulation 2: the same losses, learning rates and adapter, on either forward path."""
+    from vlmdpo.config import load_config
+    from vlmdpo.train.loop import train
+
+    data = write_mixed_pairs(tmp_path / "data")
+    log = _finished(_sharded_train(tiny_model_dir, data, tmp_path / "sharded", forward_path))
+    assert f"forward path: {'fast' if forward_path == 'auto' else 'plain'}" in log
+    one = train(load_config(None, [*_train_settings(tiny_model_dir, data, tmp_path / "one", forward_path),
+                                   "train.gradient_accumulation_steps=2"]))
+    ours, theirs = read_metrics(tmp_path / "sharded" / "metrics.jsonl"), read_metrics(one / "metrics.jsonl")
+    assert [r["step"] for r in ours] == [r["step"] for r in theirs] == [1, 2, 3, 4]
+    for a, b in zip(ours, theirs):
+        for key in ("loss", "logps/chosen", "logps/rejected", "learning_rate"):
+            assert a[key] == pytest.approx(b[key], rel=0, abs=1e-5), (a["step"], key)
+    sharded, expected = load_file(str(tmp_path / "sharded" / "adapter_model.safetensors")), load_file(
+        str(one / "adapter_model.safetensors"))
+    assert set(sharded) == set(expected) and any("vision" in name for name in sharded)
+    for name, value in expected.items():
+        torch.testing.assert_close(sharded[name], value, rtol=0, atol=1e-5, msg=name)
 
 
 @pytest.mark.parametrize("family", ["llava"], indirect=True)
