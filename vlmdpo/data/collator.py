@@ -16,13 +16,9 @@ from __future__ import annotations
 import torch
 
 from vlmdpo.data.rows import DataError, response_text
+from vlmdpo.data.processor_outputs import NOT_MODEL_INPUTS, TEXT_KEYS, image_axes, response_token_types
 from vlmdpo.data.special_tokens import MODES, SpecialTokens
 
-# Processor outputs with one value per prompt token (the rest are per image: pixel_values, image_grid_thw...).
-_TEXT_KEYS = ("input_ids", "attention_mask")
-# Processor outputs that are not model inputs here: a processor's own training labels (PaliGemma's, with a
-# suffix) would reach the forward and clash with the loss computed from the completion mask.
-_NOT_MODEL_INPUTS = ("labels",)
 
 
 class PreferenceCollator:
@@ -63,8 +59,8 @@ class PreferenceCollator:
         self.max_response_length = max_response_length
         added = [token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special]
         self._special_tokens = sorted(set(added) | set(self.tokenizer.all_special_tokens), key=len, reverse=True)
-        self.response_token_types = _response_token_types(processor, self.tokenizer)
-        self.image_axes = _image_axes(processor)
+        self.response_token_types = response_token_types(processor, self.tokenizer)
+        self.image_axes = image_axes(processor)
         # what the image and video processors output is per image, even where its first two dims happen to equal
         # (batch, prompt length): Gemma 4's (images, patches, 2) image_position_ids, Idefics3's pixel_attention_mask
         self._per_image_keys = {name for part in ("image_processor", "video_processor")
@@ -276,7 +272,7 @@ class PreferenceCollator:
             "image_axes": dict(self.image_axes),
         }
         for key, value in prompts.items():
-            if key in _TEXT_KEYS or key in _NOT_MODEL_INPUTS or not isinstance(value, torch.Tensor):
+            if key in TEXT_KEYS or key in NOT_MODEL_INPUTS or not isinstance(value, torch.Tensor):
                 continue
             is_per_token = (key not in self._per_image_keys and value.dim() >= 2
                             and tuple(value.shape[:2]) == (batch_size, prompt_len) and not value.is_floating_point())
@@ -291,47 +287,6 @@ class PreferenceCollator:
             batch[f"{field}_attention_mask"] = mask
             batch[f"{field}_completion_mask"] = completion_mask
         return batch
-
-
-def _response_token_types(processor, tokenizer) -> dict[str, int]:
-    """The value each per-token processor output gives response tokens, asked of the processor itself: one that
-    takes a ``suffix`` (PaliGemma's) marks it, and that mark (1: causal suffix, not bidirectional prefix) is
-    what responses get. Processors without one give responses the default, 0 (text)."""
-    from PIL import Image
-
-    try:
-        out = processor(text=[" x"], images=[[Image.new("RGB", (32, 32))]], suffix=[" y"], return_tensors="pt")
-    except Exception:  # no suffix argument, or a processor that wants placeholders: the default holds
-        return {}
-    length = out["input_ids"].shape[1]
-    return {key: int(value[0, -1]) for key, value in out.items()
-            if key not in _TEXT_KEYS and key not in _NOT_MODEL_INPUTS and isinstance(value, torch.Tensor)
-            and value.dim() == 2 and value.shape[1] == length and not value.is_floating_point()
-            and int(value[0, -1]) != 0}
-
-
-def _image_axes(processor) -> dict[str, int]:
-    """The axis each per-image output of the image processor stacks a batch's images along, where it is not the
-    first, asked of the image processor itself (one row of one image, then two): MiniCPM-V packs every patch of
-    a batch into one row of ``pixel_values`` (1, C, patch, patches), so its images grow the last axis."""
-    from PIL import Image
-
-    image_processor = getattr(processor, "image_processor", None)
-    if image_processor is None:
-        return {}
-    image = Image.new("RGB", (32, 32))
-    try:
-        one, two = (image_processor([[image]] * rows, return_tensors="pt") for rows in (1, 2))
-    except Exception:  # noqa: BLE001 - an image processor that cannot say: images stack along the first axis
-        return {}
-    axes = {}
-    for key, value in one.items():
-        other = two.get(key)
-        if isinstance(value, torch.Tensor) and isinstance(other, torch.Tensor) and value.dim() == other.dim():
-            grown = [axis for axis in range(value.dim()) if value.shape[axis] != other.shape[axis]]
-            if grown and grown[0] != 0:
-                axes[key] = grown[0]
-    return axes
 
 
 def _truncate_at(mask: list[int], max_tokens: int) -> int:

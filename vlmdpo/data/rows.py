@@ -3,21 +3,43 @@
 A row has ``images`` (a list of PIL images, paths or bytes, or the ``datasets`` Image feature), optionally
 ``videos`` (each a folder of frames, a video file or a list of frames: ``vlmdpo.data.videos``), ``prompt``,
 ``chosen`` and ``rejected``, in TRL's conversational format (lists of ``{"role", "content"}`` messages whose
-content holds ``{"type": "image"}``, ``{"type": "video"}`` and ``{"type": "text"}`` blocks) or as plain strings. Every row is turned
-into the conversational form here, so the collator sees one format only.
+content holds ``{"type": "image"}``, ``{"type": "video"}`` and ``{"type": "text"}`` blocks) or as plain strings.
+Every row is turned into the conversational form (``vlmdpo.data.messages``), so the collator sees one format only.
 """
 
 from __future__ import annotations
 
-import re
 from collections.abc import Sequence
 from pathlib import Path
 
 import datasets
 from PIL import Image
 
+from vlmdpo.data.errors import DataError
 from vlmdpo.data.images import DEFAULT_MAX_PIXELS, ImageError, load_image
+from vlmdpo.data.messages import (  # the message names are imported from here too (re-exported)
+    IMAGE_PLACEHOLDER, PLACEHOLDERS, PROMPT_ROLES, RESPONSE_ROLES, VIDEO_PLACEHOLDER, as_messages, count_blocks,
+    response_text, split_placeholders,
+)
 from vlmdpo.data.videos import load_video
+
+__all__ = [
+    "IMAGE_PLACEHOLDER",
+    "PLACEHOLDERS",
+    "PROMPT_ROLES",
+    "RESPONSE_FIELDS",
+    "RESPONSE_ROLES",
+    "SCORE_COLUMNS",
+    "VIDEO_PLACEHOLDER",
+    "DataError",
+    "PreferenceDataset",
+    "count_blocks",
+    "default_image_root",
+    "load_preference_dataset",
+    "normalize_row",
+    "response_text",
+    "split_placeholders",
+]
 
 RESPONSE_FIELDS = ("chosen", "rejected")
 
@@ -26,26 +48,6 @@ SCORE_COLUMNS = ("reward_margin", "chosen_score", "rejected_score", "clip_score_
                  "rejected_clip_score")
 """A pair's scores from a reward model, a judge or CLIP, kept on the row when the dataset has them (MM-DPO's
 margin-scaled beta reads the first three, ``vlmdpo.methods.margin_beta``; DAMA the CLIP ones, ``vlmdpo.methods.dama``)."""
-
-IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER = "<image>", "<video>"
-"""The placeholders of plain-string prompts (TRL's and LLaVA's): each one stands for the next image or video."""
-PLACEHOLDERS = {"image": IMAGE_PLACEHOLDER, "video": VIDEO_PLACEHOLDER}
-PROMPT_ROLES, RESPONSE_ROLES = ("system", "user", "assistant"), ("assistant",)
-
-
-class DataError(ValueError):
-    """A preference row that cannot be used; the message names the row, the field and the fix.
-
-    ``kind`` is a short name for the problem (``missing_image``, ``empty_response``...), used to count bad
-    rows by kind; ``problem`` and ``fix`` are the two halves of the message."""
-
-    def __init__(self, index: int | None, field: str | None, problem: str, fix: str, kind: str = "invalid_row",
-                 where: str | None = None):
-        where = where or (f"row {index} (counted from 0)" if index is not None else "a row")
-        where += f", field {field!r}" if field else ""
-        super().__init__(f"{where}: {problem}. Fix: {fix}")
-        self.index, self.field, self.problem, self.fix, self.kind = index, field, problem, fix, kind
-
 
 def load_preference_dataset(source: str, split: str = "train", **load_kwargs) -> datasets.Dataset:
     """Load preference rows with ``datasets``.
@@ -136,94 +138,6 @@ def _open_image(image, index: int, position: int, image_root: str | None, allow_
         raise DataError(index, f"images[{position}]", err.problem, err.fix, kind=err.kind) from err
 
 
-def _placeholder_blocks(text: str, media: dict[str, int], index: int, field: str) -> list[dict]:
-    """Content blocks of a plain-string prompt: each ``<image>`` / ``<video>`` in the text becomes a block in its
-    place; a text without any gets the row's images, then its videos, before it (TRL's layout)."""
-    found = {kind: text.count(mark) for kind, mark in PLACEHOLDERS.items()}
-    if not any(found.values()):
-        return [{"type": kind} for kind, count in media.items() for _ in range(count)] + [
-            {"type": "text", "text": text}]
-    for kind, mark in PLACEHOLDERS.items():
-        if found[kind] != media.get(kind, 0):
-            raise DataError(index, field, f"the text holds {found[kind]} {mark} placeholder(s) but the row has "
-                            f"{media.get(kind, 0)} {kind}(s)", f"give one {mark} per {kind}, or no placeholder at "
-                            "all (the images and videos then come before the text)", kind="placeholder_mismatch")
-    return split_placeholders(text)
-
-
-def split_placeholders(text: str) -> list[dict]:
-    """Content blocks of ``text``: each ``<image>`` or ``<video>`` becomes an image or video block in its place."""
-    blocks = []
-    for piece in re.split(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(VIDEO_PLACEHOLDER)})", text):
-        kind = next((kind for kind, mark in PLACEHOLDERS.items() if piece == mark), None)
-        if kind:
-            blocks.append({"type": kind})
-        elif piece:
-            blocks.append({"type": "text", "text": piece})
-    return blocks
-
-
-def _as_messages(value, index: int, field: str, role: str, media: dict[str, int] | None = None,
-                 roles: tuple[str, ...] = PROMPT_ROLES) -> list[dict]:
-    media = media or {}
-    if isinstance(value, str):
-        blocks = (_placeholder_blocks(value, media, index, field) if role == "user"
-                  else [{"type": "text", "text": value}])
-        return [{"role": role, "content": blocks}]
-    if not isinstance(value, list) or not all(isinstance(m, dict) and "role" in m for m in value):
-        raise DataError(index, field, f"expected a string or a list of {{'role', 'content'}} messages, "
-                        f"got {type(value).__name__}", "use TRL's conversational or plain format", kind="bad_format")
-    messages = [_message(message, index, field, roles) for message in value]
-    string_contents = all(isinstance(message.get("content"), str) for message in value)
-    if role == "user" and any(media.values()) and string_contents and not any(
-            count_blocks(messages, kind) for kind in PLACEHOLDERS):
-        # TRL's string-content messages without placeholders: the images and videos go before the first user text
-        first_user = next((m for m in messages if m["role"] == "user"), None)
-        if first_user is not None:
-            first_user["content"] = [{"type": kind} for kind, count in media.items() for _ in range(count)] + \
-                first_user["content"]
-    return messages
-
-
-def _message(message: dict, index: int, field: str, roles: tuple[str, ...]) -> dict:
-    if message["role"] not in roles:
-        raise DataError(index, field, f"a message has role {message['role']!r}", f"use one of {list(roles)} "
-                        f"in the {field}", kind="bad_role")
-    content = message.get("content")
-    if isinstance(content, str):  # a string content may carry <image>/<video> placeholders (TRL, LLaVA, ms-swift)
-        return {"role": message["role"], "content": split_placeholders(content)}
-    if not isinstance(content, list):
-        raise DataError(index, field, "a message has no 'content' list", "give each message a content",
-                        kind="bad_format")
-    # datasets stores blocks with every key of the union schema; keep only what each type needs
-    blocks = []
-    for block in content:
-        if block.get("type") in PLACEHOLDERS:
-            blocks.append({"type": block["type"]})
-        elif block.get("type") == "text":
-            text = block.get("text") or ""
-            for kind, mark in PLACEHOLDERS.items():
-                if mark in text:
-                    raise DataError(index, field, f"a text block holds a literal {mark}, in a message that marks "
-                                    f"its {kind}s with {{'type': '{kind}'}} blocks", f"remove {mark} from the text "
-                                    f"(the {kind} blocks place the {kind}s)", kind="placeholder_mismatch")
-            blocks.append({"type": "text", "text": text})
-        else:
-            raise DataError(index, field, f"unknown content block type {block.get('type')!r}",
-                            "use blocks of type 'image', 'video' or 'text'", kind="bad_format")
-    return {"role": message["role"], "content": blocks}
-
-
-def response_text(messages: list[dict]) -> str:
-    """The text of a response: the text blocks of its messages, joined."""
-    return "".join(b["text"] for m in messages for b in m["content"] if b["type"] == "text")
-
-
-def count_blocks(messages: list[dict], kind: str = "image") -> int:
-    """How many ``{"type": kind}`` blocks (``image`` or ``video``) the messages hold."""
-    return sum(b["type"] == kind for m in messages for b in m["content"])
-
-
 def _media_values(row: dict, plural: str, singular: str) -> list:
     """A row's ``images`` (or ``videos``) as a list; a single ``image`` (``video``) column counts as one."""
     values = row.get(plural)
@@ -282,7 +196,7 @@ def normalize_row(row: dict, index: int, image_root: str | None = None,
         metadata = [None] * len(videos)
 
     media = {"image": len(images), "video": len(videos)}
-    prompt = _as_messages(row["prompt"], index, "prompt", "user", media)
+    prompt = as_messages(row["prompt"], index, "prompt", "user", media)
     for kind, count in media.items():
         blocks = count_blocks(prompt, kind)
         if blocks != count:
@@ -291,7 +205,7 @@ def normalize_row(row: dict, index: int, image_root: str | None = None,
                             kind="placeholder_mismatch")
     normalized = {"images": images, "videos": videos, "video_metadata": metadata, "prompt": prompt}
     for field in responses:
-        messages = _as_messages(row[field], index, field, "assistant", roles=RESPONSE_ROLES)
+        messages = as_messages(row[field], index, field, "assistant", roles=RESPONSE_ROLES)
         kind = next((kind for kind in PLACEHOLDERS if count_blocks(messages, kind)), None)
         if kind:
             raise DataError(index, field, f"a response contains an {kind} block" if kind == "image" else
