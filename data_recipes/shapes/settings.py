@@ -131,8 +131,7 @@ class AlignSettings:
     0.51 on an earlier base (short, degenerate captions); the SFT term keeps captions complete."""
     beta: float = 0.2
     """DPO beta. 0.2 with ``lora_r`` 4: on seeds 0-2 with 1 and 2 torch threads all three checks hold on all six
-    (beta 0.1 at rank 4: five, the control comparison of seed 1 with one thread at the interval's edge;
-    ``docs/shapes_world.md``)."""
+    (beta 0.1 at rank 4: five); chosen on those runs, and not confirmed on seed 3 (``docs/shapes_world.md``)."""
     steps: int = 400
     """Optimizer steps of each run."""
     batch_size: int = 8
