@@ -86,3 +86,19 @@ def chosen_ratio_ln3():
 
 def check(actual, expected):
     torch.testing.assert_close(actual, torch.as_tensor(expected, dtype=torch.float32), rtol=1e-5, atol=1e-6)
+
+
+def assert_masks_cover_exactly_the_responses(processor, batch: dict, rows: list[dict], family: str) -> None:
+    """Each row's completion mask covers its response text, then the end-of-turn token the template closes it
+    with, and nothing else (chosen and rejected)."""
+    tokenizer = processor.tokenizer
+    special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special} | set(
+        tokenizer.all_special_tokens)
+    for field in ("chosen", "rejected"):
+        for i, row in enumerate(rows):
+            ids, mask = batch[f"{field}_input_ids"][i], batch[f"{field}_completion_mask"][i].bool()
+            covered = tokenizer.decode(ids[mask], skip_special_tokens=False)
+            text = row[field][0]["content"][0]["text"]
+            assert covered.startswith(text) or covered.lstrip().startswith(text), (family, covered)
+            rest = covered[covered.index(text) + len(text):]
+            assert rest in special, (family, rest)

@@ -13,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import randomize_lora
+from helpers import assert_masks_cover_exactly_the_responses, randomize_lora
 from vlmdpo.data.collator import PreferenceCollator
 from vlmdpo.data.rows import normalize_row
 from vlmdpo.eval.generation import generate_responses
@@ -64,19 +64,7 @@ def built(request, vlmdpo_cache):
 def test_completion_mask_covers_exactly_the_response_text(built):
     family, _, processor = built
     rows = matrix_rows()
-    batch = PreferenceCollator(processor)(rows)
-    tokenizer = processor.tokenizer
-    special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special} | set(
-        tokenizer.all_special_tokens)
-    for field in ("chosen", "rejected"):
-        for i, row in enumerate(rows):
-            ids, mask = batch[f"{field}_input_ids"][i], batch[f"{field}_completion_mask"][i].bool()
-            covered = tokenizer.decode(ids[mask], skip_special_tokens=False)
-            text = row[field][0]["content"][0]["text"]
-            # the response text, then the end-of-turn token the template closes it with (nothing else)
-            assert covered.startswith(text) or covered.lstrip().startswith(text), (family, covered)
-            rest = covered[covered.index(text) + len(text):]
-            assert rest in special, (family, rest)
+    assert_masks_cover_exactly_the_responses(processor, PreferenceCollator(processor)(rows), rows, family)
 
 
 def test_causality_later_tokens_do_not_move_earlier_logps(built):

@@ -13,7 +13,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from helpers import randomize_lora
+from helpers import assert_masks_cover_exactly_the_responses, randomize_lora
 from PIL import Image
 
 from vlmdpo.data.collator import PreferenceCollator
@@ -70,16 +70,7 @@ def test_completion_mask_covers_exactly_the_response_text(built):
     family, _, processor = built
     rows = video_rows()
     batch = PreferenceCollator(processor)(rows)
-    tokenizer = processor.tokenizer
-    special = {t.content for t in tokenizer.added_tokens_decoder.values() if t.special} | set(
-        tokenizer.all_special_tokens)
-    for field in ("chosen", "rejected"):
-        for i, row in enumerate(rows):
-            ids, mask = batch[f"{field}_input_ids"][i], batch[f"{field}_completion_mask"][i].bool()
-            covered = tokenizer.decode(ids[mask], skip_special_tokens=False)
-            text = row[field][0]["content"][0]["text"]
-            assert covered.lstrip().startswith(text), (family, covered)
-            assert covered[covered.index(text) + len(text):] in special, (family, covered)
+    assert_masks_cover_exactly_the_responses(processor, batch, rows, family)
     assert video_token_count(processor, batch["prompt_input_ids"][2]) == 0  # the text-only row
     assert all(video_token_count(processor, batch["prompt_input_ids"][i]) > 0 for i in (0, 1, 3))
 

@@ -140,16 +140,12 @@ class PreferenceCollator:
             raise
 
     def _check_takes_videos(self, rows: list[dict]) -> None:
-        if getattr(self.processor, "video_processor", None) is None or not self._video_tokens():
+        if getattr(self.processor, "video_processor", None) is None or not getattr(self.processor, "video_token", None):
             row = next(row for row in rows if row.get("videos"))
             raise DataError(row.get("index"), "videos", f"{type(self.processor).__name__} takes no video",
                             "use a model whose processor has a video processor (Qwen2-VL, Qwen2.5-VL, Qwen3-VL, "
                             "LLaVA-OneVision, LLaVA-NeXT-Video, ...), or give the frames as images",
                             kind="video_unsupported")
-
-    def _video_tokens(self) -> list[str]:
-        token = getattr(self.processor, "video_token", None)
-        return [token] if isinstance(token, str) and token else []
 
     def _blank_batch(self, size: int = 32) -> dict:
         from PIL import Image

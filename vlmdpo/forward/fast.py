@@ -48,7 +48,7 @@ def image_features(model, vision_inputs: dict) -> dict | None:
     inputs = cast_floating(vision_inputs, model_dtype(base))
     videos = {key: value for key, value in inputs.items() if "video" in key}
     images = {key: value for key, value in inputs.items() if key not in videos and key not in _VIDEO_PLACEMENT}
-    video_features = getattr(base, "get_video_features", None) or getattr(base.base_model, "get_video_features", None)
+    video_features = image_features_fn(base, "video")
     if videos and video_features is None:
         return None
     features = {}

@@ -22,11 +22,11 @@ def hf_model(model):
     return model.get_base_model() if hasattr(model, "get_base_model") else model
 
 
-def image_features_fn(model):
-    """The model's own ``get_image_features``: the wrapper's, else its base model's (DeepSeek-VL defines it only
-    there); ``None`` when neither has one."""
-    base = hf_model(model)
-    return getattr(base, "get_image_features", None) or getattr(base.base_model, "get_image_features", None)
+def image_features_fn(model, kind: str = "image"):
+    """The model's own ``get_image_features`` (``kind="video"``: ``get_video_features``): the wrapper's, else its
+    base model's (DeepSeek-VL defines it only there); ``None`` when neither has one."""
+    base, name = hf_model(model), f"get_{kind}_features"
+    return getattr(base, name, None) or getattr(base.base_model, name, None)
 
 
 def is_sharded(model) -> bool:

@@ -163,9 +163,12 @@ def set_up(config: Config) -> Run:
     # before the optimizer gathers the trainable weights: a method may add modules (TR-DPO's reference adapter)
     checkpointed = [item for method in methods for item in method.prepare_models(policy, reference)]
     sharded = sharding_active(cfg.sharding)
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.num_processes > 1
+    # one blank image's inputs, for forwards without an image when every process must run the vision tower
+    blank = collator.blank_image_inputs() if (sharded or deepspeed) and getattr(
+        processor, "image_processor", None) is not None else None
     if sharded:  # before the optimizer: its parameters become shards
         _check_sharding(config)
-        blank = collator.blank_image_inputs() if getattr(processor, "image_processor", None) is not None else None
         if blank is not None and collator.pads_images_per_row():
             raise ValueError("train.sharding=fsdp2 does not yet run a model whose processor pads images per row "
                              "(Mllama): its batches run one forward per image count, which differs between "
@@ -177,11 +180,9 @@ def set_up(config: Config) -> Run:
             + (", the frozen reference too" if reference is not None else ""))
     elif cfg.sharding != "none":
         log(f"sharding: none (train.sharding={cfg.sharding} needs more than one process)")
-    if not sharded and accelerator.distributed_type == DistributedType.DEEPSPEED and accelerator.num_processes > 1:
-        blank = collator.blank_image_inputs() if getattr(processor, "image_processor", None) is not None else None
-        if vision_every_forward_under_deepspeed([m for m in (policy, reference) if m is not None], blank,
-                                                blank is not None and collator.pads_images_per_row()):
-            log("DeepSpeed: every forward runs the vision tower (a blank image on text-only micro-batches)")
+    if deepspeed and not sharded and vision_every_forward_under_deepspeed(
+            [m for m in (policy, reference) if m is not None], blank, blank is not None and collator.pads_images_per_row()):
+        log("DeepSpeed: every forward runs the vision tower (a blank image on text-only micro-batches)")
     optimizer = build_optimizer(policy, learning_rate=cfg.learning_rate, weight_decay=cfg.weight_decay,
                                 part_learning_rates=cfg.part_learning_rates)
     trainable = [p for group in optimizer.param_groups for p in group["params"]]
