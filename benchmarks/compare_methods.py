@@ -100,7 +100,8 @@ def iterative_run(config, data, judge, base: Path, rounds: int, losses: str, fol
         part = images.select(range(round_index * share, (round_index + 1) * share))
         pairs = rlaif_pairs(model.to(_device()), processor, judge, part, num_samples=settings.rlaif_samples,
                             margin=settings.rlaif_margin, max_new_tokens=settings.rlaif_max_new_tokens,
-                            seed=config.seed + round_index, progress=False)
+                            seed=config.seed + round_index, max_length_gap=settings.rlaif_max_length_gap,
+                            progress=False)
         return _plain(pairs, "rlaif")
 
     overrides = align_overrides(config, base, folder / "unused", folder, losses)

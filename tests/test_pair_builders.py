@@ -152,6 +152,47 @@ def test_ai_feedback_keeps_best_and_worst_by_the_judge(qwen, captioned):
     assert len(none) == 0  # a judge that cannot tell the samples apart gives no pairs
 
 
+def test_ranked_pair_within_a_length_gap_takes_the_widest_score_gap():
+    from data_recipes.pair_builders.ai_feedback import _ranked_pair
+
+    texts = ["a b", "a b c d", "x y", "", "p q r"]
+    scores = [0.1, 0.9, 0.5, 0.0, 0.3]
+    assert _ranked_pair(texts, scores, None) == (1, 3)  # best against worst, whatever their lengths
+    assert _ranked_pair(texts, scores, 0) == (2, 0)  # two words each: 0.5 against 0.1
+    assert _ranked_pair(texts, scores, 1) == (1, 4)  # four words (0.9) against three (0.3): 0.6
+    assert _ranked_pair(texts, scores, 2) == (1, 0)  # four words against two: 0.9 against 0.1
+    assert _ranked_pair(["a b", "a b c d"], [0.1, 0.9], 0) == (0, 0)  # nothing within the gap: no pair
+
+
+def test_ai_feedback_with_a_length_gap_pairs_only_samples_of_similar_length(qwen, captioned):
+    model, processor = qwen
+    seen = {}
+
+    def score(text):  # longer is better: best against worst would pair different lengths
+        return len(text) + sum(map(ord, text)) % 97 / 100
+
+    def judge(image, text):
+        seen.setdefault(image.size, []).append(text)
+        return score(text)
+
+    rows = captioned.select(range(2))
+    pairs = ai_feedback_pairs(model, processor, rows, judge, num_samples=6, max_new_tokens=6, margin=0.0,
+                              seed=0, max_length_gap=0, progress=False)
+    expected = {}
+    for size, samples in seen.items():  # worked out here from the samples the judge saw
+        gaps = [(score(a) - score(b), a, b) for a in samples for b in samples
+                if len(a.split()) == len(b.split()) and a != b and a and b and score(a) > score(b)]
+        if gaps:
+            expected[size] = max(gaps)[1:]
+    got = {pair["images"][0].size: (pair["chosen"][0]["content"][0]["text"], pair["rejected"][0]["content"][0]["text"])
+           for pair in pairs}
+    assert got == expected and len(got) >= 1
+    for chosen, rejected in got.values():
+        assert len(chosen.split()) == len(rejected.split())
+    with pytest.raises(ValueError, match="max_length_gap"):
+        ai_feedback_pairs(model, processor, rows, judge, num_samples=2, max_length_gap=-1, progress=False)
+
+
 def test_ai_feedback_with_a_tiny_clip_judge(qwen, captioned, tmp_path):
     import json
 

@@ -19,7 +19,7 @@ from .captions import DESCRIBE_PROMPT
 def rlaif_pairs(model, processor, judge, dataset_split: datasets.Dataset, *, num_samples: int = 4,
                 temperature: float = 1.0, margin: float = 0.05, max_new_tokens: int = 48,
                 batch_size: int = 32, seed: int = 0, prompt_text: str = DESCRIBE_PROMPT,
-                progress: bool = True) -> datasets.Dataset:
+                max_length_gap: int | None = None, progress: bool = True) -> datasets.Dataset:
     """Preference rows ``images, prompt, chosen, rejected, chosen_score, rejected_score, objects``.
 
     Args:
@@ -28,8 +28,9 @@ def rlaif_pairs(model, processor, judge, dataset_split: datasets.Dataset, *, num
         dataset_split: rows with ``images`` (one image) and ``objects`` (kept for evaluation only).
         num_samples: captions sampled per image at ``temperature``.
         margin: smallest CLIPScore gap between best and worst for a pair to be kept.
+        max_length_gap: largest word-count difference between chosen and rejected (``None``: best against worst).
     """
     return ai_feedback_pairs(model, processor, dataset_split, judge, prompt_text=prompt_text,
                              num_samples=num_samples, temperature=temperature, margin=margin,
                              max_new_tokens=max_new_tokens, batch_size=batch_size, seed=seed,
-                             keep_columns=("objects",), progress=progress)
+                             keep_columns=("objects",), max_length_gap=max_length_gap, progress=progress)

@@ -110,6 +110,10 @@ class PairSettings:
     """Smallest CLIPScore gap between the best and worst sample for a pair."""
     rlaif_max_new_tokens: int = 48
     """Length limit of the sampled captions."""
+    rlaif_max_length_gap: int | None = None
+    """Largest difference in words between an RLAIF pair's chosen and rejected captions: the pair is then the
+    best-separated one among same-length samples, so that "shorter is better" is not what it teaches; ``None``:
+    best against worst (whose worst caption was longer in 67% of seed 3's pairs and shorter in 4%)."""
 
     def __post_init__(self) -> None:
         if self.caption_regime not in ("habit", "ground_truth"):
@@ -117,6 +121,9 @@ class PairSettings:
         if self.yes_no_objects not in ("popular", "uniform", "uncertain"):
             raise ValueError(f"pairs.yes_no_objects must be popular, uniform or uncertain, got "
                              f"{self.yes_no_objects!r}")
+        if self.rlaif_max_length_gap is not None and self.rlaif_max_length_gap < 0:
+            raise ValueError(f"pairs.rlaif_max_length_gap must be a number of words >= 0 or None, got "
+                             f"{self.rlaif_max_length_gap}")
         if not 0.0 <= self.chosen_hallucination_rate <= 1.0:
             raise ValueError(f"pairs.chosen_hallucination_rate must lie in [0, 1], got "
                              f"{self.chosen_hallucination_rate}")

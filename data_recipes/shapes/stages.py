@@ -147,7 +147,7 @@ def build_pairs(config: DemoConfig, data: datasets.DatasetDict, base: Path, judg
         rlaif = rlaif_pairs(model, processor, judge, last(settings.rlaif_images),
                             num_samples=settings.rlaif_samples, margin=settings.rlaif_margin,
                             max_new_tokens=settings.rlaif_max_new_tokens, seed=config.seed,
-                            progress=config.progress)
+                            max_length_gap=settings.rlaif_max_length_gap, progress=config.progress)
         if len(rlaif):
             recipes["rlaif"] = _plain(rlaif, "rlaif")
     if not recipes:
