@@ -48,17 +48,22 @@ def run_one(seed: int, threads: int, out: Path, overrides: list[str], reuse_cach
             "metrics": json.loads((folder / "metrics.json").read_text())}
 
 
+def _share(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"  # results of runs from before the metric existed
+
+
 def table(results: list[dict]) -> str:
     from data_recipes.shapes.demo_report import acceptance_checks
 
     head = ("| seed | threads | time | CHAIR_i base / control / aligned | aligned - control [95%] | recall control -> "
-            "aligned | POPE F1 base -> aligned [95% change] | words control / aligned | checks |")
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+            "aligned | POPE F1 base -> aligned [95% change] | words control / aligned | well-formed control / aligned "
+            "| checks |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
     for result in results:
         cached = f" ({', '.join(result['cached_stages'])} cached)" if result.get("cached_stages") else ""
         where = f"| {result['seed']} | {result['threads']} | {result['seconds'] / 60:.1f} min{cached}"
         if "error" in result:
-            lines.append(f"{where} | failed: {result['error']} | | | | | |")
+            lines.append(f"{where} | failed: {result['error']} | | | | | | |")
             continue
         m = result["metrics"]
         base, aligned, control = m["base"], m["aligned"], m["sft_control"]
@@ -69,7 +74,8 @@ def table(results: list[dict]) -> str:
             f"| {vs_control['change']:+.3f} [{vs_control['low']:+.3f}, {vs_control['high']:+.3f}] "
             f"| {control['recall']:.3f} -> {aligned['recall']:.3f} "
             f"| {base['pope_f1']:.3f} -> {aligned['pope_f1']:.3f} [{pope['low']:+.3f}, {pope['high']:+.3f}] "
-            f"| {control['mean_words']:.1f} / {aligned['mean_words']:.1f} | {checks} |")
+            f"| {control['mean_words']:.1f} / {aligned['mean_words']:.1f} "
+            f"| {_share(control.get('well_formed'))} / {_share(aligned.get('well_formed'))} | {checks} |")
     return "\n".join(lines)
 
 

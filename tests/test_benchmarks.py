@@ -51,15 +51,16 @@ def test_the_demo_benchmark_table_reads_the_control_comparison():
     import bench_demo
 
     change = {"change": -0.1, "low": -0.15, "high": -0.05}
-    model = {"chair_i": 0.1, "recall": 0.99, "pope_f1": 0.9, "mean_words": 12.0}
+    model = {"chair_i": 0.1, "recall": 0.99, "pope_f1": 0.9, "mean_words": 12.0, "well_formed": 1.0}
     metrics = {"base": dict(model), "sft_control": dict(model, chair_i=0.2),
                "aligned": dict(model, vs_control={"chair_i": change, "pope_f1": change},
-                               pope_f1_change={"change": 0.01, "low": -0.01, "high": 0.03}, pope_f1=0.91, chair_i=0.1)}
+                               pope_f1_change={"change": 0.01, "low": -0.01, "high": 0.03}, pope_f1=0.91, chair_i=0.1,
+                               well_formed=0.955)}
     rows = bench_demo.table([{"seed": 1, "threads": 2, "seconds": 90, "metrics": metrics},
                              {"seed": 2, "threads": 1, "seconds": 30, "error": "exit 1: boom"},
                              {"seed": 3, "threads": 1, "seconds": 60, "metrics": metrics,
                               "cached_stages": ["base", "data"]}]).splitlines()
     assert rows[2] == ("| 1 | 2 | 1.5 min | 0.100 / 0.200 / 0.100 | -0.100 [-0.150, -0.050] | 0.990 -> 0.990 "
-                       "| 0.900 -> 0.910 [-0.010, +0.030] | 12.0 / 12.0 | PPP |")
+                       "| 0.900 -> 0.910 [-0.010, +0.030] | 12.0 / 12.0 | 1.000 / 0.955 | PPP |")
     assert rows[3].startswith("| 2 | 1 | 0.5 min | failed: exit 1: boom")
     assert rows[4].startswith("| 3 | 1 | 1.0 min (base, data cached) | 0.100 / 0.200 / 0.100")

@@ -11,7 +11,7 @@ from data_recipes.shapes.yes_no_probe import KINDS
 from vlmdpo.cli import main
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-DEMO_KEYS = {"chair_i", "chair_s", "recall", "pope_f1", "pope_accuracy", "clipscore", "pref_accuracy"}
+DEMO_KEYS = {"chair_i", "chair_s", "recall", "pope_f1", "pope_accuracy", "clipscore", "pref_accuracy", "well_formed"}
 
 
 @pytest.fixture(scope="module")
@@ -29,7 +29,7 @@ def test_quick_demo_writes_report_metrics_and_plots(quick_demo):
     assert set(metrics) == {"base", "aligned", "sft_control"}
     for name, values in metrics.items():
         assert DEMO_KEYS <= set(values), name
-        assert 0.0 <= values["pope_accuracy"] <= 1.0
+        assert 0.0 <= values["pope_accuracy"] <= 1.0 and 0.0 <= values["well_formed"] <= 1.0
     report = (out / "report.md").read_text()
     assert "| aligned |" in report and "| sft_control |" in report and "## Acceptance" in report
     # the preference method against imitation first: headline, then its table, then against the base
@@ -53,6 +53,20 @@ def test_quick_demo_writes_report_metrics_and_plots(quick_demo):
     for name in metrics:  # the yes/no probe, per kind of question, for every model
         assert list(results[name]["yes_rate_by_question"]) == list(KINDS)
     assert "yes_rate_by_question" in report
+    assert "| well-formed captions |" in report
+
+
+def test_well_formed_captions_follow_the_worlds_grammar():
+    from data_recipes.shapes.captions import describe, well_formed
+    from data_recipes.shapes.world import POSITIONS, ShapeObject
+
+    objects = [ShapeObject("red", "circle", "large", POSITIONS[0]), ShapeObject("blue", "square", "small", POSITIONS[1]),
+               ShapeObject("green", "diamond", "large", POSITIONS[2])]
+    for count in (1, 2, 3):
+        assert well_formed(describe(objects[:count])) and well_formed(describe(objects[:count], with_size=False))
+    for degenerate in ("a large green diamondNoNoNoNo", "a large red circle, a small blue square.",  # no "and"
+                       "a large red circle and a large", "", "No.", "a large red circle and a small red triangle"):
+        assert not well_formed(degenerate), degenerate
 
 
 def test_second_run_reuses_cached_stages(quick_demo, capsys):

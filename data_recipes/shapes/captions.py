@@ -11,6 +11,7 @@ Objects are listed in grid reading order (top left, top right, bottom left, bott
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
@@ -33,6 +34,16 @@ def describe(objects: Sequence[ShapeObject], with_size: bool = True) -> str:
     if len(mentions) == 1:
         return f"{mentions[0]}."
     return f"{', '.join(mentions[:-1])} and {mentions[-1]}."
+
+
+_MENTION = rf"a (?:(?:{'|'.join(SIZES)}) )?(?:{'|'.join(COLOURS)}) (?:{'|'.join(SHAPES)})"
+_CAPTION_RE = re.compile(rf"{_MENTION}(?:(?:, {_MENTION})* and {_MENTION})?\.")
+
+
+def well_formed(text: str) -> bool:
+    """Whether ``text`` is a caption of the grammar above, whatever objects it names: what a degenerate caption
+    ("a large green diamondNoNoNo...", seen when DPO pushed down the only grammatical continuation) is not."""
+    return _CAPTION_RE.fullmatch(text.strip()) is not None
 
 
 def caption(scene: Scene, with_size: bool = True) -> str:

@@ -22,6 +22,7 @@ def headline(result: dict) -> dict[str, float]:
         "pref_accuracy": preference["logp_accuracy"],
         "reward_accuracy": preference["reward_accuracy"],
         "mean_words": result["length"]["mean_words"],
+        "well_formed": result["length"]["well_formed"],
         **({"pope_f1_change_ci": [result["pope_f1_change"]["low"], result["pope_f1_change"]["high"]]}
            if "pope_f1_change" in result else {}),
         **({"pope_f1_change": result["pope_f1_change"]} if "pope_f1_change" in result else {}),
@@ -65,7 +66,8 @@ def comparison_table(metrics: dict[str, dict], reference: str) -> str:
                  {"chair_i": aligned["chair_i_change"], "pope_f1": aligned["pope_f1_change"]})
     lines = [f"| metric | {reference} | aligned | change (95% interval) |", "|---|---:|---:|---|"]
     for key, label in (("chair_i", "CHAIR_i"), ("chair_s", "CHAIR_s"), ("recall", "recall"),
-                       ("pope_f1", "POPE F1"), ("mean_words", "words per caption")):
+                       ("pope_f1", "POPE F1"), ("mean_words", "words per caption"),
+                       ("well_formed", "well-formed captions")):
         change = change_text(intervals[key]) if key in intervals else f"{aligned[key] - other[key]:+.3f}"
         lines.append(f"| {label} | {other[key]:.3f} | {aligned[key]:.3f} | {change} |")
     return "\n".join(lines)

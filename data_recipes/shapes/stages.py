@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 from pathlib import Path
 
 import datasets
@@ -191,14 +192,16 @@ def align(config: DemoConfig, base: Path, pairs: Path, out: Path, losses: str, e
 
 def evaluate_all(config: DemoConfig, data: datasets.DatasetDict, base: Path, judge,
                  adapters: dict[str, Path]) -> dict[str, dict]:
-    """Base and each adapter on held-out images: preference fit, CHAIR, POPE, CLIPScore, lengths, the
-    share of "yes" answers per kind of yes/no question (``data_recipes.shapes.yes_no_probe``) and, for each
+    """Base and each adapter on held-out images: preference fit, CHAIR, POPE, CLIPScore, lengths and the share of
+    captions in the world's grammar (``well_formed``), the share of "yes" answers per kind of yes/no question
+    (``data_recipes.shapes.yes_no_probe``) and, for each
     adapter, its CHAIR_i and POPE F1 changes from the base with paired bootstrap intervals over images, and for
     ``aligned`` the same changes from ``sft_control`` (``vs_control``): the preference method against imitation
     of the same pairs' chosen responses."""
     from peft import PeftModel
 
     from data_recipes.shapes import SHAPES_VOCABULARY, povid_pairs
+    from data_recipes.shapes.captions import well_formed
     from data_recipes.shapes.yes_no_probe import yes_rate_by_kind
     from vlmdpo.eval.objects import ObjectVocabulary
     from vlmdpo.eval.chair import chair_i_change
@@ -222,6 +225,8 @@ def evaluate_all(config: DemoConfig, data: datasets.DatasetDict, base: Path, jud
         model = model.to(_device())
         result, records[name] = evaluate_model(model.eval(), processor, rows,
                                                reference=model if adapter is None else None, **settings)
+        result["length"]["well_formed"] = statistics.fmean(
+            well_formed(generation["response"]) for generation in records[name]["generations"])
         result["generation"] = {"prompt": "Describe the image.", "max_new_tokens": max_new_tokens,
                                 "do_sample": False, "examples": records[name]["generations"][:8]}
         if adapter is not None:
