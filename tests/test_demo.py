@@ -54,6 +54,26 @@ def test_quick_demo_writes_report_metrics_and_plots(quick_demo):
         assert list(results[name]["yes_rate_by_question"]) == list(KINDS)
     assert "yes_rate_by_question" in report
     assert "| well-formed captions |" in report
+    from data_recipes.shapes.captions import well_formed
+    for name in metrics:  # the captions behind a well-formed share below 1 are there to read
+        ill_formed = results[name]["generation"]["ill_formed"]
+        assert all(not well_formed(record["response"]) for record in ill_formed), name
+        assert (len(ill_formed) == 0) == (metrics[name]["well_formed"] == 1.0), name
+        assert all(record["response"] in report for record in ill_formed), name
+
+
+def test_ill_formed_captions_are_listed_per_model_and_their_absence_said():
+    from data_recipes.shapes.demo_report import ill_formed_text
+
+    def result(share, captions):
+        return {"length": {"well_formed": share},
+                "generation": {"ill_formed": [{"index": i, "response": text} for i, text in enumerate(captions)]}}
+
+    text = ill_formed_text({"base": result(1.0, []), "aligned": result(0.98, ["a small red circle, a blue square."])})
+    assert "- aligned (well-formed share 0.980): `a small red circle, a blue square.`" in text
+    assert "base" not in text
+    assert ill_formed_text({"base": result(1.0, []), "aligned": result(1.0, [])}) == (
+        "Every held-out caption of every model is in the world's grammar.")
 
 
 def test_well_formed_captions_follow_the_worlds_grammar():
@@ -115,7 +135,8 @@ def test_a_stage_version_bump_invalidates_that_stage_and_every_later_one(monkeyp
 
 VALID_CHANGES = {"caption_regime": lambda value: "ground_truth" if value == "habit" else "habit",
                  "chosen_hallucination_rate": lambda value: value / 2,
-                 "yes_no_objects": lambda value: "uniform" if value == "popular" else "popular"}
+                 "yes_no_objects": lambda value: "uniform" if value == "popular" else "popular",
+                 "rlaif_max_length_gap": lambda value: 2 if value is None else None}
 """Settings whose values are checked: a different valid value."""
 
 

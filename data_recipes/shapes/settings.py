@@ -86,10 +86,12 @@ class PairSettings:
     drops a true object for one more such object (the same length). ``ground_truth`` (POVID-style,
     ``povid_pairs``): the true caption against a hallucinated rewrite; when the chosen caption is already
     right, SFT on it does as well as DPO (``docs/shapes_world.md``)."""
-    chosen_hallucination_rate: float = 0.7
-    """``habit`` regime: the exact share of chosen caption pairs whose chosen caption names one absent object
-    (with the RLAIF pairs' mostly clean chosen captions, about half of all chosen captions: enough for the SFT
-    control to learn the habit on seed 0, which 0.6 was not; ``docs/shapes_world.md``)."""
+    chosen_hallucination_rate: float = 0.8
+    """``habit`` regime: the exact share of chosen caption pairs whose chosen caption names one absent object.
+    With the RLAIF pairs' chosen captions (about one in seven hallucinates), 0.8 makes 58-59% of all chosen
+    captions name an absent object (seeds 0 and 3 counted), 0.7 about 52%: near one half, where whether the SFT
+    control's greedy captions pick up the habit depended on the base; at 0.8 it did on every base tried, and
+    where it does not there is nothing for DPO to beat (``docs/shapes_world.md``)."""
     yes_no_images: int = 500
     """Alignment images (from the first) whose one yes and one no question become pairs: the true answer vs
     the opposite one, the absent object drawn by how often noisy captions add it."""
@@ -137,14 +139,16 @@ class AlignSettings:
     """Loss spec of the DPO run (``LossConfig.losses``). Plain sigmoid DPO at lr 5e-4 cut recall from 0.85 to
     0.51 on an earlier base (short, degenerate captions); the SFT term keeps captions complete."""
     beta: float = 0.2
-    """DPO beta. 0.2 with ``lora_r`` 4: on seeds 0-2 with 1 and 2 torch threads all three checks hold on all six
-    (beta 0.1 at rank 4: five); chosen on those runs, and not confirmed on seed 3 (``docs/shapes_world.md``)."""
+    """DPO beta. 0.2 with ``lora_r`` 4 passed all three checks on seeds 0-2 with 1 and 2 torch threads, where 0.1
+    passed five of six (then at lr 1e-3 and a habit share of 0.7); kept since (``docs/shapes_world.md``)."""
     steps: int = 400
     """Optimizer steps of each run."""
     batch_size: int = 8
     """Pairs per step."""
-    lr: float = 1e-3
-    """LoRA learning rate."""
+    lr: float = 5e-4
+    """LoRA learning rate. At 1e-3, on seed 3's one-thread base, DPO pushed down " and" after the last true object
+    of a list, where the grammar offers no other way on, and 6.5% of the aligned captions degenerated ("a large
+    green diamondNoNo...": recall 4 points below the control's); at 5e-4 none did (``docs/shapes_world.md``)."""
     vision_lr: float | None = None
     """LoRA learning rate of the vision tower (``train.part_learning_rates.vision``); ``None``: ``lr``."""
     lora_r: int = 4

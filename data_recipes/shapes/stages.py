@@ -193,7 +193,7 @@ def align(config: DemoConfig, base: Path, pairs: Path, out: Path, losses: str, e
 def evaluate_all(config: DemoConfig, data: datasets.DatasetDict, base: Path, judge,
                  adapters: dict[str, Path]) -> dict[str, dict]:
     """Base and each adapter on held-out images: preference fit, CHAIR, POPE, CLIPScore, lengths and the share of
-    captions in the world's grammar (``well_formed``), the share of "yes" answers per kind of yes/no question
+    captions in the world's grammar (``well_formed``, with up to eight that are not), the share of "yes" answers per kind of yes/no question
     (``data_recipes.shapes.yes_no_probe``) and, for each
     adapter, its CHAIR_i and POPE F1 changes from the base with paired bootstrap intervals over images, and for
     ``aligned`` the same changes from ``sft_control`` (``vs_control``): the preference method against imitation
@@ -225,10 +225,12 @@ def evaluate_all(config: DemoConfig, data: datasets.DatasetDict, base: Path, jud
         model = model.to(_device())
         result, records[name] = evaluate_model(model.eval(), processor, rows,
                                                reference=model if adapter is None else None, **settings)
-        result["length"]["well_formed"] = statistics.fmean(
-            well_formed(generation["response"]) for generation in records[name]["generations"])
+        generations = records[name]["generations"]
+        result["length"]["well_formed"] = statistics.fmean(well_formed(record["response"]) for record in generations)
         result["generation"] = {"prompt": "Describe the image.", "max_new_tokens": max_new_tokens,
-                                "do_sample": False, "examples": records[name]["generations"][:8]}
+                                "do_sample": False, "examples": generations[:8],
+                                "ill_formed": [record for record in generations
+                                               if not well_formed(record["response"])][:8]}
         if adapter is not None:
             result["pope_f1_change"] = pope_f1_change(records["base"]["pope"], records[name]["pope"], seed=config.seed)
             result["chair_i_change"] = chair_i_change(records["base"]["generations"], records[name]["generations"],
