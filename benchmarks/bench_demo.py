@@ -48,10 +48,6 @@ def run_one(seed: int, threads: int, out: Path, overrides: list[str], reuse_cach
             "metrics": json.loads((folder / "metrics.json").read_text())}
 
 
-def _share(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.3f}"  # results of runs from before the metric existed
-
-
 def table(results: list[dict]) -> str:
     from data_recipes.shapes.demo_report import acceptance_checks
 
@@ -75,7 +71,7 @@ def table(results: list[dict]) -> str:
             f"| {control['recall']:.3f} -> {aligned['recall']:.3f} "
             f"| {base['pope_f1']:.3f} -> {aligned['pope_f1']:.3f} [{pope['low']:+.3f}, {pope['high']:+.3f}] "
             f"| {control['mean_words']:.1f} / {aligned['mean_words']:.1f} "
-            f"| {_share(control.get('well_formed'))} / {_share(aligned.get('well_formed'))} | {checks} |")
+            f"| {control['well_formed']:.3f} / {aligned['well_formed']:.3f} | {checks} |")
     return "\n".join(lines)
 
 

@@ -193,11 +193,10 @@ def align(config: DemoConfig, base: Path, pairs: Path, out: Path, losses: str, e
 def evaluate_all(config: DemoConfig, data: datasets.DatasetDict, base: Path, judge,
                  adapters: dict[str, Path]) -> dict[str, dict]:
     """Base and each adapter on held-out images: preference fit, CHAIR, POPE, CLIPScore, lengths and the share of
-    captions in the world's grammar (``well_formed``, with up to eight that are not), the share of "yes" answers per kind of yes/no question
-    (``data_recipes.shapes.yes_no_probe``) and, for each
-    adapter, its CHAIR_i and POPE F1 changes from the base with paired bootstrap intervals over images, and for
-    ``aligned`` the same changes from ``sft_control`` (``vs_control``): the preference method against imitation
-    of the same pairs' chosen responses."""
+    captions in the world's grammar (``well_formed``, with up to eight that are not), the share of "yes" answers per
+    kind of yes/no question (``data_recipes.shapes.yes_no_probe``) and, for each adapter, its CHAIR_i and POPE F1
+    changes from the base with paired bootstrap intervals over images, and for ``aligned`` the same changes from
+    ``sft_control`` (``vs_control``): the preference method against imitation of the same pairs' chosen responses."""
     from peft import PeftModel
 
     from data_recipes.shapes import SHAPES_VOCABULARY, povid_pairs
@@ -226,11 +225,11 @@ def evaluate_all(config: DemoConfig, data: datasets.DatasetDict, base: Path, jud
         result, records[name] = evaluate_model(model.eval(), processor, rows,
                                                reference=model if adapter is None else None, **settings)
         generations = records[name]["generations"]
-        result["length"]["well_formed"] = statistics.fmean(well_formed(record["response"]) for record in generations)
+        formed = [well_formed(record["response"]) for record in generations]
+        result["length"]["well_formed"] = statistics.fmean(formed)
         result["generation"] = {"prompt": "Describe the image.", "max_new_tokens": max_new_tokens,
                                 "do_sample": False, "examples": generations[:8],
-                                "ill_formed": [record for record in generations
-                                               if not well_formed(record["response"])][:8]}
+                                "ill_formed": [record for record, ok in zip(generations, formed) if not ok][:8]}
         if adapter is not None:
             result["pope_f1_change"] = pope_f1_change(records["base"]["pope"], records[name]["pope"], seed=config.seed)
             result["chair_i_change"] = chair_i_change(records["base"]["generations"], records[name]["generations"],
